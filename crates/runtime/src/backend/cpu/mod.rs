@@ -1,0 +1,391 @@
+//! The CPU backend: always built, so the same concurrency paths run where
+//! there is no GPU. Owns the CPU's streams (each a real in-order executor: a
+//! worker thread draining a FIFO queue, so enqueue returns at once and
+//! synchronize waits, as on a GPU), its events (an [`EventState`] completed by
+//! the stream when it reaches the record), and host memory standing in for
+//! device memory.
+
+pub mod kernels;
+
+use super::{Activation, Attention, Backend, BackendEvent, BackendKind, BackendStream, DType, DevicePtr, Gather, Gemm, LayerNorm, MeanPool};
+use crate::error::{Error, Result};
+use crate::event_state::EventState;
+use std::any::Any;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Condvar, Mutex, Weak};
+use std::time::Duration;
+
+/// Alignment of CPU "device" allocations (a cache line, and enough for SIMD).
+const ALIGN: usize = 64;
+
+/// The host as a device.
+pub struct CpuBackend {
+    /// Every stream created, so `synchronize` can wait for all of them.
+    streams: Mutex<Vec<Weak<CpuStream>>>,
+}
+
+impl Default for CpuBackend {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl CpuBackend {
+    pub fn new() -> Self {
+        CpuBackend { streams: Mutex::new(Vec::new()) }
+    }
+}
+
+fn unsupported(what: impl Into<String>) -> Error {
+    Error::Unsupported { backend: "cpu", what: what.into() }
+}
+
+fn f32_only(dtype: DType) -> Result<()> {
+    if dtype == DType::F32 {
+        Ok(())
+    } else {
+        Err(unsupported(format!("{} kernels", dtype.name())))
+    }
+}
+
+impl Backend for CpuBackend {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Cpu
+    }
+    fn device_name(&self) -> String {
+        let n = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        format!("cpu ({n} hardware threads)")
+    }
+    fn new_stream(&self) -> Result<Arc<dyn BackendStream>> {
+        let s = Arc::new(CpuStream::spawn()?);
+        let mut all = crate::sync_std_lock(&self.streams);
+        all.retain(|w| w.strong_count() > 0);
+        all.push(Arc::downgrade(&s));
+        Ok(s)
+    }
+    fn new_event(&self, _timing: bool) -> Result<Arc<dyn BackendEvent>> {
+        Ok(Arc::new(CpuEvent { state: Arc::new(EventState::new()) }))
+    }
+    fn alloc(&self, bytes: usize) -> Result<DevicePtr> {
+        let layout = std::alloc::Layout::from_size_align(bytes.max(1), ALIGN)
+            .map_err(|e| Error::InvalidArgument(format!("allocation of {bytes} bytes: {e}")))?;
+        // SAFETY: layout has non-zero size (max(1)).
+        let p = unsafe { std::alloc::alloc(layout) };
+        if p.is_null() {
+            return Err(Error::OutOfMemory { device: "cpu".into(), requested: bytes, reserved: 0, allocated: 0, detail: String::new() });
+        }
+        Ok(p as DevicePtr)
+    }
+    unsafe fn free(&self, ptr: DevicePtr, bytes: usize) {
+        // SAFETY: the caller guarantees ptr came from `alloc(bytes)`, which used
+        // exactly this layout, and is freed once.
+        unsafe { std::alloc::dealloc(ptr as *mut u8, std::alloc::Layout::from_size_align_unchecked(bytes.max(1), ALIGN)) }
+    }
+    fn synchronize(&self) -> Result<()> {
+        let streams: Vec<_> = crate::sync_std_lock(&self.streams).iter().filter_map(|w| w.upgrade()).collect();
+        let mut first = Ok(());
+        for s in streams {
+            let r = s.synchronize();
+            if first.is_ok() {
+                first = r;
+            }
+        }
+        first
+    }
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}
+
+type Job = Box<dyn FnOnce() -> Result<()> + Send>;
+
+struct Progress {
+    completed: u64,
+    error: Option<Error>,
+}
+
+struct Shared {
+    progress: Mutex<Progress>,
+    cv: Condvar,
+}
+
+/// A CPU stream: one executor thread, FIFO.
+pub struct CpuStream {
+    tx: mpsc::Sender<Job>,
+    /// Jobs sent so far. A job takes its number with `fetch_add` and only then
+    /// is sent; see `synchronize` for why that suffices.
+    enqueued: AtomicU64,
+    shared: Arc<Shared>,
+}
+
+impl CpuStream {
+    fn spawn() -> Result<Self> {
+        let (tx, rx) = mpsc::channel::<Job>();
+        let shared = Arc::new(Shared { progress: Mutex::new(Progress { completed: 0, error: None }), cv: Condvar::new() });
+        let sh = shared.clone();
+        std::thread::Builder::new()
+            .name("braid-cpu-stream".into())
+            .spawn(move || {
+                // Ends when every sender (the stream) is gone and the queue is drained.
+                while let Ok(job) = rx.recv() {
+                    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job))
+                        .unwrap_or_else(|p| Err(Error::JobPanicked(crate::panic_message(&p))));
+                    let mut g = crate::sync_std_lock(&sh.progress);
+                    g.completed += 1;
+                    if let Err(e) = r {
+                        g.error.get_or_insert(e);
+                    }
+                    drop(g);
+                    sh.cv.notify_all();
+                }
+            })
+            .map_err(|e| Error::Backend { backend: "cpu", call: "spawn stream thread".into(), code: e.raw_os_error().unwrap_or(-1) as i64, name: "io".into(), message: e.to_string() })?;
+        Ok(CpuStream { tx, enqueued: AtomicU64::new(0), shared })
+    }
+
+    fn enqueue(&self, job: Job) -> Result<()> {
+        // Relaxed is enough: the count is only compared by `synchronize`
+        // after this thread's send, and the channel orders the jobs.
+        self.enqueued.fetch_add(1, Ordering::Relaxed);
+        self.tx.send(job).map_err(|_| Error::DeviceShutDown("cpu stream".into()))
+    }
+
+    fn wait_until(&self, target: u64) -> Result<()> {
+        let mut g = crate::sync_std_lock(&self.shared.progress);
+        while g.completed < target {
+            g = match self.shared.cv.wait(g) {
+                Ok(g) => g,
+                Err(p) => p.into_inner(),
+            };
+        }
+        match g.error.take() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}
+
+/// A `Send` wrapper for a raw address captured by a job.
+#[derive(Clone, Copy)]
+struct P(DevicePtr);
+
+impl P {
+    /// # Safety
+    /// The address holds `n` f32s, live until the job that calls this ends
+    /// (the contract of [`BackendStream`]'s unsafe entry points).
+    unsafe fn f32<'a>(self, n: usize) -> &'a [f32] {
+        // SAFETY: forwarded from the caller's contract above.
+        unsafe { std::slice::from_raw_parts(self.0 as *const f32, n) }
+    }
+    /// # Safety
+    /// As [`P::f32`], and nothing else reads or writes it during the job (the
+    /// stream runs one job at a time; other streams touch it only after an
+    /// event orders them, the caller's contract).
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn f32_mut<'a>(self, n: usize) -> &'a mut [f32] {
+        // SAFETY: forwarded from the caller's contract above.
+        unsafe { std::slice::from_raw_parts_mut(self.0 as *mut f32, n) }
+    }
+}
+
+impl BackendStream for CpuStream {
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+    fn synchronize(&self) -> Result<()> {
+        // Every job this thread enqueued was sent before this load, and any job
+        // sent before ours took its number before being sent, so the first
+        // `target` jobs in channel order include all of ours.
+        let target = self.enqueued.load(Ordering::Relaxed);
+        self.wait_until(target)
+    }
+    fn query(&self) -> Result<bool> {
+        let target = self.enqueued.load(Ordering::Relaxed);
+        Ok(crate::sync_std_lock(&self.shared.progress).completed >= target)
+    }
+    fn record(&self, event: &dyn BackendEvent) -> Result<()> {
+        let ev = cpu_event(event)?;
+        let state = ev.state.clone();
+        let generation = state.record();
+        self.enqueue(Box::new(move || {
+            state.complete(generation);
+            Ok(())
+        }))
+    }
+    fn wait_event(&self, event: &dyn BackendEvent) -> Result<()> {
+        let ev = cpu_event(event)?;
+        let state = ev.state.clone();
+        let target = state.target();
+        if state.is_complete(target) {
+            return Ok(());
+        }
+        self.enqueue(Box::new(move || state.wait(target, None)))
+    }
+    unsafe fn h2d(&self, src: &[u8], dst: DevicePtr) -> Result<()> {
+        let staged = src.to_vec();
+        let dst = P(dst);
+        self.enqueue(Box::new(move || {
+            // SAFETY: caller contract: dst holds src.len() bytes, live until this job ran.
+            unsafe { std::ptr::copy_nonoverlapping(staged.as_ptr(), dst.0 as *mut u8, staged.len()) };
+            Ok(())
+        }))
+    }
+    unsafe fn d2h(&self, src: DevicePtr, dst: &mut [u8]) -> Result<()> {
+        // The copy runs on the stream (after the work ahead of it) into a
+        // staging buffer, then lands in `dst` here: `dst` is never touched by
+        // the executor thread, so an early error return cannot leave a write
+        // in flight into the caller's memory.
+        let len = dst.len();
+        let staging = Arc::new(Mutex::new(vec![0u8; len]));
+        let st = staging.clone();
+        let src = P(src);
+        self.enqueue(Box::new(move || {
+            let mut buf = crate::sync_std_lock(&st);
+            // SAFETY: caller contract: src holds len bytes, live until this job ran.
+            unsafe { std::ptr::copy_nonoverlapping(src.0 as *const u8, buf.as_mut_ptr(), len) };
+            Ok(())
+        }))?;
+        self.synchronize()?;
+        dst.copy_from_slice(&crate::sync_std_lock(&staging));
+        Ok(())
+    }
+    unsafe fn d2d(&self, src: DevicePtr, dst: DevicePtr, bytes: usize) -> Result<()> {
+        let (s, d) = (P(src), P(dst));
+        self.enqueue(Box::new(move || {
+            // SAFETY: caller contract: both regions hold `bytes` and are live;
+            // `copy` tolerates overlap.
+            unsafe { std::ptr::copy(s.0 as *const u8, d.0 as *mut u8, bytes) };
+            Ok(())
+        }))
+    }
+    unsafe fn gemm(&self, g: &Gemm) -> Result<()> {
+        f32_only(g.dtype)?;
+        let g = *g;
+        let (a, w, b, o) = (P(g.a), P(g.w), g.bias.map(P), P(g.out));
+        self.enqueue(Box::new(move || {
+            // SAFETY (all four): caller contract on the descriptor's sizes and lifetimes.
+            unsafe {
+                kernels::gemm(g.m, g.n, g.k, a.f32(g.m * g.k), w.f32(g.n * g.k), b.map(|b| b.f32(g.n)), o.f32_mut(g.m * g.n), g.act);
+            }
+            Ok(())
+        }))
+    }
+    unsafe fn add(&self, a: DevicePtr, b: DevicePtr, out: DevicePtr, n: usize, dtype: DType) -> Result<()> {
+        f32_only(dtype)?;
+        let (a, b, o) = (P(a), P(b), P(out));
+        self.enqueue(Box::new(move || {
+            // SAFETY: caller contract; `out` may alias `a` or `b` only elementwise,
+            // which `add` reads before it writes each element.
+            unsafe { kernels::add(a.f32(n), b.f32(n), o.f32_mut(n)) };
+            Ok(())
+        }))
+    }
+    unsafe fn activation(&self, x: DevicePtr, out: DevicePtr, n: usize, act: Activation, dtype: DType) -> Result<()> {
+        f32_only(dtype)?;
+        let (x, o) = (P(x), P(out));
+        self.enqueue(Box::new(move || {
+            // SAFETY: caller contract (elementwise, in-place allowed).
+            unsafe { kernels::activation(x.f32(n), o.f32_mut(n), act) };
+            Ok(())
+        }))
+    }
+    unsafe fn layer_norm(&self, p: &LayerNorm) -> Result<()> {
+        f32_only(p.dtype)?;
+        let p = *p;
+        let n = p.rows * p.cols;
+        let (x, r, g, b, o) = (P(p.x), p.residual.map(P), P(p.gamma), P(p.beta), P(p.out));
+        self.enqueue(Box::new(move || {
+            // SAFETY: caller contract; rows are copied to a scratch row before
+            // `out` is written, so in-place is allowed.
+            unsafe { kernels::layer_norm(x.f32(n), r.map(|r| r.f32(n)), g.f32(p.cols), b.f32(p.cols), o.f32_mut(n), p.rows, p.cols, p.eps) };
+            Ok(())
+        }))
+    }
+    unsafe fn softmax(&self, x: DevicePtr, out: DevicePtr, rows: usize, cols: usize, dtype: DType) -> Result<()> {
+        f32_only(dtype)?;
+        let (x, o) = (P(x), P(out));
+        self.enqueue(Box::new(move || {
+            // SAFETY: caller contract.
+            unsafe { kernels::softmax(x.f32(rows * cols), o.f32_mut(rows * cols), rows, cols) };
+            Ok(())
+        }))
+    }
+    unsafe fn attention(&self, p: &Attention) -> Result<()> {
+        f32_only(p.dtype)?;
+        let p = *p;
+        let d = p.heads * p.head_dim;
+        let tokens = p.batch * p.seq;
+        // q/k/v span up to the last token's last element.
+        let span = if tokens == 0 { 0 } else { (tokens - 1) * p.row_stride + d };
+        let (q, k, v, m, o) = (P(p.q), P(p.k), P(p.v), p.mask.map(P), P(p.out));
+        self.enqueue(Box::new(move || {
+            // SAFETY: caller contract on the layout documented on `Attention`.
+            unsafe {
+                kernels::attention(q.f32(span), k.f32(span), v.f32(span), p.row_stride, m.map(|m| m.f32(tokens)), o.f32_mut(tokens * d), p.batch, p.seq, p.heads, p.head_dim, p.scale)
+            };
+            Ok(())
+        }))
+    }
+    unsafe fn gather(&self, p: &Gather) -> Result<()> {
+        f32_only(p.dtype)?;
+        let p = *p;
+        let (t, ids, o) = (P(p.table), P(p.ids), P(p.out));
+        self.enqueue(Box::new(move || {
+            // SAFETY: caller contract: ids are in range of the table.
+            unsafe {
+                let ids = std::slice::from_raw_parts(ids.0 as *const u32, p.n);
+                let rows = ids.iter().copied().max().map_or(0, |m| m as usize + 1);
+                kernels::gather(t.f32(rows * p.dim), ids, o.f32_mut(p.n * p.dim), p.dim)
+            };
+            Ok(())
+        }))
+    }
+    unsafe fn mean_pool(&self, p: &MeanPool) -> Result<()> {
+        f32_only(p.dtype)?;
+        let p = *p;
+        let (x, m, o) = (P(p.x), p.mask.map(P), P(p.out));
+        self.enqueue(Box::new(move || {
+            // SAFETY: caller contract.
+            unsafe { kernels::mean_pool(x.f32(p.batch * p.seq * p.dim), m.map(|m| m.f32(p.batch * p.seq)), o.f32_mut(p.batch * p.dim), p.batch, p.seq, p.dim) };
+            Ok(())
+        }))
+    }
+    unsafe fn l2_normalize(&self, x: DevicePtr, out: DevicePtr, rows: usize, cols: usize, dtype: DType) -> Result<()> {
+        f32_only(dtype)?;
+        let (x, o) = (P(x), P(out));
+        self.enqueue(Box::new(move || {
+            // SAFETY: caller contract (row norm computed before the row is written).
+            unsafe { kernels::l2_normalize(x.f32(rows * cols), o.f32_mut(rows * cols), rows, cols) };
+            Ok(())
+        }))
+    }
+}
+
+fn cpu_event(e: &dyn BackendEvent) -> Result<&CpuEvent> {
+    e.as_any().downcast_ref::<CpuEvent>().ok_or_else(|| Error::DeviceMismatch("event of another backend used on a cpu stream".into()))
+}
+
+/// A CPU event: completed by the executor thread of the stream it was recorded on.
+pub struct CpuEvent {
+    state: Arc<EventState>,
+}
+
+impl BackendEvent for CpuEvent {
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+    fn query(&self) -> Result<bool> {
+        Ok(self.state.is_complete(self.state.target()))
+    }
+    fn synchronize(&self, timeout: Option<Duration>) -> Result<()> {
+        self.state.wait(self.state.target(), timeout)
+    }
+    fn elapsed_ms(&self, earlier: &dyn BackendEvent) -> Result<f32> {
+        let e = cpu_event(earlier)?;
+        match (e.state.completed_at(), self.state.completed_at()) {
+            (Some(a), Some(b)) => Ok(b.saturating_duration_since(a).as_secs_f32() * 1e3 * if b >= a { 1.0 } else { -1.0 }),
+            _ => Err(Error::InvalidArgument("elapsed time needs two completed events".into())),
+        }
+    }
+}
