@@ -5,14 +5,51 @@
 //! Any number of threads may use a [`Device`]: each thread's first operation
 //! binds it to a worker stream of the device's pool, kept in a thread-local and
 //! returned when the thread exits.
+//!
+//! ```
+//! use braid_runtime::Device;
+//! let device = Device::cpu().unwrap();
+//! std::thread::scope(|s| {
+//!     for _ in 0..4 {
+//!         s.spawn(|| {
+//!             let stream = device.current_stream().unwrap(); // this thread's own stream
+//!             let block = device.alloc(1024, &stream).unwrap();
+//!             // SAFETY: the block holds 1024 bytes and outlives the copy (d2h waits).
+//!             unsafe { stream.raw().h2d(&[7u8; 1024], block.ptr()).unwrap() };
+//!             let mut back = [0u8; 1024];
+//!             unsafe { stream.raw().d2h(block.ptr(), &mut back).unwrap() };
+//!             assert_eq!(back, [7u8; 1024]);
+//!         });
+//!     }
+//! });
+//! ```
 
+pub mod alloc;
 pub mod backend;
+pub mod command;
+pub mod config;
+pub mod device;
 pub mod error;
+pub mod event;
 pub mod event_state;
+pub mod fork;
+pub mod freelist;
+pub mod pool;
+pub mod serialized;
+pub mod stream;
 pub mod sync;
+pub mod throttle;
 
+pub use alloc::{AllocStats, CachingAllocator};
 pub use backend::{Activation, BackendKind, DType, DevicePtr};
+pub use config::{Assignment, ExhaustionPolicy, PoolConfig};
+pub use device::{Device, DeviceBlock, DeviceOptions};
 pub use error::{Error, Result};
+pub use event::Event;
+pub use pool::StreamPool;
+pub use serialized::{serialized, serialized_stats};
+pub use stream::{Stream, StreamGuard};
+pub use throttle::{Permit, Throttle};
 
 /// Lock a `std` mutex, ignoring poisoning (see [`sync::lock`]).
 pub(crate) fn sync_std_lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -1,0 +1,269 @@
+//! [`Device`]: one backend with its stream pool, caching allocator and
+//! throttle, shared by every thread that uses it. Owns device selection
+//! (`Device::auto`: CUDA, then CPU), the device's lifecycle (shutdown while
+//! other threads hold streams or have work in flight) and the glue that lets
+//! the allocator record fences on the pool's streams.
+
+use crate::alloc::{AllocConfig, AllocStats, Block, CachingAllocator, Fence, MemorySource};
+use crate::backend::{cpu::CpuBackend, Backend, BackendEvent, BackendKind, DType};
+use crate::config::PoolConfig;
+use crate::error::{Error, Result};
+use crate::event::Event;
+use crate::pool::StreamPool;
+use crate::stream::Stream;
+use crate::throttle::Throttle;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+static NEXT_DEVICE_ID: AtomicU64 = AtomicU64::new(1);
+
+/// Device memory as the allocator sees it: the backend plus the pool, so that
+/// fences are events recorded on the pool's streams.
+pub struct DeviceMemory {
+    backend: Arc<dyn Backend>,
+    pool: StreamPool,
+    name: String,
+}
+
+struct EventFence(Arc<dyn BackendEvent>);
+
+impl Fence for EventFence {
+    fn is_done(&self) -> bool {
+        self.0.query().unwrap_or(false)
+    }
+    fn wait(&self) -> Result<()> {
+        self.0.synchronize(None)
+    }
+}
+
+impl MemorySource for DeviceMemory {
+    fn name(&self) -> String {
+        self.name.clone()
+    }
+    fn alloc(&self, bytes: usize) -> Result<u64> {
+        self.backend.alloc(bytes)
+    }
+    unsafe fn free(&self, ptr: u64, bytes: usize) {
+        // SAFETY: forwarded: the allocator frees a block once, after every
+        // stream that used it is past it.
+        unsafe { self.backend.free(ptr, bytes) }
+    }
+    fn fence(&self, stream: usize) -> Result<Box<dyn Fence>> {
+        let s = self.pool.stream(stream)?;
+        let ev = self.backend.new_event(false)?;
+        s.raw().record(&*ev)?;
+        Ok(Box::new(EventFence(ev)))
+    }
+}
+
+/// Device memory from the caching allocator. Dropping it frees it, ordered
+/// after the work already enqueued on its stream.
+pub type DeviceBlock = Block<DeviceMemory>;
+
+struct DeviceInner {
+    id: u64,
+    backend: Arc<dyn Backend>,
+    pool: StreamPool,
+    allocator: CachingAllocator<DeviceMemory>,
+    throttle: Throttle,
+    shut_down: AtomicBool,
+    label: String,
+}
+
+/// A device and everything braid keeps for it. Cheap to clone; `Send + Sync`.
+#[derive(Clone)]
+pub struct Device {
+    inner: Arc<DeviceInner>,
+}
+
+impl std::fmt::Debug for Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Device({})", self.inner.label)
+    }
+}
+
+/// Options for building a device.
+#[derive(Clone, Debug)]
+pub struct DeviceOptions {
+    pub pool: PoolConfig,
+    /// Cap on in-flight submissions (`BRAID_MAX_INFLIGHT`); `None` = unlimited.
+    pub max_inflight: Option<usize>,
+    /// Reserved bytes above which the allocator trims its cache.
+    pub high_watermark: Option<usize>,
+}
+
+impl DeviceOptions {
+    /// Defaults overridden by the `BRAID_*` environment variables.
+    pub fn from_env() -> Result<Self> {
+        Ok(DeviceOptions { pool: PoolConfig::from_env()?, max_inflight: crate::config::max_inflight_from_env()?, high_watermark: None })
+    }
+}
+
+impl Default for DeviceOptions {
+    fn default() -> Self {
+        DeviceOptions { pool: PoolConfig::default(), max_inflight: None, high_watermark: None }
+    }
+}
+
+impl Device {
+    /// A device over any backend.
+    pub fn with_backend(backend: Arc<dyn Backend>, options: DeviceOptions) -> Result<Device> {
+        crate::fork::register();
+        crate::fork::check()?;
+        options.pool.validate()?;
+        // Relaxed: only uniqueness of the id matters.
+        let id = NEXT_DEVICE_ID.fetch_add(1, Ordering::Relaxed);
+        let pool = StreamPool::new(backend.clone(), options.pool, id)?;
+        let label = format!("{}:{}", backend.kind().name(), id);
+        let mem = DeviceMemory { backend: backend.clone(), pool: pool.clone(), name: label.clone() };
+        let allocator = CachingAllocator::new(mem, AllocConfig { streams: options.pool.size, high_watermark: options.high_watermark });
+        Ok(Device {
+            inner: Arc::new(DeviceInner { id, backend, pool, allocator, throttle: Throttle::new(options.max_inflight), shut_down: AtomicBool::new(false), label }),
+        })
+    }
+
+    /// The CPU as a device, with settings from the environment.
+    pub fn cpu() -> Result<Device> {
+        Self::cpu_with(DeviceOptions::from_env()?)
+    }
+
+    pub fn cpu_with(options: DeviceOptions) -> Result<Device> {
+        Self::with_backend(Arc::new(CpuBackend::new()), options)
+    }
+
+    /// CUDA device `ordinal`, with settings from the environment.
+    pub fn cuda(ordinal: usize) -> Result<Device> {
+        Self::cuda_with(ordinal, DeviceOptions::from_env()?)
+    }
+
+    #[allow(unused_variables)]
+    pub fn cuda_with(ordinal: usize, options: DeviceOptions) -> Result<Device> {
+        #[cfg(all(feature = "cuda", not(loom)))]
+        {
+            let b = crate::backend::cuda::try_new(ordinal)?;
+            Self::with_backend(b, options)
+        }
+        #[cfg(not(all(feature = "cuda", not(loom))))]
+        Err(Error::Unavailable { backend: "cuda", reason: "braid was built without the `cuda` feature".into() })
+    }
+
+    /// The best device found: CUDA, then the CPU.
+    pub fn auto() -> Result<Device> {
+        let options = DeviceOptions::from_env()?;
+        match Self::cuda_with(0, options.clone()) {
+            Ok(d) => Ok(d),
+            Err(Error::Unavailable { .. }) => Self::cpu_with(options),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// By name: `auto`, `cpu`, `cuda`, `cuda:N`.
+    pub fn parse(name: &str) -> Result<Device> {
+        match name.trim() {
+            "auto" => Self::auto(),
+            "cpu" => Self::cpu(),
+            "cuda" => Self::cuda(0),
+            s if s.starts_with("cuda:") => {
+                let n = s[5..].parse().map_err(|_| Error::InvalidArgument(format!("bad device {name:?}: expected cuda:N")))?;
+                Self::cuda(n)
+            }
+            _ => Err(Error::InvalidArgument(format!("unknown device {name:?}: expected auto, cpu, cuda or cuda:N (wgpu is not built yet)"))),
+        }
+    }
+
+    pub fn id(&self) -> u64 {
+        self.inner.id
+    }
+    pub fn kind(&self) -> BackendKind {
+        self.inner.backend.kind()
+    }
+    pub fn name(&self) -> String {
+        self.inner.backend.device_name()
+    }
+    pub fn label(&self) -> &str {
+        &self.inner.label
+    }
+    pub fn backend(&self) -> &Arc<dyn Backend> {
+        &self.inner.backend
+    }
+    pub fn supports(&self, dtype: DType) -> bool {
+        self.inner.backend.supports(dtype)
+    }
+    pub fn pool(&self) -> &StreamPool {
+        &self.inner.pool
+    }
+    pub fn allocator(&self) -> &CachingAllocator<DeviceMemory> {
+        &self.inner.allocator
+    }
+    pub fn throttle(&self) -> &Throttle {
+        &self.inner.throttle
+    }
+    pub fn same_as(&self, other: &Device) -> bool {
+        self.inner.id == other.inner.id
+    }
+
+    fn check_live(&self) -> Result<()> {
+        crate::fork::check()?;
+        // Acquire pairs with the Release store in `shutdown`.
+        if self.inner.shut_down.load(Ordering::Acquire) {
+            return Err(Error::DeviceShutDown(self.inner.label.clone()));
+        }
+        Ok(())
+    }
+
+    /// This thread's current stream on this device (binding a worker slot on first use).
+    pub fn current_stream(&self) -> Result<Stream> {
+        self.check_live()?;
+        self.inner.pool.current()
+    }
+
+    /// Stream `index` of the pool (0 = default).
+    pub fn stream(&self, index: usize) -> Result<Stream> {
+        self.check_live()?;
+        self.inner.pool.stream(index)
+    }
+
+    /// Memory for use on `stream`, from the caching allocator.
+    pub fn alloc(&self, bytes: usize, stream: &Stream) -> Result<DeviceBlock> {
+        self.check_live()?;
+        if stream.device_id != self.inner.id {
+            return Err(Error::DeviceMismatch(format!("stream of device {} used to allocate on device {}", stream.device_id, self.inner.id)));
+        }
+        self.inner.allocator.alloc(bytes, stream.index)
+    }
+
+    pub fn memory_stats(&self) -> AllocStats {
+        self.inner.allocator.stats()
+    }
+
+    /// Give every cached free block back to the backend.
+    pub fn empty_cache(&self) {
+        self.inner.allocator.empty_cache()
+    }
+
+    /// A new event on this device.
+    pub fn new_event(&self, timing: bool) -> Result<Event> {
+        self.check_live()?;
+        Event::new_on(&self.inner.pool.default_stream()?, timing)
+    }
+
+    /// Wait for every stream of the device (prefer an [`Event`] per thread).
+    pub fn synchronize(&self) -> Result<()> {
+        self.check_live()?;
+        self.inner.pool.synchronize()?;
+        self.inner.backend.synchronize()
+    }
+
+    /// Stop accepting work: later calls get [`Error::DeviceShutDown`]; work
+    /// already enqueued completes (this waits for it). Threads holding streams
+    /// keep them valid until they drop them.
+    pub fn shutdown(&self) -> Result<()> {
+        // Release: later `check_live` loads see the flag.
+        self.inner.shut_down.store(true, Ordering::Release);
+        self.inner.pool.synchronize()
+    }
+
+    pub fn is_shut_down(&self) -> bool {
+        self.inner.shut_down.load(Ordering::Acquire)
+    }
+}
