@@ -83,9 +83,10 @@ pub(crate) fn pop_override(depth: usize) {
 
 impl PoolInner {
     fn release_slot(&self, slot: usize) {
-        self.freelist.release(slot);
-        // Relaxed: a statistic.
+        // Decrement before the slot is free again, so `bound` never exceeds
+        // the slots taken. Relaxed: a statistic, not used to synchronise.
         self.bound.fetch_sub(1, Ordering::Relaxed);
+        self.freelist.release(slot);
     }
 }
 
