@@ -353,20 +353,34 @@ impl<M: MemorySource> CachingAllocator<M> {
             }
         }
         candidates.sort_unstable();
+        let mut fenced = 0u128;
         for (_, s, size, ptr) in candidates {
             if self.inner.reserved.load(Ordering::Relaxed) <= high {
                 break;
             }
             if lock(&self.inner.pools[s]).blocks.remove(&(size, ptr)).is_some() {
-                self.release_to_backend(ptr, size);
+                self.release_to_backend(s, ptr, size, &mut fenced);
             }
         }
     }
 
-    fn release_to_backend(&self, ptr: u64, size: usize) {
+    /// Free a block taken out of stream `stream`'s free pool. A cached block
+    /// may still be in use by work queued on its own stream (reuse on that
+    /// stream is ordered, freeing is not), so the first release per stream
+    /// waits for a fence on it (`fenced` remembers which streams are done).
+    fn release_to_backend(&self, stream: usize, ptr: u64, size: usize, fenced: &mut u128) {
+        if *fenced & (1u128 << stream) == 0 {
+            let ok = self.inner.mem.fence(stream).and_then(|f| f.wait()).is_ok();
+            if !ok {
+                // Cannot prove the stream is done with it: leak (stays reserved).
+                return;
+            }
+            *fenced |= 1u128 << stream;
+        }
         // SAFETY: the block was just removed from a free pool, so it is not
         // live and no other path can free it; blocks reach a free pool only
-        // when their stream (and every recorded stream) is past their last use.
+        // when every other stream is past their last use, and its own stream
+        // has passed the fence waited for above.
         unsafe { self.inner.mem.free(ptr, size) };
         self.inner.reserved.fetch_sub(size, Ordering::Relaxed);
     }
@@ -375,10 +389,11 @@ impl<M: MemorySource> CachingAllocator<M> {
     /// pending block) to the backend. Reserved falls to the bytes in live blocks.
     pub fn empty_cache(&self) {
         self.reclaim_pending(true);
-        for pool in &self.inner.pools {
+        let mut fenced = 0u128;
+        for (s, pool) in self.inner.pools.iter().enumerate() {
             let blocks = std::mem::take(&mut lock(pool).blocks);
             for ((size, ptr), _) in blocks {
-                self.release_to_backend(ptr, size);
+                self.release_to_backend(s, ptr, size, &mut fenced);
             }
         }
     }
@@ -455,9 +470,14 @@ impl<M: MemorySource> Drop for Inner<M> {
                 unsafe { self.mem.free(p.ptr, p.size) };
             }
         }
-        for pool in &self.pools {
-            for ((size, ptr), _) in std::mem::take(&mut lock(pool).blocks) {
-                // SAFETY: cached free blocks are unused by every stream.
+        for (s, pool) in self.pools.iter().enumerate() {
+            let blocks = std::mem::take(&mut lock(pool).blocks);
+            if blocks.is_empty() || self.mem.fence(s).and_then(|f| f.wait()).is_err() {
+                continue; // nothing to free, or cannot prove the stream is done: leak
+            }
+            for ((size, ptr), _) in blocks {
+                // SAFETY: cached free blocks are unused by other streams, and
+                // their own stream has passed the fence just waited for.
                 unsafe { self.mem.free(ptr, size) };
             }
         }

@@ -238,6 +238,13 @@ pub trait BackendStream: Send + Sync + 'static {
         Err(Error::Unsupported { backend: "this", what: format!("cast {} -> {}", from.name(), to.name()) })
     }
 
+    /// Run `f` on the host when the stream reaches this point (later work on
+    /// the stream waits for it), like `cuLaunchHostFunc`.
+    fn host_fn(&self, f: Box<dyn FnOnce() + Send>) -> Result<()> {
+        let _ = f;
+        Err(Error::Unsupported { backend: "this", what: "host functions".into() })
+    }
+
     /// Start capturing the work enqueued on this stream into a graph.
     fn begin_capture(&self) -> Result<()> {
         Err(Error::Unsupported { backend: "this", what: "graph capture".into() })

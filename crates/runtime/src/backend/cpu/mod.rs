@@ -222,6 +222,12 @@ impl BackendStream for CpuStream {
         }
         self.enqueue(Box::new(move || state.wait(target, None)))
     }
+    fn host_fn(&self, f: Box<dyn FnOnce() + Send>) -> Result<()> {
+        self.enqueue(Box::new(move || {
+            f();
+            Ok(())
+        }))
+    }
     unsafe fn h2d(&self, src: &[u8], dst: DevicePtr) -> Result<()> {
         let staged = src.to_vec();
         let dst = P(dst);

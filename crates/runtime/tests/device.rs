@@ -1,0 +1,195 @@
+//! The runtime over real CPU streams: events (record, cross-stream wait,
+//! query, timeout, elapsed), the command typestate and throttle, device
+//! shutdown while other threads hold streams, a forked child, and bad input.
+
+use braid_runtime::command::CommandBuffer;
+use braid_runtime::{Device, DeviceOptions, Error, Event, PoolConfig};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+fn cpu() -> Device {
+    Device::cpu_with(DeviceOptions::default()).unwrap()
+}
+
+/// Hold `stream` up until `gate` opens (a slow kernel).
+fn block_stream(stream: &braid_runtime::Stream, gate: &Arc<AtomicBool>) {
+    let g = gate.clone();
+    stream
+        .raw()
+        .host_fn(Box::new(move || {
+            while !g.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }))
+        .unwrap();
+}
+
+#[test]
+fn event_orders_streams_and_times_out() {
+    let dev = cpu();
+    let a = dev.stream(1).unwrap();
+    let b = dev.stream(2).unwrap();
+    let buf = dev.alloc(16, &a).unwrap();
+    // Stream a writes, records; stream b waits on the event and reads.
+    let ev = Event::new_on(&a, true).unwrap();
+    let start = Event::new_on(&a, true).unwrap();
+    start.record(&a).unwrap();
+    unsafe { a.raw().h2d(&[9u8; 16], buf.ptr()).unwrap() };
+    ev.record(&a).unwrap();
+    b.wait_event(&ev).unwrap();
+    let mut out = [0u8; 16];
+    unsafe { b.raw().d2h(buf.ptr(), &mut out).unwrap() };
+    assert_eq!(out, [9u8; 16]);
+    assert!(ev.query().unwrap());
+    ev.synchronize().unwrap();
+    assert!(ev.elapsed_ms(&start).unwrap() >= 0.0);
+    // elapsed needs timing on both
+    let plain = Event::new_on(&a, false).unwrap();
+    assert!(matches!(plain.elapsed_ms(&start), Err(Error::InvalidArgument(_))));
+
+    // A stream held up by unfinished work: its event times out, then completes.
+    let gate = Arc::new(AtomicBool::new(false));
+    let c = dev.stream(3).unwrap();
+    block_stream(&c, &gate);
+    let late = c.record_event().unwrap();
+    assert!(!late.query().unwrap());
+    assert!(matches!(late.synchronize_timeout(Duration::from_millis(20)), Err(Error::Timeout(_))));
+    gate.store(true, Ordering::SeqCst);
+    late.synchronize_timeout(Duration::from_secs(30)).unwrap();
+    dev.synchronize().unwrap();
+}
+
+#[test]
+fn command_buffer_keeps_objects_alive_and_runs_handlers() {
+    let dev = cpu();
+    let kept = Arc::new(5u32);
+    let ran = Arc::new(AtomicUsize::new(0));
+    let mut cb = CommandBuffer::new(&dev).unwrap();
+    let r = ran.clone();
+    cb.keep_alive(kept.clone()).encode(|_| Ok(())).on_complete(move |res| {
+        assert!(res.is_ok());
+        r.fetch_add(1, Ordering::SeqCst);
+    });
+    let sub = cb.submit().unwrap();
+    assert_eq!(Arc::strong_count(&kept), 2, "the submission keeps the object alive");
+    sub.wait().unwrap();
+    assert_eq!(Arc::strong_count(&kept), 1, "released after completion");
+    assert_eq!(ran.load(Ordering::SeqCst), 1);
+
+    // An op that fails: the error reaches wait() and the handlers.
+    let mut cb = CommandBuffer::new(&dev).unwrap();
+    cb.encode(|_| Err(Error::InvalidArgument("boom".into())));
+    assert!(matches!(cb.submit().unwrap().wait(), Err(Error::InvalidArgument(_))));
+}
+
+#[test]
+fn throttle_caps_in_flight_submissions() {
+    let dev = Device::cpu_with(DeviceOptions { max_inflight: Some(2), ..Default::default() }).unwrap();
+    std::thread::scope(|s| {
+        for _ in 0..8 {
+            s.spawn(|| {
+                for _ in 0..50 {
+                    let mut cb = CommandBuffer::new(&dev).unwrap();
+                    cb.encode(|_| {
+                        std::thread::sleep(Duration::from_micros(100));
+                        Ok(())
+                    });
+                    cb.submit().unwrap().wait().unwrap();
+                }
+            });
+        }
+    });
+    assert!(dev.throttle().peak() <= 2, "peak {} above the cap", dev.throttle().peak());
+    assert_eq!(dev.throttle().in_flight(), 0);
+    assert!(dev.throttle().acquire_timeout(Duration::from_millis(1)).is_ok());
+}
+
+#[test]
+fn shutdown_with_streams_held_elsewhere() {
+    let dev = cpu();
+    let started = Arc::new(std::sync::Barrier::new(5));
+    let stop = Arc::new(AtomicBool::new(false));
+    let handles: Vec<_> = (0..4)
+        .map(|_| {
+            let (dev, started, stop) = (dev.clone(), started.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let s = dev.current_stream().unwrap();
+                let b = dev.alloc(64, &s).unwrap();
+                started.wait();
+                let mut late_errors = 0;
+                while !stop.load(Ordering::SeqCst) {
+                    // A held stream stays valid; new device calls are refused.
+                    unsafe { s.raw().h2d(&[1u8; 64], b.ptr()).unwrap() };
+                    s.synchronize().unwrap();
+                    if let Err(Error::DeviceShutDown(_)) = dev.alloc(64, &s) {
+                        late_errors += 1;
+                    }
+                }
+                late_errors
+            })
+        })
+        .collect();
+    started.wait();
+    dev.shutdown().unwrap();
+    assert!(matches!(dev.current_stream(), Err(Error::DeviceShutDown(_))));
+    std::thread::sleep(Duration::from_millis(20));
+    stop.store(true, Ordering::SeqCst);
+    drop(dev); // the last handle outside the workers
+    for h in handles {
+        assert!(h.join().unwrap() > 0, "late callers get a clear error");
+    }
+}
+
+#[test]
+fn dropping_device_with_work_in_flight() {
+    for _ in 0..20 {
+        let dev = cpu();
+        let s = dev.current_stream().unwrap();
+        let b = dev.alloc(1 << 16, &s).unwrap();
+        for _ in 0..10 {
+            unsafe { s.raw().h2d(&vec![3u8; 1 << 16], b.ptr()).unwrap() };
+        }
+        // Drop the device first, then the block and the stream, work still queued.
+        drop(dev);
+        drop(b);
+        drop(s);
+    }
+}
+
+#[test]
+fn bad_settings_are_errors_not_panics() {
+    let bad = DeviceOptions { pool: PoolConfig { size: 0, ..Default::default() }, ..Default::default() };
+    assert!(matches!(Device::cpu_with(bad), Err(Error::Config { .. })));
+    assert!(matches!(Device::parse("tpu"), Err(Error::InvalidArgument(_))));
+    let dev = cpu();
+    assert!(matches!(dev.stream(999), Err(Error::InvalidArgument(_))));
+    let other = cpu();
+    let s = other.current_stream().unwrap();
+    assert!(matches!(dev.alloc(8, &s), Err(Error::DeviceMismatch(_))));
+    let ev = other.new_event(false).unwrap();
+    let mine = dev.current_stream().unwrap();
+    assert!(matches!(mine.wait_event(&ev), Err(Error::DeviceMismatch(_))));
+}
+
+#[cfg(unix)]
+#[test]
+fn forked_child_gets_a_clear_error() {
+    let dev = cpu();
+    dev.current_stream().unwrap();
+    // SAFETY: the child only calls async-signal-safe code paths up to the
+    // check (an atomic load) and then `_exit`s without unwinding.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork failed");
+    if pid == 0 {
+        let code = match dev.current_stream() {
+            Err(Error::ForkedChild) => 0,
+            _ => 1,
+        };
+        unsafe { libc::_exit(code) };
+    }
+    let mut status = 0;
+    unsafe { libc::waitpid(pid, &mut status, 0) };
+    assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "child did not see ForkedChild");
+    assert!(dev.current_stream().is_ok(), "the parent is unaffected");
+}
