@@ -5,7 +5,7 @@
 //! and that `completed` never goes backwards.
 
 use crate::error::{Error, Result};
-use crate::sync::{lock, Condvar, Mutex};
+use crate::sync::{lock, timed_wait, wait, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 #[derive(Debug, Default)]
@@ -68,25 +68,19 @@ impl EventState {
 
     /// Block until `completed >= target`, or `timeout` passes.
     pub fn wait(&self, target: u64, timeout: Option<Duration>) -> Result<()> {
-        let deadline = timeout.map(|t| (Instant::now() + t, t));
+        let deadline = timeout.map(|t| Instant::now() + t);
         let mut c = lock(&self.inner);
+        let mut expired = false;
         while c.completed < target {
-            c = match deadline {
-                None => match self.cv.wait(c) {
-                    Ok(g) => g,
-                    Err(p) => p.into_inner(),
-                },
-                Some((when, t)) => {
-                    let now = Instant::now();
-                    if now >= when {
-                        return Err(Error::Timeout(t));
+            match deadline {
+                None => c = wait(&self.cv, c),
+                Some(d) => {
+                    if expired {
+                        return Err(Error::Timeout(timeout.unwrap_or_default()));
                     }
-                    match self.cv.wait_timeout(c, when - now) {
-                        Ok((g, _)) => g,
-                        Err(p) => p.into_inner().0,
-                    }
+                    (c, expired) = timed_wait(&self.cv, c, d);
                 }
-            };
+            }
         }
         Ok(())
     }

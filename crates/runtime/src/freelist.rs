@@ -5,7 +5,7 @@
 //! the no-lost-wakeup rule between `release` and waiters. Written against
 //! [`crate::sync`] so the loom models check this very code.
 
-use crate::sync::{lock, AtomicU64, AtomicUsize, Condvar, Mutex, Ordering};
+use crate::sync::{lock, timed_wait, wait, AtomicU64, AtomicUsize, Condvar, Mutex, Ordering};
 use std::time::{Duration, Instant};
 
 /// Why `acquire` returned no slot.
@@ -42,6 +42,7 @@ impl Freelist {
 
     /// Number of free slots right now (a snapshot).
     pub fn free_count(&self) -> usize {
+        // Acquire: a snapshot for checks and stats.
         self.free.load(Ordering::Acquire).count_ones() as usize
     }
 
@@ -52,10 +53,12 @@ impl Freelist {
 
     /// Take the lowest free slot without blocking.
     pub fn try_acquire(&self) -> Option<usize> {
-        // SeqCst on the load and the CAS: together with the SeqCst `waiters`
-        // accesses this forms the Dekker pair with `release` (a waiter either
-        // sees the released bit here, or the releaser sees the waiter count).
-        let mut cur = self.free.load(Ordering::SeqCst);
+        // Every read of the word is a read-modify-write (`fetch_or(0)`), which
+        // reads the latest value in its modification order. That is what makes
+        // the hand-shake with `release` work with AcqRel alone (see there): a
+        // plain load could read a stale "no slot free" and sleep through a
+        // release. (loom found exactly that lost wake-up with plain loads.)
+        let mut cur = self.free.fetch_or(0, Ordering::AcqRel);
         loop {
             if cur == 0 {
                 return None;
@@ -64,9 +67,10 @@ impl Freelist {
             let next = cur & !(1u64 << slot);
             // Clearing the bit by CAS is the one moment a slot changes owner:
             // only one thread's CAS from a word with this bit set can succeed.
-            match self.free.compare_exchange_weak(cur, next, Ordering::SeqCst, Ordering::SeqCst) {
+            // AcqRel: acquire the previous owner's release of the slot.
+            match self.free.compare_exchange(cur, next, Ordering::AcqRel, Ordering::Relaxed) {
                 Ok(_) => return Some(slot),
-                Err(actual) => cur = actual,
+                Err(_) => cur = self.free.fetch_or(0, Ordering::AcqRel),
             }
         }
     }
@@ -78,35 +82,30 @@ impl Freelist {
         }
         let deadline = timeout.map(|t| Instant::now() + t);
         let mut guard = lock(&self.lock);
-        // SeqCst: see try_acquire. Incremented under the lock, so a releaser
-        // that sees it non-zero and then takes the lock finds us waiting on the
-        // condvar (or not yet re-checked, in which case we see its bit).
-        self.waiters.fetch_add(1, Ordering::SeqCst);
+        // Incremented under the lock, before our re-check of the word. With
+        // `release` doing RMW(free) then RMW(waiters) and us RMW(waiters) then
+        // RMW(free), one RMW on each word reads the other's write: either the
+        // releaser sees us counted (and notifies under the lock, which we hold
+        // until we sleep) or our re-check sees its bit. AcqRel suffices
+        // because both reads are RMWs (they read the latest value).
+        self.waiters.fetch_add(1, Ordering::AcqRel);
+        let mut expired = false;
         let result = loop {
             if let Some(s) = self.try_acquire() {
                 break Ok(s);
             }
             match deadline {
-                None => {
-                    guard = match self.cv.wait(guard) {
-                        Ok(g) => g,
-                        Err(p) => p.into_inner(),
-                    }
-                }
+                None => guard = wait(&self.cv, guard),
                 Some(d) => {
-                    let now = Instant::now();
-                    if now >= d {
+                    if expired {
                         break Err(AcquireError::Exhausted { waited: timeout });
                     }
-                    guard = match self.cv.wait_timeout(guard, d - now) {
-                        Ok((g, _)) => g,
-                        Err(p) => p.into_inner().0,
-                    }
+                    (guard, expired) = timed_wait(&self.cv, guard, d);
                 }
             }
         };
-        // SeqCst: pairs with the load in `release` (see above).
-        self.waiters.fetch_sub(1, Ordering::SeqCst);
+        // AcqRel: the count only needs to be exact, see above.
+        self.waiters.fetch_sub(1, Ordering::AcqRel);
         drop(guard);
         result
     }
@@ -115,11 +114,12 @@ impl Freelist {
     /// slot that is already free is a bug in the caller and is reported.
     pub fn release(&self, slot: usize) -> bool {
         debug_assert!(slot < self.slots);
-        // SeqCst: the Dekker pair with `acquire_wait` (bit set before the
-        // waiter count is read).
-        let prev = self.free.fetch_or(1u64 << slot, Ordering::SeqCst);
+        // Release half: the slot's previous owner's work happens-before the
+        // next owner's CAS. Then the waiter count is read with an RMW (see
+        // `acquire_wait` for the hand-shake).
+        let prev = self.free.fetch_or(1u64 << slot, Ordering::AcqRel);
         let was_bound = prev & (1u64 << slot) == 0;
-        if self.waiters.load(Ordering::SeqCst) > 0 {
+        if self.waiters.fetch_add(0, Ordering::AcqRel) > 0 {
             // Taking the lock orders this notify after a waiter that has
             // incremented `waiters` has reached `cv.wait` (it holds the lock
             // until then), so the wake-up cannot be lost.

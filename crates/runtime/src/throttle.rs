@@ -4,7 +4,7 @@
 //! waiters; written against [`crate::sync`] for the loom model.
 
 use crate::error::{Error, Result};
-use crate::sync::{lock, Arc, Condvar, Mutex};
+use crate::sync::{lock, timed_wait, wait, Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 #[derive(Debug)]
@@ -59,23 +59,17 @@ impl Throttle {
             if s.in_flight >= limit {
                 s.waited += 1;
             }
+            let mut expired = false;
             while s.in_flight >= limit {
-                s = match deadline {
-                    None => match self.inner.cv.wait(s) {
-                        Ok(g) => g,
-                        Err(p) => p.into_inner(),
-                    },
+                match deadline {
+                    None => s = wait(&self.inner.cv, s),
                     Some((when, t)) => {
-                        let now = Instant::now();
-                        if now >= when {
+                        if expired {
                             return Err(Error::Timeout(t));
                         }
-                        match self.inner.cv.wait_timeout(s, when - now) {
-                            Ok((g, _)) => g,
-                            Err(p) => p.into_inner().0,
-                        }
+                        (s, expired) = timed_wait(&self.inner.cv, s, when);
                     }
-                };
+                }
             }
         }
         s.in_flight += 1;
