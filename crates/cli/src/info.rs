@@ -1,0 +1,43 @@
+//! `braid info`: which backends were found (and why not), the device
+//! `Device::auto()` picks, and the stream pool and throttle settings in force.
+
+use braid_runtime::config::MAX_POOL_SIZE;
+use braid_runtime::{Assignment, Device, DeviceOptions, ExhaustionPolicy, Result};
+use std::process::ExitCode;
+
+pub fn run() -> Result<ExitCode> {
+    println!("braid {}", env!("CARGO_PKG_VERSION"));
+    // Settings first: a bad variable is reported as such, before anything else.
+    let options = DeviceOptions::from_env()?;
+    println!("backends:");
+    let cpu = Device::cpu_with(options.clone())?;
+    println!("  cpu   available    {}", cpu.name());
+    match Device::cuda_with(0, options.clone()) {
+        Ok(d) => {
+            let mem = d.backend().memory_info().map(|(free, total)| format!(", {:.1} GiB free of {:.1} GiB", free as f64 / (1u64 << 30) as f64, total as f64 / (1u64 << 30) as f64)).unwrap_or_default();
+            println!("  cuda  available    {}{mem}", d.name());
+        }
+        Err(e) => println!("  cuda  unavailable: {e}"),
+    }
+    println!("  wgpu  not built (no wgpu backend yet)");
+    let auto = Device::auto()?;
+    println!("default device (Device::auto): {} ({})", auto.kind().name(), auto.name());
+    let p = options.pool;
+    let policy = match p.policy {
+        ExhaustionPolicy::Fail => "fail at once (BRAID_STREAM_POOL_WAIT_TIMEOUT_MS=0)".to_string(),
+        ExhaustionPolicy::Wait(d) => format!("wait up to {} ms", d.as_millis()),
+        ExhaustionPolicy::WaitForever => "wait forever (-1)".to_string(),
+    };
+    let assignment = match p.assignment {
+        Assignment::Exclusive => "exclusive (one worker stream per thread)",
+        Assignment::RoundRobin => "round-robin (streams may be shared)",
+    };
+    println!("stream pool: {} streams per device (1 default + {} worker slots; BRAID_STREAM_POOL_SIZE, 2..={MAX_POOL_SIZE}), created lazily", p.size, p.workers());
+    println!("  when exhausted: {policy}");
+    println!("  assignment: {assignment} (BRAID_STREAM_POOL_ASSIGNMENT)");
+    match options.max_inflight {
+        None => println!("throttle: unlimited in-flight submissions (BRAID_MAX_INFLIGHT unset or 0)"),
+        Some(n) => println!("throttle: at most {n} in-flight submissions (BRAID_MAX_INFLIGHT)"),
+    }
+    Ok(ExitCode::SUCCESS)
+}

