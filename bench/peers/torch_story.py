@@ -1,0 +1,354 @@
+#!/usr/bin/env python3
+"""The complete-story benchmark in PyTorch: the peer braid is compared with.
+
+Same workloads and sections as `braid bench story` (see DESIGN.md, "The braid
+command" and "JSON report"): correctness, thread scaling (per-thread streams,
+one shared stream, CUDA graph replay), batching, sync pattern, pipeline depth,
+dynamic batching. f32 with TF32 off. Writes the shared JSON format.
+
+    python3 bench/peers/torch_story.py --workload mlp --json torch-mlp.json [--quick] [--device cuda]
+"""
+import argparse
+import json
+import os
+import queue
+import statistics
+import sys
+import threading
+import time
+
+import torch
+import torch.nn as nn
+
+torch.backends.cuda.matmul.allow_tf32 = False
+torch.backends.cudnn.allow_tf32 = False
+torch.set_grad_enabled(False)
+
+
+def log(msg):
+    print(msg, file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------- workloads
+class Workload:
+    name = ""
+    batches = (1, 8, 64, 256)
+
+    def make_input(self, batch):
+        raise NotImplementedError
+
+    def forward(self, x):
+        return self.model(x)
+
+
+class Mlp(Workload):
+    name = "mlp"
+
+    def __init__(self, dev):
+        torch.manual_seed(0)
+        self.model = nn.Sequential(nn.Linear(512, 1024), nn.ReLU(), nn.Linear(1024, 1024), nn.ReLU(), nn.Linear(1024, 512)).to(dev).eval()
+        self.dev = dev
+
+    def make_input(self, batch):
+        return torch.randn(batch, 512, device=self.dev)
+
+
+class Encoder(Workload):
+    name = "encoder"
+
+    def __init__(self, dev):
+        torch.manual_seed(0)
+        self.model = nn.TransformerEncoderLayer(256, 4, 1024, dropout=0.0, batch_first=True).to(dev).eval()
+        self.dev = dev
+
+    def make_input(self, batch):
+        return torch.randn(batch, 64, 256, device=self.dev)
+
+
+class MiniLm(Workload):
+    """sentence-transformers' all-MiniLM-L6-v2 on pre-tokenised input of
+    sequence length 128 (the tokenizer is timed separately by `encode`)."""
+    name = "minilm"
+    batches = (1, 8, 32, 128)
+
+    def __init__(self, dev, model_dir):
+        from sentence_transformers import SentenceTransformer
+        self.st = SentenceTransformer(model_dir, device=str(dev))
+        self.st.eval()
+        self.dev = dev
+        self.model = self.st
+
+    def make_input(self, batch):
+        ids = torch.randint(1000, 20000, (batch, 128), device=self.dev)
+        ids[:, 0] = 101
+        ids[:, -1] = 102
+        return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "token_type_ids": torch.zeros_like(ids)}
+
+    def forward(self, x):
+        return self.st(x)["sentence_embedding"]
+
+
+# ---------------------------------------------------------------- timing
+def timed_loop(fn, seconds):
+    """Run fn until `seconds` have passed; return calls per second."""
+    n = 0
+    t0 = time.perf_counter()
+    while True:
+        fn()
+        n += 1
+        dt = time.perf_counter() - t0
+        if dt >= seconds:
+            return n / dt
+
+
+def median_of(f, repeats):
+    return statistics.median(f() for _ in range(repeats))
+
+
+def run_threads(nthreads, body, seconds):
+    """Each thread runs body(tid) -> op count within `seconds`; total ops/s."""
+    barrier = threading.Barrier(nthreads + 1)
+    counts = [0] * nthreads
+    stop = threading.Event()
+
+    def worker(tid):
+        step = body(tid)
+        step()  # warm-up on this thread's stream
+        barrier.wait()
+        n = 0
+        while not stop.is_set():
+            step()
+            n += 1
+        counts[tid] = n
+
+    ths = [threading.Thread(target=worker, args=(i,)) for i in range(nthreads)]
+    for t in ths:
+        t.start()
+    barrier.wait()
+    t0 = time.perf_counter()
+    time.sleep(seconds)
+    stop.set()
+    for t in ths:
+        t.join()
+    return sum(counts) / (time.perf_counter() - t0)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--workload", default="mlp", choices=["mlp", "encoder", "minilm"])
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--model", default="models/all-MiniLM-L6-v2")
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--json")
+    a = ap.parse_args()
+    dev = torch.device(a.device)
+    secs = 0.3 if a.quick else 1.0
+    reps = 1 if a.quick else 3
+    cuda = dev.type == "cuda"
+    if a.workload == "mlp":
+        w = Mlp(dev)
+    elif a.workload == "encoder":
+        w = Encoder(dev)
+    else:
+        w = MiniLm(dev, a.model)
+    results = []
+    devname = torch.cuda.get_device_name(dev) if cuda else "cpu"
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+
+    # correctness vs float64 on the CPU
+    log("[1/6] correctness")
+    x = w.make_input(8)
+    out = w.forward(x).float().cpu()
+    if a.workload in ("mlp", "encoder"):
+        import copy
+        m64 = copy.deepcopy(w.model).to("cpu").double()
+        ref = m64(x.cpu().double())
+        err = float(torch.linalg.norm(out.double() - ref) / torch.linalg.norm(ref))
+        results.append({"kind": "correctness", "name": f"{a.workload} f32 vs f64 (batch 8)", "max_rel_err": err})
+
+    # thread scaling
+    log("[2/6] thread scaling")
+    threads = (1, 2, 4, 8, 16)
+    for mode in ("per-thread-stream", "shared-stream", "graph"):
+        if mode == "graph" and (not cuda or a.workload == "minilm"):
+            continue
+        for t in threads:
+            def body(tid, mode=mode):
+                x = w.make_input(1)
+                if mode == "per-thread-stream" and cuda:
+                    s = torch.cuda.Stream()
+
+                    def step():
+                        with torch.cuda.stream(s):
+                            w.forward(x)
+                        s.synchronize()
+                    return step
+                if mode == "graph":
+                    s = torch.cuda.Stream()
+                    with torch.cuda.stream(s):
+                        for _ in range(3):
+                            w.forward(x)
+                    s.synchronize()
+                    g = torch.cuda.CUDAGraph()
+                    with torch.cuda.graph(g, stream=s):
+                        w.forward(x)
+
+                    def step():
+                        g.replay()
+                        s.synchronize()
+                    return step
+
+                def step():
+                    w.forward(x)
+                    sync()
+                return step
+            try:
+                ops = median_of(lambda: run_threads(t, body, secs), reps)
+            except Exception as e:  # graph capture from many threads can fail
+                log(f"  {mode} x{t}: {e}")
+                continue
+            results.append({"kind": "threads", "threads": t, "mode": mode, "ops_per_s": ops})
+            log(f"  {mode:18} {t:2} threads: {ops:10.0f} ops/s")
+
+    # batching
+    log("[3/6] batching")
+    for b in w.batches:
+        x = w.make_input(b)
+        w.forward(x)
+        sync()
+
+        def one():
+            w.forward(x)
+            sync()
+        per_s = median_of(lambda: timed_loop(one, secs), reps)
+        results.append({"kind": "batching", "batch": b, "latency_ms": 1e3 / per_s, "samples_per_s": per_s * b})
+        log(f"  batch {b:4}: {1e3 / per_s:8.3f} ms  {per_s * b:12.0f} samples/s")
+
+    # sync pattern
+    log("[4/6] sync pattern")
+    for t in (1, 8):
+        for pattern in ("every-op", "at-end"):
+            def body(tid, pattern=pattern):
+                x = w.make_input(1)
+                s = torch.cuda.Stream() if cuda else None
+
+                def step():
+                    if cuda:
+                        with torch.cuda.stream(s):
+                            for _ in range(10):
+                                w.forward(x)
+                                if pattern == "every-op":
+                                    torch.cuda.synchronize()
+                        s.synchronize()
+                    else:
+                        for _ in range(10):
+                            w.forward(x)
+                return step
+            ops = 10 * median_of(lambda: run_threads(t, body, secs), reps)
+            results.append({"kind": "sync", "pattern": pattern, "threads": t, "ops_per_s": ops})
+            log(f"  {pattern:8} {t} threads: {ops:10.0f} ops/s")
+
+    # pipeline depth
+    log("[5/6] pipeline depth")
+    if cuda:
+        x = w.make_input(1)
+        for depth in (1, 2, 4, 8, 16, 32):
+            def run():
+                inflight = []
+                n = 0
+                t0 = time.perf_counter()
+                while time.perf_counter() - t0 < secs:
+                    w.forward(x)
+                    ev = torch.cuda.Event()
+                    ev.record()
+                    inflight.append(ev)
+                    if len(inflight) >= depth:
+                        inflight.pop(0).synchronize()
+                    n += 1
+                for ev in inflight:
+                    ev.synchronize()
+                return n / (time.perf_counter() - t0)
+            ops = median_of(run, reps)
+            results.append({"kind": "pipeline", "depth": depth, "ops_per_s": ops})
+            log(f"  depth {depth:2}: {ops:10.0f} ops/s")
+
+    # dynamic batching: a simple gatherer thread, clients send single samples
+    log("[6/6] dynamic batching")
+    max_batch, max_delay = 256, 0.002
+    for clients in (1, 4, 16, 64, 256):
+        q = queue.Queue()
+        stop = threading.Event()
+        sizes = []
+
+        def batcher():
+            while not stop.is_set() or not q.empty():
+                try:
+                    first = q.get(timeout=0.01)
+                except queue.Empty:
+                    continue
+                reqs = [first]
+                deadline = time.perf_counter() + max_delay
+                while len(reqs) < max_batch:
+                    rem = deadline - time.perf_counter()
+                    if rem <= 0:
+                        break
+                    try:
+                        reqs.append(q.get(timeout=rem))
+                    except queue.Empty:
+                        break
+                if a.workload == "minilm":
+                    xs = {k: torch.cat([r[0][k] for r in reqs]) for k in reqs[0][0]}
+                else:
+                    xs = torch.cat([r[0] for r in reqs])
+                out = w.forward(xs)
+                sync()
+                sizes.append(len(reqs))
+                for i, r in enumerate(reqs):
+                    r[1].append(out[i:i + 1])
+                    r[2].set()
+        bt = threading.Thread(target=batcher)
+        bt.start()
+        lat = []
+        lat_lock = threading.Lock()
+        t_end = time.perf_counter() + secs * 2
+
+        def client():
+            x = w.make_input(1)
+            mine = []
+            while time.perf_counter() < t_end:
+                box, ev = [], threading.Event()
+                t0 = time.perf_counter()
+                q.put((x, box, ev))
+                ev.wait()
+                mine.append(time.perf_counter() - t0)
+            with lat_lock:
+                lat.extend(mine)
+        t0 = time.perf_counter()
+        cs = [threading.Thread(target=client) for _ in range(clients)]
+        for c in cs:
+            c.start()
+        for c in cs:
+            c.join()
+        dt = time.perf_counter() - t0
+        stop.set()
+        bt.join()
+        lat.sort()
+        if lat:
+            r = {"kind": "dynamic", "clients": clients, "requests_per_s": len(lat) / dt,
+                 "p50_ms": 1e3 * lat[len(lat) // 2], "p99_ms": 1e3 * lat[min(len(lat) - 1, int(len(lat) * 0.99))],
+                 "mean_batch": sum(sizes) / max(1, len(sizes))}
+            results.append(r)
+            log(f"  {clients:3} clients: {r['requests_per_s']:10.0f} req/s  p50 {r['p50_ms']:.3f} ms  p99 {r['p99_ms']:.3f} ms  mean batch {r['mean_batch']:.1f}")
+
+    report = {"tool": "torch", "device": devname, "backend": dev.type, "workload": a.workload,
+              "torch_version": torch.__version__, "date": time.strftime("%Y-%m-%d"), "quick": a.quick, "results": results}
+    text = json.dumps(report, indent=1)
+    if a.json:
+        with open(a.json, "w") as f:
+            f.write(text)
+    else:
+        print(text)
+
+
+if __name__ == "__main__":
+    main()
