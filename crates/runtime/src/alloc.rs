@@ -167,10 +167,14 @@ fn bump_peak(peak: &AtomicUsize, value: usize) {
 }
 
 impl<M: MemorySource> CachingAllocator<M> {
-    pub fn new(mem: M, config: AllocConfig) -> Self {
-        assert!(config.streams <= 128, "allocator tracks at most 128 streams");
+    /// An allocator keeping per-stream pools for streams `0..config.streams`
+    /// (at most 128).
+    pub fn new(mem: M, config: AllocConfig) -> Result<Self> {
+        if config.streams == 0 || config.streams > 128 {
+            return Err(Error::InvalidArgument(format!("the allocator tracks 1..=128 streams, not {}", config.streams)));
+        }
         let pools = (0..config.streams).map(|_| Mutex::new(FreePool::default())).collect();
-        CachingAllocator {
+        Ok(CachingAllocator {
             inner: Arc::new(Inner {
                 mem,
                 config,
@@ -187,7 +191,7 @@ impl<M: MemorySource> CachingAllocator<M> {
                 oom_retries: AtomicU64::new(0),
                 pending_count: AtomicUsize::new(0),
             }),
-        }
+        })
     }
 
     pub fn source(&self) -> &M {

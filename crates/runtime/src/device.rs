@@ -116,7 +116,7 @@ impl Device {
         let pool = StreamPool::new(backend.clone(), options.pool, id)?;
         let label = format!("{}:{}", backend.kind().name(), id);
         let mem = DeviceMemory { backend: backend.clone(), pool: pool.clone(), name: label.clone() };
-        let allocator = CachingAllocator::new(mem, AllocConfig { streams: options.pool.size, high_watermark: options.high_watermark });
+        let allocator = CachingAllocator::new(mem, AllocConfig { streams: options.pool.size, high_watermark: options.high_watermark })?;
         Ok(Device {
             inner: Arc::new(DeviceInner { id, backend, pool, allocator, throttle: Throttle::new(options.max_inflight), shut_down: AtomicBool::new(false), label }),
         })

@@ -28,12 +28,13 @@ pub struct Freelist {
 }
 
 impl Freelist {
-    /// `slots` worker slots, all free. `slots` must be in 1..=64 (checked by
-    /// the pool's config).
-    pub fn new(slots: usize) -> Self {
-        assert!((1..=64).contains(&slots), "freelist holds 1..=64 slots");
+    /// `slots` worker slots (1..=64), all free.
+    pub fn new(slots: usize) -> crate::Result<Self> {
+        if !(1..=64).contains(&slots) {
+            return Err(crate::Error::InvalidArgument(format!("a freelist holds 1..=64 slots, not {slots}")));
+        }
         let all = if slots == 64 { u64::MAX } else { (1u64 << slots) - 1 };
-        Freelist { free: AtomicU64::new(all), slots, waiters: AtomicUsize::new(0), lock: Mutex::new(()), cv: Condvar::new() }
+        Ok(Freelist { free: AtomicU64::new(all), slots, waiters: AtomicUsize::new(0), lock: Mutex::new(()), cv: Condvar::new() })
     }
 
     pub fn slots(&self) -> usize {
@@ -113,7 +114,9 @@ impl Freelist {
     /// Give a slot back. Always succeeds (ReleaseAlwaysSucceeds); releasing a
     /// slot that is already free is a bug in the caller and is reported.
     pub fn release(&self, slot: usize) -> bool {
-        debug_assert!(slot < self.slots);
+        if slot >= self.slots {
+            return false;
+        }
         // Release half: the slot's previous owner's work happens-before the
         // next owner's CAS. Then the waiter count is read with an RMW (see
         // `acquire_wait` for the hand-shake).

@@ -99,7 +99,7 @@ impl StreamPool {
                 backend,
                 config,
                 streams: (0..config.size).map(|_| OnceLock::new()).collect(),
-                freelist: Freelist::new(config.workers()),
+                freelist: Freelist::new(config.workers())?,
                 rr: AtomicUsize::new(0),
                 bound: AtomicUsize::new(0),
             }),

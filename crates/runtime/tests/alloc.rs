@@ -95,7 +95,7 @@ type Alloc = CachingAllocator<Shared>;
 
 fn allocator(limit: usize, high: Option<usize>) -> (Arc<FakeMem>, Alloc) {
     let mem = Arc::new(FakeMem::new(limit));
-    (mem.clone(), CachingAllocator::new(Shared(mem), AllocConfig { streams: STREAMS, high_watermark: high }))
+    (mem.clone(), CachingAllocator::new(Shared(mem), AllocConfig { streams: STREAMS, high_watermark: high }).unwrap())
 }
 
 #[derive(Debug, Clone)]

@@ -34,7 +34,7 @@ fn explore(name: &str, max_preemptions: usize, f: impl Fn() + Sync + Send + 'sta
 #[test]
 fn freelist_mutual_exclusion_and_progress() {
     explore("freelist: 3 threads, 2 slots, wait forever", 3, || {
-        let fl = Arc::new(Freelist::new(2));
+        let fl = Arc::new(Freelist::new(2).unwrap());
         let held: Arc<[AtomicBool; 2]> = Arc::new([AtomicBool::new(false), AtomicBool::new(false)]);
         let ths: Vec<_> = (0..3)
             .map(|_| {
@@ -59,7 +59,7 @@ fn freelist_mutual_exclusion_and_progress() {
 #[test]
 fn freelist_try_acquire_exclusive() {
     explore("freelist: try_acquire, 2 threads, 1 slot", 4, || {
-        let fl = Arc::new(Freelist::new(1));
+        let fl = Arc::new(Freelist::new(1).unwrap());
         let got = Arc::new(AtomicUsize::new(0));
         let ths: Vec<_> = (0..2)
             .map(|_| {
@@ -85,7 +85,7 @@ fn freelist_try_acquire_exclusive() {
 #[test]
 fn freelist_bounded_wait() {
     explore("freelist: bounded wait vs release", 4, || {
-        let fl = Arc::new(Freelist::new(1));
+        let fl = Arc::new(Freelist::new(1).unwrap());
         let s = fl.try_acquire().unwrap();
         let f2 = fl.clone();
         let waiter = thread::spawn(move || match f2.acquire_wait(Some(Duration::from_millis(5))) {
@@ -223,7 +223,7 @@ fn allocator_cross_stream_reuse() {
     explore("allocator: record_stream reuse, 3 threads", 2, || {
         let s1_done = Arc::new(AtomicU64::new(0));
         let mem = Mem { next: AtomicU64::new(4096), s1_enqueued: AtomicU64::new(0), s1_done: s1_done.clone() };
-        let a = CachingAllocator::new(mem, AllocConfig { streams: 2, high_watermark: None });
+        let a = CachingAllocator::new(mem, AllocConfig { streams: 2, high_watermark: None }).unwrap();
         let mut b = a.alloc(100, 0).unwrap();
         let p = b.ptr();
         b.record_stream(1).unwrap();
