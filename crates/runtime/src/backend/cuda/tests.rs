@@ -1,0 +1,1 @@
+//! Tests of the CUDA backend against a CPU float64 reference.
