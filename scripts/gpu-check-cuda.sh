@@ -48,8 +48,12 @@ if command -v compute-sanitizer >/dev/null && [[ "${SANITIZE:-1}" == 1 ]]; then
     echo "== compute-sanitizer memcheck (kernel tests)"
     compute-sanitizer --tool memcheck --error-exitcode 9 "$t" backend::cuda::tests:: --skip out_of_memory --skip events_and --test-threads=1 \
         >"$out/memcheck.log" 2>&1 || status=1
-    tail -5 "$out/memcheck.log"
+    grep -E "ERROR SUMMARY|test result" "$out/memcheck.log" | tee "$out/cuda-memcheck-summary.log"
+fi
+if [[ "${BENCH:-1}" == 1 ]]; then
+    echo "== bench (mlp, batch 1)"
+    "$t" --ignored --exact backend::cuda::tests::bench_mlp --nocapture 2>&1 | tee "$out/cuda-bench.log" || status=1
 fi
 echo "== summary"
-grep -h "CHECK\|test result\|FAILED\|panicked" "$out"/cuda-*.log | sort | uniq | tail -100
+grep -h "CHECK\|BENCH\|TFLOP\|test result\|FAILED\|panicked\|ERROR SUMMARY" "$out"/cuda-*.log | sort | uniq | tail -100
 exit $status

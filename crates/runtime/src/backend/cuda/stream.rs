@@ -50,10 +50,12 @@ fn opt(p: Option<DevicePtr>) -> Arg {
     Arg::Ptr(p.unwrap_or(0))
 }
 
-fn suffix(d: DType) -> &'static str {
+/// The kernel for `d` among its f32 and bf16 instantiations (static names:
+/// no allocation on the launch path).
+fn pick(d: DType, f32: &'static str, bf16: &'static str) -> &'static str {
     match d {
-        DType::F32 => "f32",
-        DType::BF16 => "bf16",
+        DType::F32 => f32,
+        DType::BF16 => bf16,
     }
 }
 
@@ -244,10 +246,10 @@ impl BackendStream for CudaStream {
         }
         if g.bias.is_some() || g.act != Activation::None {
             let total = g.m * g.n;
-            let name = format!("bias_act_{}", suffix(g.dtype));
+            let name = pick(g.dtype, "bias_act_f32", "bias_act_bf16");
             let args = [Arg::Ptr(g.out), opt(g.bias), Arg::I64(total as i64), Arg::I32(i32_dim(g.n, "gemm n")?), Arg::I32(act_code(g.act))];
             // SAFETY: `out` holds m*n and `bias` n elements of `dtype`.
-            unsafe { self.launch(Unit::Elementwise, &name, (grid_1d(total, EW_BLOCK), 1, 1), EW_BLOCK, 0, &args)? };
+            unsafe { self.launch(Unit::Elementwise, name, (grid_1d(total, EW_BLOCK), 1, 1), EW_BLOCK, 0, &args)? };
         }
         Ok(())
     }
@@ -256,19 +258,19 @@ impl BackendStream for CudaStream {
         if n == 0 {
             return Ok(());
         }
-        let name = format!("add_{}", suffix(dtype));
+        let name = pick(dtype, "add_f32", "add_bf16");
         // SAFETY: the three buffers hold n elements of `dtype` (the contract).
-        unsafe { self.launch(Unit::Elementwise, &name, (grid_1d(n, EW_BLOCK), 1, 1), EW_BLOCK, 0, &[Arg::Ptr(a), Arg::Ptr(b), Arg::Ptr(out), Arg::I64(n as i64)]) }
+        unsafe { self.launch(Unit::Elementwise, name, (grid_1d(n, EW_BLOCK), 1, 1), EW_BLOCK, 0, &[Arg::Ptr(a), Arg::Ptr(b), Arg::Ptr(out), Arg::I64(n as i64)]) }
     }
 
     unsafe fn activation(&self, x: DevicePtr, out: DevicePtr, n: usize, act: Activation, dtype: DType) -> Result<()> {
         if n == 0 {
             return Ok(());
         }
-        let name = format!("act_{}", suffix(dtype));
+        let name = pick(dtype, "act_f32", "act_bf16");
         let args = [Arg::Ptr(x), Arg::Ptr(out), Arg::I64(n as i64), Arg::I32(act_code(act))];
         // SAFETY: both buffers hold n elements of `dtype` (the contract).
-        unsafe { self.launch(Unit::Elementwise, &name, (grid_1d(n, EW_BLOCK), 1, 1), EW_BLOCK, 0, &args) }
+        unsafe { self.launch(Unit::Elementwise, name, (grid_1d(n, EW_BLOCK), 1, 1), EW_BLOCK, 0, &args) }
     }
 
     unsafe fn layer_norm(&self, p: &LayerNorm) -> Result<()> {
@@ -276,10 +278,10 @@ impl BackendStream for CudaStream {
             return Ok(());
         }
         let rows = u32::try_from(p.rows).ok().filter(|&r| r < i32::MAX as u32).ok_or_else(|| Error::InvalidArgument(format!("layer_norm rows={} too large", p.rows)))?;
-        let name = format!("layer_norm_{}", suffix(p.dtype));
+        let name = pick(p.dtype, "layer_norm_f32", "layer_norm_bf16");
         let args = [Arg::Ptr(p.x), opt(p.residual), Arg::Ptr(p.gamma), Arg::Ptr(p.beta), Arg::Ptr(p.out), Arg::I32(i32_dim(p.cols, "cols")?), Arg::F32(p.eps)];
         // SAFETY: x/residual/out hold rows*cols, gamma/beta cols elements.
-        unsafe { self.launch(Unit::Norm, &name, (rows, 1, 1), ROW_BLOCK, 0, &args) }
+        unsafe { self.launch(Unit::Norm, name, (rows, 1, 1), ROW_BLOCK, 0, &args) }
     }
 
     unsafe fn softmax(&self, x: DevicePtr, out: DevicePtr, rows: usize, cols: usize, dtype: DType) -> Result<()> {
@@ -287,9 +289,9 @@ impl BackendStream for CudaStream {
             return Ok(());
         }
         let r = i32_dim(rows, "rows")? as u32;
-        let name = format!("softmax_{}", suffix(dtype));
+        let name = pick(dtype, "softmax_f32", "softmax_bf16");
         // SAFETY: both buffers hold rows*cols elements.
-        unsafe { self.launch(Unit::Norm, &name, (r, 1, 1), ROW_BLOCK, 0, &[Arg::Ptr(x), Arg::Ptr(out), Arg::I32(i32_dim(cols, "cols")?)]) }
+        unsafe { self.launch(Unit::Norm, name, (r, 1, 1), ROW_BLOCK, 0, &[Arg::Ptr(x), Arg::Ptr(out), Arg::I32(i32_dim(cols, "cols")?)]) }
     }
 
     unsafe fn attention(&self, p: &Attention) -> Result<()> {
@@ -304,7 +306,7 @@ impl BackendStream for CudaStream {
             return Err(Error::Unsupported { backend: "cuda", what: format!("attention with seq {} + head_dim {} (> 12288 floats of shared memory)", p.seq, p.head_dim) });
         }
         let seq = i32_dim(p.seq, "seq")?;
-        let name = format!("attention_{}", suffix(p.dtype));
+        let name = pick(p.dtype, "attention_f32", "attention_bf16");
         let args = [
             Arg::Ptr(p.q),
             Arg::Ptr(p.k),
@@ -319,17 +321,17 @@ impl BackendStream for CudaStream {
         ];
         // SAFETY: q/k/v hold batch*seq rows of row_stride, mask batch*seq
         // f32, out batch*seq*heads*head_dim elements (the contract).
-        unsafe { self.launch(Unit::Attention, &name, (seq as u32, p.heads as u32, p.batch as u32), ATTN_BLOCK, smem as u32, &args) }
+        unsafe { self.launch(Unit::Attention, name, (seq as u32, p.heads as u32, p.batch as u32), ATTN_BLOCK, smem as u32, &args) }
     }
 
     unsafe fn gather(&self, p: &Gather) -> Result<()> {
         if p.n == 0 || p.dim == 0 {
             return Ok(());
         }
-        let name = format!("gather_{}", suffix(p.dtype));
+        let name = pick(p.dtype, "gather_f32", "gather_bf16");
         let args = [Arg::Ptr(p.table), Arg::Ptr(p.ids), Arg::Ptr(p.out), Arg::I64(p.n as i64), Arg::I32(i32_dim(p.dim, "dim")?)];
         // SAFETY: ids hold n in-range u32, out n*dim elements (the contract).
-        unsafe { self.launch(Unit::Gather, &name, (grid_1d(p.n * p.dim, EW_BLOCK), 1, 1), EW_BLOCK, 0, &args) }
+        unsafe { self.launch(Unit::Gather, name, (grid_1d(p.n * p.dim, EW_BLOCK), 1, 1), EW_BLOCK, 0, &args) }
     }
 
     unsafe fn mean_pool(&self, p: &MeanPool) -> Result<()> {
@@ -339,12 +341,12 @@ impl BackendStream for CudaStream {
         if p.batch > 65535 {
             return Err(Error::InvalidArgument(format!("mean_pool: batch {} exceeds 65535 on CUDA", p.batch)));
         }
-        let name = format!("mean_pool_{}", suffix(p.dtype));
+        let name = pick(p.dtype, "mean_pool_f32", "mean_pool_bf16");
         let dim = i32_dim(p.dim, "dim")?;
         let args = [Arg::Ptr(p.x), opt(p.mask), Arg::Ptr(p.out), Arg::I32(i32_dim(p.seq, "seq")?), Arg::I32(dim)];
         let grid = ((p.dim as u32).div_ceil(POOL_BLOCK), p.batch as u32, 1);
         // SAFETY: x holds batch*seq*dim, mask batch*seq, out batch*dim.
-        unsafe { self.launch(Unit::Gather, &name, grid, POOL_BLOCK, 0, &args) }
+        unsafe { self.launch(Unit::Gather, name, grid, POOL_BLOCK, 0, &args) }
     }
 
     unsafe fn l2_normalize(&self, x: DevicePtr, out: DevicePtr, rows: usize, cols: usize, dtype: DType) -> Result<()> {
@@ -352,9 +354,9 @@ impl BackendStream for CudaStream {
             return Ok(());
         }
         let r = i32_dim(rows, "rows")? as u32;
-        let name = format!("l2_normalize_{}", suffix(dtype));
+        let name = pick(dtype, "l2_normalize_f32", "l2_normalize_bf16");
         // SAFETY: both buffers hold rows*cols elements.
-        unsafe { self.launch(Unit::Norm, &name, (r, 1, 1), ROW_BLOCK, 0, &[Arg::Ptr(x), Arg::Ptr(out), Arg::I32(i32_dim(cols, "cols")?)]) }
+        unsafe { self.launch(Unit::Norm, name, (r, 1, 1), ROW_BLOCK, 0, &[Arg::Ptr(x), Arg::Ptr(out), Arg::I32(i32_dim(cols, "cols")?)]) }
     }
 
     unsafe fn cast(&self, x: DevicePtr, from: DType, out: DevicePtr, to: DType, n: usize) -> Result<()> {
@@ -365,9 +367,9 @@ impl BackendStream for CudaStream {
             // SAFETY: both buffers hold n elements of `from`.
             return unsafe { self.d2d(x, out, n * from.size()) };
         }
-        let name = format!("cast_{}_{}", suffix(from), suffix(to));
+        let name = if from == DType::F32 { "cast_f32_bf16" } else { "cast_bf16_f32" };
         // SAFETY: x holds n `from`, out n `to` elements.
-        unsafe { self.launch(Unit::Elementwise, &name, (grid_1d(n, EW_BLOCK), 1, 1), EW_BLOCK, 0, &[Arg::Ptr(x), Arg::Ptr(out), Arg::I64(n as i64)]) }
+        unsafe { self.launch(Unit::Elementwise, name, (grid_1d(n, EW_BLOCK), 1, 1), EW_BLOCK, 0, &[Arg::Ptr(x), Arg::Ptr(out), Arg::I64(n as i64)]) }
     }
 
     fn begin_capture(&self) -> Result<()> {
