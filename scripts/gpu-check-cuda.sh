@@ -49,11 +49,16 @@ if command -v compute-sanitizer >/dev/null && [[ "${SANITIZE:-1}" == 1 ]]; then
     compute-sanitizer --tool memcheck --error-exitcode 9 "$t" backend::cuda::tests:: --skip out_of_memory --skip events_and --test-threads=1 \
         >"$out/memcheck.log" 2>&1 || status=1
     grep -E "ERROR SUMMARY|test result" "$out/memcheck.log" | tee "$out/cuda-memcheck-summary.log"
+    echo "== compute-sanitizer racecheck (shared-memory kernels)"
+    for f in layer_norm_softmax_l2 attention_matches gather_and_mean_pool; do
+        compute-sanitizer --tool racecheck --racecheck-report all "$t" "$f" --test-threads=1 >"$out/racecheck-$f.log" 2>&1 || status=1
+        grep -E "RACECHECK SUMMARY" "$out/racecheck-$f.log" | sed "s/^/$f: /" | tee -a "$out/cuda-racecheck-summary.log"
+    done
 fi
 if [[ "${BENCH:-1}" == 1 ]]; then
     echo "== bench (mlp, batch 1)"
     "$t" --ignored --exact backend::cuda::tests::bench_mlp --nocapture 2>&1 | tee "$out/cuda-bench.log" || status=1
 fi
 echo "== summary"
-grep -h "CHECK\|BENCH\|TFLOP\|test result\|FAILED\|panicked\|ERROR SUMMARY" "$out"/cuda-*.log | sort | uniq | tail -100
+grep -h "CHECK\|BENCH\|TFLOP\|test result\|FAILED\|panicked\|ERROR SUMMARY\|RACECHECK" "$out"/cuda-*.log | sort | uniq | tail -100
 exit $status
