@@ -1,0 +1,257 @@
+//! The CUDA C of every non-GEMM kernel, as NVRTC source, grouped in
+//! compilation units. Each kernel exists for f32 and for bf16 storage
+//! (`_f32` / `_bf16`); arithmetic is always f32. bf16 is handled as raw
+//! `unsigned short` with explicit round-to-nearest-even conversions, so no
+//! CUDA header is needed at run time. Semantics follow the CPU backend's
+//! `kernels.rs` exactly (masked rows give zeros, etc.).
+
+use super::module::Unit;
+
+/// Shared prelude: bf16 load/store, activations, block reductions.
+/// Block reductions need `blockDim.x` to be a multiple of 32 (≤ 1024).
+macro_rules! prelude {
+    () => {
+        r#"
+typedef unsigned short bf16;
+#define NEG_INF __int_as_float(0xff800000)
+__device__ __forceinline__ float ld(const float* p, long long i) { return p[i]; }
+__device__ __forceinline__ float ld(const bf16* p, long long i) { return __uint_as_float(((unsigned)p[i]) << 16); }
+__device__ __forceinline__ void st(float* p, long long i, float v) { p[i] = v; }
+__device__ __forceinline__ void st(bf16* p, long long i, float v) {
+    unsigned u = __float_as_uint(v);
+    if ((u & 0x7fffffffu) > 0x7f800000u) { p[i] = (bf16)((u >> 16) | 0x40u); return; }
+    u += 0x7fffu + ((u >> 16) & 1u);
+    p[i] = (bf16)(u >> 16);
+}
+__device__ __forceinline__ float act_fn(float x, int a) {
+    switch (a) {
+    case 1: return fmaxf(x, 0.0f);
+    case 2: return 0.5f * x * (1.0f + erff(x * 0.70710678118654752f));
+    case 3: return 0.5f * x * (1.0f + tanhf(0.7978845608028654f * (x + 0.044715f * x * x * x)));
+    default: return x;
+    }
+}
+__device__ __forceinline__ float warp_sum(float v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+__device__ __forceinline__ float warp_max(float v) {
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+// Sum over the block; every thread gets the result. `sh` holds 32 floats.
+__device__ float block_sum(float v, float* sh) {
+    v = warp_sum(v);
+    int w = threadIdx.x >> 5, l = threadIdx.x & 31, nw = (blockDim.x + 31) >> 5;
+    __syncthreads();
+    if (l == 0) sh[w] = v;
+    __syncthreads();
+    if (w == 0) {
+        v = (l < nw) ? sh[l] : 0.0f;
+        v = warp_sum(v);
+        if (l == 0) sh[0] = v;
+    }
+    __syncthreads();
+    return sh[0];
+}
+__device__ float block_max(float v, float* sh) {
+    v = warp_max(v);
+    int w = threadIdx.x >> 5, l = threadIdx.x & 31, nw = (blockDim.x + 31) >> 5;
+    __syncthreads();
+    if (l == 0) sh[w] = v;
+    __syncthreads();
+    if (w == 0) {
+        v = (l < nw) ? sh[l] : NEG_INF;
+        v = warp_max(v);
+        if (l == 0) sh[0] = v;
+    }
+    __syncthreads();
+    return sh[0];
+}
+#define GRID_STRIDE(i, n) for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < (n); i += (long long)gridDim.x * blockDim.x)
+"#
+    };
+}
+
+/// add, activation, bias+activation epilogue, casts.
+pub(crate) const ELEMENTWISE: &str = concat!(
+    prelude!(),
+    r#"
+template <typename T> __device__ void add_t(const T* a, const T* b, T* o, long long n) {
+    GRID_STRIDE(i, n) st(o, i, ld(a, i) + ld(b, i));
+}
+template <typename T> __device__ void act_t(const T* x, T* o, long long n, int a) {
+    GRID_STRIDE(i, n) st(o, i, act_fn(ld(x, i), a));
+}
+// In place on out[m, n]: out = act(out + bias[col]).
+template <typename T> __device__ void bias_act_t(T* o, const T* bias, long long total, int n, int a) {
+    GRID_STRIDE(i, total) {
+        float v = ld(o, i);
+        if (bias) v += ld(bias, i % n);
+        st(o, i, act_fn(v, a));
+    }
+}
+extern "C" __global__ void add_f32(const float* a, const float* b, float* o, long long n) { add_t(a, b, o, n); }
+extern "C" __global__ void add_bf16(const bf16* a, const bf16* b, bf16* o, long long n) { add_t(a, b, o, n); }
+extern "C" __global__ void act_f32(const float* x, float* o, long long n, int a) { act_t(x, o, n, a); }
+extern "C" __global__ void act_bf16(const bf16* x, bf16* o, long long n, int a) { act_t(x, o, n, a); }
+extern "C" __global__ void bias_act_f32(float* o, const float* b, long long t, int n, int a) { bias_act_t(o, b, t, n, a); }
+extern "C" __global__ void bias_act_bf16(bf16* o, const bf16* b, long long t, int n, int a) { bias_act_t(o, b, t, n, a); }
+extern "C" __global__ void cast_f32_bf16(const float* x, bf16* o, long long n) { GRID_STRIDE(i, n) st(o, i, x[i]); }
+extern "C" __global__ void cast_bf16_f32(const bf16* x, float* o, long long n) { GRID_STRIDE(i, n) o[i] = ld(x, i); }
+"#
+);
+
+/// LayerNorm (+residual), softmax, L2 normalize: one block per row.
+pub(crate) const NORM: &str = concat!(
+    prelude!(),
+    r#"
+template <typename T>
+__device__ void ln_t(const T* x, const T* res, const T* g, const T* b, T* o, int cols, float eps) {
+    __shared__ float sh[32];
+    long long base = (long long)blockIdx.x * cols;
+    float s = 0.0f;
+    for (int c = threadIdx.x; c < cols; c += blockDim.x) s += ld(x, base + c) + (res ? ld(res, base + c) : 0.0f);
+    float mean = block_sum(s, sh) / cols;
+    float q = 0.0f;
+    for (int c = threadIdx.x; c < cols; c += blockDim.x) {
+        float d = ld(x, base + c) + (res ? ld(res, base + c) : 0.0f) - mean;
+        q += d * d;
+    }
+    float inv = rsqrtf(block_sum(q, sh) / cols + eps);
+    for (int c = threadIdx.x; c < cols; c += blockDim.x) {
+        float v = ld(x, base + c) + (res ? ld(res, base + c) : 0.0f);
+        st(o, base + c, (v - mean) * inv * ld(g, c) + ld(b, c));
+    }
+}
+template <typename T> __device__ void softmax_t(const T* x, T* o, int cols) {
+    __shared__ float sh[32];
+    long long base = (long long)blockIdx.x * cols;
+    float m = NEG_INF;
+    for (int c = threadIdx.x; c < cols; c += blockDim.x) m = fmaxf(m, ld(x, base + c));
+    m = block_max(m, sh);
+    if (m == NEG_INF) {
+        for (int c = threadIdx.x; c < cols; c += blockDim.x) st(o, base + c, 0.0f);
+        return;
+    }
+    float s = 0.0f;
+    for (int c = threadIdx.x; c < cols; c += blockDim.x) s += expf(ld(x, base + c) - m);
+    float inv = 1.0f / block_sum(s, sh);
+    for (int c = threadIdx.x; c < cols; c += blockDim.x) st(o, base + c, expf(ld(x, base + c) - m) * inv);
+}
+template <typename T> __device__ void l2_t(const T* x, T* o, int cols) {
+    __shared__ float sh[32];
+    long long base = (long long)blockIdx.x * cols;
+    float s = 0.0f;
+    for (int c = threadIdx.x; c < cols; c += blockDim.x) { float v = ld(x, base + c); s += v * v; }
+    float inv = 1.0f / fmaxf(sqrtf(block_sum(s, sh)), 1e-12f);
+    for (int c = threadIdx.x; c < cols; c += blockDim.x) st(o, base + c, ld(x, base + c) * inv);
+}
+extern "C" __global__ void layer_norm_f32(const float* x, const float* r, const float* g, const float* b, float* o, int cols, float eps) { ln_t(x, r, g, b, o, cols, eps); }
+extern "C" __global__ void layer_norm_bf16(const bf16* x, const bf16* r, const bf16* g, const bf16* b, bf16* o, int cols, float eps) { ln_t(x, r, g, b, o, cols, eps); }
+extern "C" __global__ void softmax_f32(const float* x, float* o, int cols) { softmax_t(x, o, cols); }
+extern "C" __global__ void softmax_bf16(const bf16* x, bf16* o, int cols) { softmax_t(x, o, cols); }
+extern "C" __global__ void l2_normalize_f32(const float* x, float* o, int cols) { l2_t(x, o, cols); }
+extern "C" __global__ void l2_normalize_bf16(const bf16* x, bf16* o, int cols) { l2_t(x, o, cols); }
+"#
+);
+
+/// Fused scaled-dot-product attention: one block per (query, head, batch).
+/// Dynamic shared memory holds the query row (`head_dim` floats) and the
+/// scores (`seq` floats); a warp computes one key's dot product at a time.
+pub(crate) const ATTENTION: &str = concat!(
+    prelude!(),
+    r#"
+template <typename T>
+__device__ void attn_t(const T* q, const T* k, const T* v, const float* mask, T* out,
+                       int seq, int heads, int hd, long long rs, float scale) {
+    extern __shared__ float smem[];
+    __shared__ float red[32];
+    float* qs = smem;
+    float* sc = smem + hd;
+    int i = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
+    long long tok0 = (long long)b * seq;
+    long long qrow = (tok0 + i) * rs + (long long)h * hd;
+    for (int d = threadIdx.x; d < hd; d += blockDim.x) qs[d] = ld(q, qrow + d);
+    __syncthreads();
+    int w = threadIdx.x >> 5, l = threadIdx.x & 31, nw = blockDim.x >> 5;
+    for (int j = w; j < seq; j += nw) {
+        float s;
+        if (mask && mask[tok0 + j] == 0.0f) {
+            s = NEG_INF;
+        } else {
+            long long krow = (tok0 + j) * rs + (long long)h * hd;
+            float acc = 0.0f;
+            for (int d = l; d < hd; d += 32) acc += qs[d] * ld(k, krow + d);
+            s = warp_sum(acc) * scale;
+        }
+        if (l == 0) sc[j] = s;
+    }
+    __syncthreads();
+    float m = NEG_INF;
+    for (int j = threadIdx.x; j < seq; j += blockDim.x) m = fmaxf(m, sc[j]);
+    m = block_max(m, red);
+    long long orow = (tok0 + i) * (long long)heads * hd + (long long)h * hd;
+    if (m == NEG_INF) {
+        for (int d = threadIdx.x; d < hd; d += blockDim.x) st(out, orow + d, 0.0f);
+        return;
+    }
+    float s = 0.0f;
+    for (int j = threadIdx.x; j < seq; j += blockDim.x) { float e = expf(sc[j] - m); sc[j] = e; s += e; }
+    float inv = 1.0f / block_sum(s, red);
+    for (int d = threadIdx.x; d < hd; d += blockDim.x) {
+        float acc = 0.0f;
+        for (int j = 0; j < seq; j++) {
+            float p = sc[j];
+            if (p != 0.0f) acc += p * ld(v, (tok0 + j) * rs + (long long)h * hd + d);
+        }
+        st(out, orow + d, acc * inv);
+    }
+}
+extern "C" __global__ void attention_f32(const float* q, const float* k, const float* v, const float* mask, float* o,
+    int seq, int heads, int hd, long long rs, float scale) { attn_t(q, k, v, mask, o, seq, heads, hd, rs, scale); }
+extern "C" __global__ void attention_bf16(const bf16* q, const bf16* k, const bf16* v, const float* mask, bf16* o,
+    int seq, int heads, int hd, long long rs, float scale) { attn_t(q, k, v, mask, o, seq, heads, hd, rs, scale); }
+"#
+);
+
+/// Embedding gather and masked mean pooling.
+pub(crate) const GATHER: &str = concat!(
+    prelude!(),
+    r#"
+template <typename T> __device__ void gather_t(const T* table, const unsigned* ids, T* o, long long n, int dim) {
+    GRID_STRIDE(i, n * dim) {
+        long long r = i / dim;
+        o[i] = table[(long long)ids[r] * dim + (i - r * dim)];
+    }
+}
+// grid (ceil(dim / blockDim), batch): one thread per output element.
+template <typename T> __device__ void mean_pool_t(const T* x, const float* mask, T* o, int seq, int dim) {
+    int d = blockIdx.x * blockDim.x + threadIdx.x;
+    int b = blockIdx.y;
+    if (d >= dim) return;
+    float acc = 0.0f, cnt = 0.0f;
+    for (int s = 0; s < seq; s++) {
+        float w = mask ? mask[(long long)b * seq + s] : 1.0f;
+        if (w != 0.0f) { cnt += w; acc += w * ld(x, ((long long)b * seq + s) * dim + d); }
+    }
+    st(o, (long long)b * dim + d, acc * (1.0f / fmaxf(cnt, 1e-9f)));
+}
+extern "C" __global__ void gather_f32(const float* t, const unsigned* ids, float* o, long long n, int dim) { gather_t(t, ids, o, n, dim); }
+extern "C" __global__ void gather_bf16(const bf16* t, const unsigned* ids, bf16* o, long long n, int dim) { gather_t(t, ids, o, n, dim); }
+extern "C" __global__ void mean_pool_f32(const float* x, const float* m, float* o, int seq, int dim) { mean_pool_t(x, m, o, seq, dim); }
+extern "C" __global__ void mean_pool_bf16(const bf16* x, const float* m, bf16* o, int seq, int dim) { mean_pool_t(x, m, o, seq, dim); }
+"#
+);
+
+/// The kernels each unit defines (looked up once after loading).
+pub(crate) fn kernel_names(unit: Unit) -> &'static [&'static str] {
+    match unit {
+        Unit::Elementwise => &[
+            "add_f32", "add_bf16", "act_f32", "act_bf16", "bias_act_f32", "bias_act_bf16", "cast_f32_bf16", "cast_bf16_f32",
+        ],
+        Unit::Norm => &["layer_norm_f32", "layer_norm_bf16", "softmax_f32", "softmax_bf16", "l2_normalize_f32", "l2_normalize_bf16"],
+        Unit::Attention => &["attention_f32", "attention_bf16"],
+        Unit::Gather => &["gather_f32", "gather_bf16", "mean_pool_f32", "mean_pool_bf16"],
+    }
+}

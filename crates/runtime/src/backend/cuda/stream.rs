@@ -1,0 +1,427 @@
+//! [`CudaStream`]: a non-blocking CUDA stream with its own cuBLAS handle and
+//! pinned staging pool, and the launch of every kernel the backend offers.
+
+use super::blas::Blas;
+use super::context::Ctx;
+use super::event::cuda_event;
+use super::graph::CudaGraph;
+use super::module::Unit;
+use super::pinned::PinnedPool;
+use crate::backend::{Activation, Attention, BackendEvent, BackendGraph, BackendStream, DType, DevicePtr, Gather, Gemm, LayerNorm, MeanPool};
+use crate::error::{Error, Result};
+use cudarc::driver::sys::{self, CUresult, CUstream};
+use std::any::Any;
+use std::ffi::c_void;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// Threads per block of the elementwise kernels.
+const EW_BLOCK: u32 = 256;
+/// Threads per block of the row kernels (LayerNorm, softmax, L2).
+const ROW_BLOCK: u32 = 256;
+/// Threads per block of attention (4 warps: 4 keys at a time).
+const ATTN_BLOCK: u32 = 128;
+/// Threads per block of mean pooling.
+const POOL_BLOCK: u32 = 128;
+
+/// One kernel argument, widened to a 64-bit slot. The driver reads each
+/// parameter's own size from the slot's start, which on little-endian
+/// targets is the value itself.
+#[derive(Clone, Copy)]
+pub(crate) enum Arg {
+    Ptr(u64),
+    I64(i64),
+    I32(i32),
+    F32(f32),
+}
+
+impl Arg {
+    fn slot(self) -> u64 {
+        match self {
+            Arg::Ptr(p) => p,
+            Arg::I64(v) => v as u64,
+            Arg::I32(v) => v as u32 as u64,
+            Arg::F32(v) => v.to_bits() as u64,
+        }
+    }
+}
+
+fn opt(p: Option<DevicePtr>) -> Arg {
+    Arg::Ptr(p.unwrap_or(0))
+}
+
+/// The kernel for `d` among its f32 and bf16 instantiations (static names:
+/// no allocation on the launch path).
+fn pick(d: DType, f32: &'static str, bf16: &'static str) -> &'static str {
+    match d {
+        DType::F32 => f32,
+        DType::BF16 => bf16,
+    }
+}
+
+fn act_code(a: Activation) -> i32 {
+    match a {
+        Activation::None => 0,
+        Activation::Relu => 1,
+        Activation::GeluErf => 2,
+        Activation::GeluTanh => 3,
+    }
+}
+
+fn i32_dim(v: usize, what: &str) -> Result<i32> {
+    i32::try_from(v).map_err(|_| Error::InvalidArgument(format!("{what}={v} is too large for the CUDA kernels (max {})", i32::MAX)))
+}
+
+fn grid_1d(n: usize, block: u32) -> u32 {
+    // Grid-stride loops cover the rest; 65535*8 blocks saturate any GPU.
+    (n.div_ceil(block as usize)).clamp(1, 65535 * 8) as u32
+}
+
+/// A CUDA stream of one context.
+pub struct CudaStream {
+    pub(crate) ctx: Arc<Ctx>,
+    pub(crate) raw: CUstream,
+    /// The stream's own cuBLAS handle, created on its first GEMM (or before a
+    /// capture); never used by two threads at once.
+    blas: Mutex<Option<Blas>>,
+    pinned: PinnedPool,
+    /// Set between `begin_capture` and `end_capture`. Relaxed is enough: it
+    /// only turns host copies into a clear error, and the capture state the
+    /// driver keeps is authoritative.
+    capturing: AtomicBool,
+}
+
+// SAFETY: a CUstream is a driver handle usable from any thread with its
+// context current (driver calls on one stream are thread-safe); the cuBLAS
+// handle and the staging buffers are behind mutexes.
+unsafe impl Send for CudaStream {}
+// SAFETY: as above.
+unsafe impl Sync for CudaStream {}
+
+impl CudaStream {
+    pub(crate) fn new(ctx: Arc<Ctx>) -> Result<Self> {
+        ctx.bind()?;
+        let mut raw: CUstream = std::ptr::null_mut();
+        // SAFETY: creates a stream in the current context. Non-blocking: no
+        // implicit synchronisation with the legacy default stream.
+        let r = unsafe { sys::cuStreamCreate(&mut raw, sys::CUstream_flags::CU_STREAM_NON_BLOCKING as u32) };
+        ctx.check("cuStreamCreate", r)?;
+        Ok(CudaStream { ctx, raw, blas: Mutex::new(None), pinned: PinnedPool::new(), capturing: AtomicBool::new(false) })
+    }
+
+    /// The raw stream handle (for interop; valid while `self` lives).
+    pub fn raw(&self) -> CUstream {
+        self.raw
+    }
+
+    /// Number of pinned staging buffers this stream holds.
+    pub fn staging_buffers(&self) -> usize {
+        self.pinned.len()
+    }
+
+    fn blas(&self) -> Result<std::sync::MutexGuard<'_, Option<Blas>>> {
+        let mut g = crate::sync_std_lock(&self.blas);
+        if g.is_none() {
+            *g = Some(Blas::new(&self.ctx, self.raw)?);
+        }
+        Ok(g)
+    }
+
+    /// Launch `unit::name_{dtype}`-style kernel `name` with `args`.
+    ///
+    /// # Safety
+    /// The arguments match the kernel's parameters and the memory they name
+    /// is valid for the launch (the `BackendStream` contract).
+    unsafe fn launch(&self, unit: Unit, name: &str, grid: (u32, u32, u32), block: u32, smem: u32, args: &[Arg]) -> Result<()> {
+        self.ctx.bind()?;
+        let f = self.ctx.modules.get(&self.ctx, unit, name)?;
+        let mut slots = [0u64; 12];
+        let mut ptrs = [std::ptr::null_mut::<c_void>(); 12];
+        assert!(args.len() <= slots.len(), "too many kernel arguments");
+        for (i, a) in args.iter().enumerate() {
+            slots[i] = a.slot();
+        }
+        for (i, p) in ptrs.iter_mut().enumerate().take(args.len()) {
+            *p = &mut slots[i] as *mut u64 as *mut c_void;
+        }
+        // SAFETY: `f` is a live kernel of this context; `ptrs` point at the
+        // argument slots, which outlive the call (the driver copies them);
+        // the caller vouches for the argument types and memory.
+        let r = unsafe { sys::cuLaunchKernel(f.0, grid.0, grid.1, grid.2, block, 1, 1, smem, self.raw, ptrs.as_mut_ptr(), std::ptr::null_mut()) };
+        self.ctx.check(name, r)
+    }
+
+    fn not_capturing(&self, what: &str) -> Result<()> {
+        // Relaxed: see the field's comment.
+        if self.capturing.load(Ordering::Relaxed) {
+            return Err(Error::Unsupported { backend: "cuda", what: format!("{what} during graph capture (copy before capturing)") });
+        }
+        Ok(())
+    }
+}
+
+impl BackendStream for CudaStream {
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+
+    fn synchronize(&self) -> Result<()> {
+        self.ctx.bind()?;
+        // SAFETY: live stream of the current context.
+        let r = unsafe { sys::cuStreamSynchronize(self.raw) };
+        self.ctx.check("cuStreamSynchronize", r)
+    }
+
+    fn query(&self) -> Result<bool> {
+        self.ctx.bind()?;
+        // SAFETY: live stream of the current context.
+        match unsafe { sys::cuStreamQuery(self.raw) } {
+            CUresult::CUDA_SUCCESS => Ok(true),
+            CUresult::CUDA_ERROR_NOT_READY => Ok(false),
+            e => Err(self.ctx.error("cuStreamQuery", e)),
+        }
+    }
+
+    fn record(&self, event: &dyn BackendEvent) -> Result<()> {
+        let e = cuda_event(&self.ctx, event)?;
+        self.ctx.bind()?;
+        // SAFETY: live event and stream of the current context.
+        let r = unsafe { sys::cuEventRecord(e.raw, self.raw) };
+        self.ctx.check("cuEventRecord", r)
+    }
+
+    fn wait_event(&self, event: &dyn BackendEvent) -> Result<()> {
+        let e = cuda_event(&self.ctx, event)?;
+        self.ctx.bind()?;
+        // SAFETY: live event and stream of the current context.
+        let r = unsafe { sys::cuStreamWaitEvent(self.raw, e.raw, 0) };
+        self.ctx.check("cuStreamWaitEvent", r)
+    }
+
+    unsafe fn h2d(&self, src: &[u8], dst: DevicePtr) -> Result<()> {
+        if src.is_empty() {
+            return Ok(());
+        }
+        self.not_capturing("host-to-device copy")?;
+        self.ctx.bind()?;
+        // SAFETY: the caller guarantees `dst` holds `src.len()` bytes and
+        // stays allocated until the stream passes the copy.
+        unsafe { self.pinned.h2d(&self.ctx, self.raw, src, dst) }
+    }
+
+    unsafe fn d2h(&self, src: DevicePtr, dst: &mut [u8]) -> Result<()> {
+        if dst.is_empty() {
+            return Ok(());
+        }
+        self.not_capturing("device-to-host copy")?;
+        self.ctx.bind()?;
+        // SAFETY: the caller guarantees `src` holds `dst.len()` bytes.
+        unsafe { self.pinned.d2h(&self.ctx, self.raw, src, dst) }
+    }
+
+    unsafe fn d2d(&self, src: DevicePtr, dst: DevicePtr, bytes: usize) -> Result<()> {
+        if bytes == 0 {
+            return Ok(());
+        }
+        self.ctx.bind()?;
+        // SAFETY: the caller guarantees both ranges are valid device memory.
+        let r = unsafe { sys::cuMemcpyDtoDAsync_v2(dst, src, bytes, self.raw) };
+        self.ctx.check("cuMemcpyDtoDAsync", r)
+    }
+
+    unsafe fn gemm(&self, g: &Gemm) -> Result<()> {
+        if g.m == 0 || g.n == 0 {
+            return Ok(());
+        }
+        self.ctx.bind()?;
+        if g.k == 0 {
+            // a·wᵀ is all zeros: cuBLAS may skip the write entirely.
+            // SAFETY: `out` holds m*n elements (the contract).
+            let r = unsafe { sys::cuMemsetD8Async(g.out, 0, g.m * g.n * g.dtype.size(), self.raw) };
+            self.ctx.check("cuMemsetD8Async", r)?;
+        } else {
+            let mut blas = self.blas()?;
+            // SAFETY: the caller's contract covers the GEMM's operands.
+            unsafe { blas.as_mut().expect("created by blas()").gemm(&self.ctx, g)? };
+        }
+        if g.bias.is_some() || g.act != Activation::None {
+            let total = g.m * g.n;
+            let name = pick(g.dtype, "bias_act_f32", "bias_act_bf16");
+            let args = [Arg::Ptr(g.out), opt(g.bias), Arg::I64(total as i64), Arg::I32(i32_dim(g.n, "gemm n")?), Arg::I32(act_code(g.act))];
+            // SAFETY: `out` holds m*n and `bias` n elements of `dtype`.
+            unsafe { self.launch(Unit::Elementwise, name, (grid_1d(total, EW_BLOCK), 1, 1), EW_BLOCK, 0, &args)? };
+        }
+        Ok(())
+    }
+
+    unsafe fn add(&self, a: DevicePtr, b: DevicePtr, out: DevicePtr, n: usize, dtype: DType) -> Result<()> {
+        if n == 0 {
+            return Ok(());
+        }
+        let name = pick(dtype, "add_f32", "add_bf16");
+        // SAFETY: the three buffers hold n elements of `dtype` (the contract).
+        unsafe { self.launch(Unit::Elementwise, name, (grid_1d(n, EW_BLOCK), 1, 1), EW_BLOCK, 0, &[Arg::Ptr(a), Arg::Ptr(b), Arg::Ptr(out), Arg::I64(n as i64)]) }
+    }
+
+    unsafe fn activation(&self, x: DevicePtr, out: DevicePtr, n: usize, act: Activation, dtype: DType) -> Result<()> {
+        if n == 0 {
+            return Ok(());
+        }
+        let name = pick(dtype, "act_f32", "act_bf16");
+        let args = [Arg::Ptr(x), Arg::Ptr(out), Arg::I64(n as i64), Arg::I32(act_code(act))];
+        // SAFETY: both buffers hold n elements of `dtype` (the contract).
+        unsafe { self.launch(Unit::Elementwise, name, (grid_1d(n, EW_BLOCK), 1, 1), EW_BLOCK, 0, &args) }
+    }
+
+    unsafe fn layer_norm(&self, p: &LayerNorm) -> Result<()> {
+        if p.rows == 0 || p.cols == 0 {
+            return Ok(());
+        }
+        let rows = u32::try_from(p.rows).ok().filter(|&r| r < i32::MAX as u32).ok_or_else(|| Error::InvalidArgument(format!("layer_norm rows={} too large", p.rows)))?;
+        let name = pick(p.dtype, "layer_norm_f32", "layer_norm_bf16");
+        let args = [Arg::Ptr(p.x), opt(p.residual), Arg::Ptr(p.gamma), Arg::Ptr(p.beta), Arg::Ptr(p.out), Arg::I32(i32_dim(p.cols, "cols")?), Arg::F32(p.eps)];
+        // SAFETY: x/residual/out hold rows*cols, gamma/beta cols elements.
+        unsafe { self.launch(Unit::Norm, name, (rows, 1, 1), ROW_BLOCK, 0, &args) }
+    }
+
+    unsafe fn softmax(&self, x: DevicePtr, out: DevicePtr, rows: usize, cols: usize, dtype: DType) -> Result<()> {
+        if rows == 0 || cols == 0 {
+            return Ok(());
+        }
+        let r = i32_dim(rows, "rows")? as u32;
+        let name = pick(dtype, "softmax_f32", "softmax_bf16");
+        // SAFETY: both buffers hold rows*cols elements.
+        unsafe { self.launch(Unit::Norm, name, (r, 1, 1), ROW_BLOCK, 0, &[Arg::Ptr(x), Arg::Ptr(out), Arg::I32(i32_dim(cols, "cols")?)]) }
+    }
+
+    unsafe fn attention(&self, p: &Attention) -> Result<()> {
+        if p.batch == 0 || p.seq == 0 || p.heads == 0 || p.head_dim == 0 {
+            return Ok(());
+        }
+        if p.heads > 65535 || p.batch > 65535 {
+            return Err(Error::InvalidArgument(format!("attention: heads ({}) and batch ({}) must be at most 65535 on CUDA", p.heads, p.batch)));
+        }
+        let smem = (p.head_dim + p.seq) * 4;
+        if smem > 48 * 1024 {
+            return Err(Error::Unsupported { backend: "cuda", what: format!("attention with seq {} + head_dim {} (> 12288 floats of shared memory)", p.seq, p.head_dim) });
+        }
+        let seq = i32_dim(p.seq, "seq")?;
+        let name = pick(p.dtype, "attention_f32", "attention_bf16");
+        let args = [
+            Arg::Ptr(p.q),
+            Arg::Ptr(p.k),
+            Arg::Ptr(p.v),
+            opt(p.mask),
+            Arg::Ptr(p.out),
+            Arg::I32(seq),
+            Arg::I32(p.heads as i32),
+            Arg::I32(i32_dim(p.head_dim, "head_dim")?),
+            Arg::I64(p.row_stride as i64),
+            Arg::F32(p.scale),
+        ];
+        // SAFETY: q/k/v hold batch*seq rows of row_stride, mask batch*seq
+        // f32, out batch*seq*heads*head_dim elements (the contract).
+        unsafe { self.launch(Unit::Attention, name, (seq as u32, p.heads as u32, p.batch as u32), ATTN_BLOCK, smem as u32, &args) }
+    }
+
+    unsafe fn gather(&self, p: &Gather) -> Result<()> {
+        if p.n == 0 || p.dim == 0 {
+            return Ok(());
+        }
+        let name = pick(p.dtype, "gather_f32", "gather_bf16");
+        let args = [Arg::Ptr(p.table), Arg::Ptr(p.ids), Arg::Ptr(p.out), Arg::I64(p.n as i64), Arg::I32(i32_dim(p.dim, "dim")?)];
+        // SAFETY: ids hold n in-range u32, out n*dim elements (the contract).
+        unsafe { self.launch(Unit::Gather, name, (grid_1d(p.n * p.dim, EW_BLOCK), 1, 1), EW_BLOCK, 0, &args) }
+    }
+
+    unsafe fn mean_pool(&self, p: &MeanPool) -> Result<()> {
+        if p.batch == 0 || p.dim == 0 {
+            return Ok(());
+        }
+        if p.batch > 65535 {
+            return Err(Error::InvalidArgument(format!("mean_pool: batch {} exceeds 65535 on CUDA", p.batch)));
+        }
+        let name = pick(p.dtype, "mean_pool_f32", "mean_pool_bf16");
+        let dim = i32_dim(p.dim, "dim")?;
+        let args = [Arg::Ptr(p.x), opt(p.mask), Arg::Ptr(p.out), Arg::I32(i32_dim(p.seq, "seq")?), Arg::I32(dim)];
+        let grid = ((p.dim as u32).div_ceil(POOL_BLOCK), p.batch as u32, 1);
+        // SAFETY: x holds batch*seq*dim, mask batch*seq, out batch*dim.
+        unsafe { self.launch(Unit::Gather, name, grid, POOL_BLOCK, 0, &args) }
+    }
+
+    unsafe fn l2_normalize(&self, x: DevicePtr, out: DevicePtr, rows: usize, cols: usize, dtype: DType) -> Result<()> {
+        if rows == 0 || cols == 0 {
+            return Ok(());
+        }
+        let r = i32_dim(rows, "rows")? as u32;
+        let name = pick(dtype, "l2_normalize_f32", "l2_normalize_bf16");
+        // SAFETY: both buffers hold rows*cols elements.
+        unsafe { self.launch(Unit::Norm, name, (r, 1, 1), ROW_BLOCK, 0, &[Arg::Ptr(x), Arg::Ptr(out), Arg::I32(i32_dim(cols, "cols")?)]) }
+    }
+
+    unsafe fn cast(&self, x: DevicePtr, from: DType, out: DevicePtr, to: DType, n: usize) -> Result<()> {
+        if n == 0 {
+            return Ok(());
+        }
+        if from == to {
+            // SAFETY: both buffers hold n elements of `from`.
+            return unsafe { self.d2d(x, out, n * from.size()) };
+        }
+        let name = if from == DType::F32 { "cast_f32_bf16" } else { "cast_bf16_f32" };
+        // SAFETY: x holds n `from`, out n `to` elements.
+        unsafe { self.launch(Unit::Elementwise, name, (grid_1d(n, EW_BLOCK), 1, 1), EW_BLOCK, 0, &[Arg::Ptr(x), Arg::Ptr(out), Arg::I64(n as i64)]) }
+    }
+
+    fn begin_capture(&self) -> Result<()> {
+        self.ctx.bind()?;
+        // cuBLAS must exist (and own its workspace) before capture starts:
+        // creating a handle allocates and synchronises.
+        drop(self.blas()?);
+        // Relaxed capture: other threads may keep allocating (cuMemAlloc)
+        // while this stream captures; only work on this stream is captured.
+        // SAFETY: live stream of the current context.
+        let r = unsafe { sys::cuStreamBeginCapture_v2(self.raw, sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_RELAXED) };
+        self.ctx.check("cuStreamBeginCapture", r)?;
+        // Relaxed: see the field's comment.
+        self.capturing.store(true, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn end_capture(&self) -> Result<Arc<dyn BackendGraph>> {
+        self.ctx.bind()?;
+        let mut graph: sys::CUgraph = std::ptr::null_mut();
+        // SAFETY: live stream of the current context, capturing.
+        let r = unsafe { sys::cuStreamEndCapture(self.raw, &mut graph) };
+        // Relaxed: see the field's comment.
+        self.capturing.store(false, Ordering::Relaxed);
+        self.ctx.check("cuStreamEndCapture", r)?;
+        let mut exec: sys::CUgraphExec = std::ptr::null_mut();
+        // SAFETY: `graph` is the captured graph; instantiate copies it.
+        let r = unsafe { sys::cuGraphInstantiateWithFlags(&mut exec, graph, 0) };
+        // SAFETY: the graph is no longer needed once instantiated (or failed).
+        unsafe {
+            let _ = sys::cuGraphDestroy(graph);
+        }
+        self.ctx.check("cuGraphInstantiate", r)?;
+        Ok(Arc::new(CudaGraph { ctx: self.ctx.clone(), exec: Mutex::new(exec) }))
+    }
+}
+
+impl Drop for CudaStream {
+    fn drop(&mut self) {
+        if !self.ctx.bind_for_drop() {
+            return;
+        }
+        // SAFETY: live stream; wait so the staging buffers and the cuBLAS
+        // workspace are no longer in use, then release everything once.
+        unsafe {
+            let _ = sys::cuStreamSynchronize(self.raw);
+        }
+        drop(self.blas.get_mut().unwrap_or_else(|e| e.into_inner()).take());
+        self.pinned.clear();
+        // SAFETY: owned stream, destroyed once, after everything using it.
+        unsafe {
+            let _ = sys::cuStreamDestroy_v2(self.raw);
+        }
+    }
+}
