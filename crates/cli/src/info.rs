@@ -17,7 +17,7 @@ pub fn run() -> Result<ExitCode> {
             let mem = d.backend().memory_info().map(|(free, total)| format!(", {:.1} GiB free of {:.1} GiB", free as f64 / (1u64 << 30) as f64, total as f64 / (1u64 << 30) as f64)).unwrap_or_default();
             println!("  cuda  available    {}{mem}", d.name());
         }
-        Err(e) => println!("  cuda  unavailable: {e}"),
+        Err(e) => println!("  cuda  {e}"),
     }
     println!("  wgpu  not built (no wgpu backend yet)");
     let auto = Device::auto()?;
