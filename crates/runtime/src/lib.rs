@@ -33,6 +33,7 @@ pub mod error;
 pub mod event;
 pub mod event_state;
 pub mod fork;
+pub mod graph;
 pub mod freelist;
 pub mod pool;
 pub mod serialized;

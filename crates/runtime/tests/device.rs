@@ -193,3 +193,16 @@ fn forked_child_gets_a_clear_error() {
     assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "child did not see ForkedChild");
     assert!(dev.current_stream().is_ok(), "the parent is unaffected");
 }
+
+#[test]
+fn graph_capture_unsupported_on_cpu_is_an_error_and_stream_stays_usable() {
+    let dev = cpu();
+    let s = dev.current_stream().unwrap();
+    let cache = braid_runtime::graph::GraphCache::new();
+    let r = cache.get_or_capture(1, &[1, 512], &s, || Ok(()));
+    assert!(matches!(r, Err(Error::Unsupported { .. })), "{:?}", r.err());
+    assert!(cache.is_empty());
+    let b = dev.alloc(8, &s).unwrap();
+    unsafe { s.raw().h2d(&[1u8; 8], b.ptr()).unwrap() };
+    s.synchronize().unwrap();
+}
