@@ -15,7 +15,7 @@ fn fmt_num(v: f64) -> String {
         "0".into()
     } else if v.abs() < 1e-2 {
         format!("{v:.2e}")
-    } else if v.abs() < 100.0 {
+    } else if v.abs() < 10.0 {
         format!("{v:.3}")
     } else {
         format!("{v:.0}")

@@ -2,7 +2,11 @@
 //! `embed`. Owns argument parsing and exit codes; each subcommand lives in its
 //! own module.
 
+mod compare;
 mod info;
+mod report;
+#[allow(dead_code)]
+mod story;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -18,6 +22,22 @@ struct Cli {
 enum Cmd {
     /// Backends and devices found, and the pool settings in force.
     Info,
+    /// Benchmarks.
+    Bench {
+        #[command(subcommand)]
+        cmd: BenchCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchCmd {
+    /// braid and a peer (PyTorch) side by side, one table per section, with ratios.
+    Compare {
+        /// braid's JSON report (`braid bench story --json`).
+        ours: String,
+        /// The peer's JSON report (`bench/peers/torch_story.py --json`).
+        peer: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -31,6 +51,11 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let r = match cli.cmd {
         Cmd::Info => info::run(),
+        Cmd::Bench { cmd: BenchCmd::Compare { ours, peer } } => compare::load(&ours).and_then(|a| {
+            let b = compare::load(&peer)?;
+            print!("{}", compare::compare(&a, &b));
+            Ok(ExitCode::SUCCESS)
+        }),
     };
     match r {
         Ok(code) => code,
