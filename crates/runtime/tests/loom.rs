@@ -220,7 +220,7 @@ impl MemorySource for Mem {
 /// to two owners at once.
 #[test]
 fn allocator_cross_stream_reuse() {
-    explore("allocator: record_stream reuse, 3 threads", 2, || {
+    explore("allocator: record_stream reuse, 3 threads", 3, || {
         let s1_done = Arc::new(AtomicU64::new(0));
         let mem = Mem { next: AtomicU64::new(4096), s1_enqueued: AtomicU64::new(0), s1_done: s1_done.clone() };
         let a = CachingAllocator::new(mem, AllocConfig { streams: 2, high_watermark: None }).unwrap();
