@@ -1,1 +1,35 @@
-//! braid-nn: tensors, ops, modules and models (see DESIGN.md). Filled by the tensors issue.
+//! braid-nn: row-major [`Tensor`]s on a device, the [`ops`] over them, the
+//! [`modules`] built from ops (Linear, LayerNorm, Mlp, MultiheadAttention,
+//! TransformerEncoderLayer, BertModel), weights from safetensors, the
+//! built-in [`workloads`], the real model ([`SentenceEmbedder`],
+//! all-MiniLM-L6-v2) and the float64 [`reference`] with its [`check`]s.
+//!
+//! Every op runs on the calling thread's current stream; modules are
+//! `Send + Sync`: load once, share with `Arc` across threads.
+//!
+//! ```
+//! use braid_nn::{ops, Tensor};
+//! use braid_runtime::{Activation, Device};
+//! let device = Device::cpu().unwrap();
+//! let x = Tensor::from_slice(&device, &[1.0, -2.0], &[1, 2]).unwrap();
+//! let w = Tensor::from_slice(&device, &[1.0, 0.0, 0.0, 1.0, 1.0, 1.0], &[3, 2]).unwrap();
+//! let y = ops::linear(&x, &w, None, Activation::Relu).unwrap();
+//! assert_eq!(y.to_vec().unwrap(), vec![1.0, 0.0, 0.0]);
+//! ```
+
+pub mod ops;
+pub mod rng;
+pub mod storage;
+pub mod tensor;
+
+pub use rng::Rng;
+pub use tensor::{settle_all, Tensor};
+pub mod modules;
+pub mod weights;
+
+pub use modules::{BertConfig, BertInput, BertModel, LayerNorm, Linear, Mlp, MultiheadAttention, TransformerEncoderLayer};
+pub use weights::{HostTensor, HostWeights};
+pub mod workloads;
+pub mod reference;
+
+pub use reference::{check, check_parallel, CheckResult};

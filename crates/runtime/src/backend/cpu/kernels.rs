@@ -37,8 +37,12 @@ pub fn act(x: f32, a: Activation) -> f32 {
     match a {
         Activation::None => x,
         Activation::Relu => x.max(0.0),
-        Activation::GeluErf => 0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2)),
-        Activation::GeluTanh => 0.5 * x * (1.0 + (SQRT_2_OVER_PI * (x + 0.044_715 * x * x * x)).tanh()),
+        // In f64: for x << 0, 1 + erf(x/√2) cancels to a few f32 ulps of 1
+        // and the result would lose all relative precision (PyTorch's f32
+        // formula has the same flaw; erfc avoids it).
+        Activation::GeluErf => (0.5 * x as f64 * (1.0 + erf64(x as f64 * std::f64::consts::FRAC_1_SQRT_2))) as f32,
+        // 0.5·x·(1 + tanh(u)) = x / (1 + e^(-2u)): same value, no cancellation for x << 0.
+        Activation::GeluTanh => x / (1.0 + (-2.0 * SQRT_2_OVER_PI * (x + 0.044_715 * x * x * x)).exp()),
     }
 }
 

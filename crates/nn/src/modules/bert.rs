@@ -1,0 +1,199 @@
+//! [`BertModel`]: a BERT encoder (HF `BertModel` layout): word + position +
+//! token-type embeddings and LayerNorm, N post-norm encoder layers, then
+//! (for sentence embeddings) mean pooling over the attention mask and L2
+//! normalisation. Owns the mapping from HF's parameter names to our modules
+//! (q, k and v are packed into one projection at load time) and
+//! [`BertConfig`], the subset of `config.json` it needs.
+
+use super::{LayerNorm, TransformerEncoderLayer};
+use crate::{ops, settle_all, HostWeights, Tensor};
+use braid_runtime::{Activation, DType, Device, Error, Result};
+use serde::Deserialize;
+
+/// The fields of an HF BERT `config.json` the model needs.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+pub struct BertConfig {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub intermediate_size: usize,
+    #[serde(default = "default_act")]
+    pub hidden_act: String,
+    #[serde(default = "default_max_pos")]
+    pub max_position_embeddings: usize,
+    #[serde(default = "default_types")]
+    pub type_vocab_size: usize,
+    #[serde(default = "default_eps")]
+    pub layer_norm_eps: f64,
+}
+
+fn default_act() -> String {
+    "gelu".into()
+}
+fn default_max_pos() -> usize {
+    512
+}
+fn default_types() -> usize {
+    2
+}
+fn default_eps() -> f64 {
+    1e-12
+}
+
+impl BertConfig {
+    /// Parse `config.json` text; `origin` names it in errors.
+    pub fn from_json(text: &str, origin: &str) -> Result<BertConfig> {
+        let c: BertConfig = serde_json::from_str(text).map_err(|e| Error::Io { path: origin.into(), message: format!("not a valid BERT config: {e}") })?;
+        if c.num_attention_heads == 0 || c.hidden_size % c.num_attention_heads != 0 {
+            return Err(Error::Model(format!("{origin}: hidden_size {} is not divisible into {} heads", c.hidden_size, c.num_attention_heads)));
+        }
+        c.activation()?;
+        Ok(c)
+    }
+
+    /// The feed-forward activation named by `hidden_act`.
+    pub fn activation(&self) -> Result<Activation> {
+        match self.hidden_act.as_str() {
+            "gelu" => Ok(Activation::GeluErf),
+            "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Ok(Activation::GeluTanh),
+            "relu" => Ok(Activation::Relu),
+            other => Err(Error::Model(format!("config: hidden_act {other:?} is not supported (gelu, gelu_new, gelu_pytorch_tanh, relu)"))),
+        }
+    }
+}
+
+/// A padded batch of token ids: `batch` rows of `seq` tokens, row-major.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BertInput {
+    pub ids: Vec<u32>,
+    pub type_ids: Vec<u32>,
+    /// 1.0 for a token, 0.0 for padding.
+    pub mask: Vec<f32>,
+    pub batch: usize,
+    pub seq: usize,
+}
+
+impl BertInput {
+    /// Rows of ids of any lengths, padded with `pad_id` to the longest.
+    pub fn from_rows(rows: &[Vec<u32>], pad_id: u32) -> BertInput {
+        let seq = rows.iter().map(|r| r.len()).max().unwrap_or(0);
+        let mut input = BertInput { ids: Vec::new(), type_ids: vec![0; rows.len() * seq], mask: Vec::new(), batch: rows.len(), seq };
+        for r in rows {
+            input.ids.extend(r.iter().copied().chain(std::iter::repeat_n(pad_id, seq - r.len())));
+            input.mask.extend(std::iter::repeat_n(1.0, r.len()).chain(std::iter::repeat_n(0.0, seq - r.len())));
+        }
+        input
+    }
+}
+
+/// A BERT encoder on a device. `Send + Sync`.
+#[derive(Clone, Debug)]
+pub struct BertModel {
+    pub config: BertConfig,
+    pub word_embeddings: Tensor,
+    pub position_embeddings: Tensor,
+    pub token_type_embeddings: Tensor,
+    pub embeddings_norm: LayerNorm,
+    pub layers: Vec<TransformerEncoderLayer>,
+}
+
+fn concat(w: &HostWeights, names: &[String], shape: &[usize]) -> Result<Vec<f32>> {
+    let mut out = Vec::new();
+    for n in names {
+        out.extend_from_slice(&w.get(n, shape)?.data);
+    }
+    Ok(out)
+}
+
+impl BertModel {
+    /// Load from HF names (`embeddings.*`, `encoder.layer.N.*`, optionally
+    /// under `bert.`); a missing or misshapen tensor is an error naming it.
+    pub fn load(w: &HostWeights, config: &BertConfig, device: &Device, dtype: DType) -> Result<BertModel> {
+        let c = config;
+        let root = if !w.contains("embeddings.word_embeddings.weight") && w.contains("bert.embeddings.word_embeddings.weight") { "bert." } else { "" };
+        let (d, ff) = (c.hidden_size, c.intermediate_size);
+        let eps = c.layer_norm_eps as f32;
+        let act = c.activation()?;
+        let word_embeddings = w.tensor(&format!("{root}embeddings.word_embeddings.weight"), &[c.vocab_size, d], device, dtype)?;
+        let position_embeddings = w.tensor(&format!("{root}embeddings.position_embeddings.weight"), &[c.max_position_embeddings, d], device, dtype)?;
+        let token_type_embeddings = w.tensor(&format!("{root}embeddings.token_type_embeddings.weight"), &[c.type_vocab_size, d], device, dtype)?;
+        settle_all(&[&word_embeddings, &position_embeddings, &token_type_embeddings])?;
+        let embeddings_norm = LayerNorm::load(w, &format!("{root}embeddings.LayerNorm"), d, eps, device, dtype)?;
+        let mut layers = Vec::with_capacity(c.num_hidden_layers);
+        for i in 0..c.num_hidden_layers {
+            let p = format!("{root}encoder.layer.{i}");
+            let mut lw = HostWeights::new(w.origin());
+            let qkv = |s: &str| ["query", "key", "value"].map(|n| format!("{p}.attention.self.{n}.{s}")).to_vec();
+            lw.insert("self_attn.in_proj_weight", &[3 * d, d], concat(w, &qkv("weight"), &[d, d])?)?;
+            lw.insert("self_attn.in_proj_bias", &[3 * d], concat(w, &qkv("bias"), &[d])?)?;
+            let mut copy = |to: &str, from: &str, shape: &[usize]| -> Result<()> { lw.insert(to, shape, w.get(&format!("{p}.{from}"), shape)?.data.clone()) };
+            copy("self_attn.out_proj.weight", "attention.output.dense.weight", &[d, d])?;
+            copy("self_attn.out_proj.bias", "attention.output.dense.bias", &[d])?;
+            copy("norm1.weight", "attention.output.LayerNorm.weight", &[d])?;
+            copy("norm1.bias", "attention.output.LayerNorm.bias", &[d])?;
+            copy("linear1.weight", "intermediate.dense.weight", &[ff, d])?;
+            copy("linear1.bias", "intermediate.dense.bias", &[ff])?;
+            copy("linear2.weight", "output.dense.weight", &[d, ff])?;
+            copy("linear2.bias", "output.dense.bias", &[d])?;
+            copy("norm2.weight", "output.LayerNorm.weight", &[d])?;
+            copy("norm2.bias", "output.LayerNorm.bias", &[d])?;
+            layers.push(TransformerEncoderLayer::load(&lw, "", d, c.num_attention_heads, ff, act, eps, device, dtype)?);
+        }
+        Ok(BertModel { config: c.clone(), word_embeddings, position_embeddings, token_type_embeddings, embeddings_norm, layers })
+    }
+
+    pub fn device(&self) -> &Device {
+        self.word_embeddings.device()
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.word_embeddings.dtype()
+    }
+
+    pub fn params(&self) -> Vec<&Tensor> {
+        let mut p = vec![&self.word_embeddings, &self.position_embeddings, &self.token_type_embeddings];
+        p.extend(self.embeddings_norm.params());
+        p.extend(self.layers.iter().flat_map(|l| l.params()));
+        p
+    }
+
+    fn check(&self, input: &BertInput) -> Result<()> {
+        let n = input.batch * input.seq;
+        if input.ids.len() != n || input.type_ids.len() != n || input.mask.len() != n {
+            return Err(Error::Shape {
+                op: "bert",
+                detail: format!("batch {} x seq {} needs {n} ids, type ids and mask values, got {}, {} and {}", input.batch, input.seq, input.ids.len(), input.type_ids.len(), input.mask.len()),
+            });
+        }
+        if input.seq > self.config.max_position_embeddings {
+            return Err(Error::Shape { op: "bert", detail: format!("sequence of {} tokens is longer than the model's {} positions", input.seq, self.config.max_position_embeddings) });
+        }
+        Ok(())
+    }
+
+    /// The last hidden state `[batch, seq, hidden]` and the mask tensor `[batch, seq]`.
+    pub fn forward(&self, input: &BertInput) -> Result<(Tensor, Tensor)> {
+        self.check(input)?;
+        let (b, s, d) = (input.batch, input.seq, self.config.hidden_size);
+        let device = self.device();
+        let pos: Vec<u32> = (0..b).flat_map(|_| 0..s as u32).collect();
+        let word = ops::embedding(&self.word_embeddings, &input.ids)?;
+        let position = ops::embedding(&self.position_embeddings, &pos)?;
+        let token_type = ops::embedding(&self.token_type_embeddings, &input.type_ids)?;
+        let e = ops::add(&word, &position)?;
+        let mut h = self.embeddings_norm.forward_residual(&e, &token_type)?.reshape(&[b, s, d])?;
+        let mask = Tensor::from_slice(device, &input.mask, &[b, s])?;
+        for layer in &self.layers {
+            h = layer.forward(&h, Some(&mask))?;
+        }
+        Ok((h, mask))
+    }
+
+    /// Mean-pooled (over the mask), L2-normalised sentence embeddings `[batch, hidden]`.
+    pub fn embed(&self, input: &BertInput) -> Result<Tensor> {
+        let (h, mask) = self.forward(input)?;
+        let pooled = ops::mean_pool(&h, Some(&mask))?;
+        ops::l2_normalize(&pooled)
+    }
+}

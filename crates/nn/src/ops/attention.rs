@@ -1,0 +1,78 @@
+//! Scaled-dot-product attention with a key padding mask, over separate
+//! Q, K, V tensors or one packed QKV tensor (as `MultiheadAttention` makes).
+
+use crate::tensor::{same_dtype, shape_err, Tensor};
+use braid_runtime::{backend::Attention, DType, Error, Result};
+
+fn check_mask(op: &'static str, mask: Option<&Tensor>, b: usize, s: usize, what: &[usize]) -> Result<()> {
+    if let Some(m) = mask {
+        if m.shape() != [b, s] {
+            return Err(shape_err(op, format!("key padding mask {:?} does not match {what:?}: expected [{b}, {s}]", m.shape())));
+        }
+        if m.dtype() != DType::F32 {
+            return Err(Error::InvalidArgument(format!("{op}: the key padding mask must be f32 (1 = token, 0 = padding), got {}", m.dtype().name())));
+        }
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn launch(op: &'static str, inputs: &[&Tensor], q: u64, k: u64, v: u64, row_stride: usize, mask: Option<&Tensor>, b: usize, s: usize, heads: usize, hd: usize) -> Result<Tensor> {
+    let x = inputs[0];
+    let mut all = inputs.to_vec();
+    all.extend(mask);
+    let stream = Tensor::prepare(x.device(), &all)?;
+    let out = Tensor::empty_on(x.device(), &stream, &[b, s, heads * hd], x.dtype())?;
+    let _ = op;
+    if b > 0 && s > 0 && heads > 0 && hd > 0 {
+        let p = Attention {
+            q, k, v, row_stride,
+            mask: mask.map(|m| m.ptr()),
+            out: out.ptr(),
+            batch: b, seq: s, heads, head_dim: hd,
+            scale: 1.0 / (hd as f32).sqrt(),
+            dtype: x.dtype(),
+        };
+        // SAFETY: the callers checked that q, k and v address b*s rows of
+        // `row_stride` elements inside their tensors, the mask holds b*s f32
+        // and out b*s*heads*hd elements; all outlive the kernel.
+        unsafe { stream.raw().attention(&p)? };
+    }
+    Ok(out)
+}
+
+/// `softmax(q kᵀ / √d_head + mask) v` per head: `q`, `k`, `v` are
+/// `[batch, seq, heads*head_dim]`; `mask` (f32 `[batch, seq]`, 1 for tokens
+/// and 0 for padding) hides padding keys. Returns `[batch, seq, heads*head_dim]`.
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>, heads: usize) -> Result<Tensor> {
+    let op = "attention";
+    if q.dims() != 3 || k.shape() != q.shape() || v.shape() != q.shape() {
+        return Err(shape_err(op, format!("q, k and v must be equal [batch, seq, dim], got {:?}, {:?} and {:?}", q.shape(), k.shape(), v.shape())));
+    }
+    let (b, s, d) = (q.shape()[0], q.shape()[1], q.shape()[2]);
+    if heads == 0 || d % heads != 0 {
+        return Err(shape_err(op, format!("dim {d} of {:?} is not divisible into {heads} heads", q.shape())));
+    }
+    same_dtype(op, q, k)?;
+    same_dtype(op, q, v)?;
+    check_mask(op, mask, b, s, q.shape())?;
+    launch(op, &[q, k, v], q.ptr(), k.ptr(), v.ptr(), d, mask, b, s, heads, d / heads)
+}
+
+/// As [`attention`], with `qkv` `[batch, seq, 3*dim]` holding each token's
+/// q, k and v side by side (the output of one fused projection).
+pub fn attention_packed(qkv: &Tensor, mask: Option<&Tensor>, heads: usize) -> Result<Tensor> {
+    let op = "attention";
+    if qkv.dims() != 3 || qkv.shape()[2] % 3 != 0 {
+        return Err(shape_err(op, format!("packed qkv {:?} must be [batch, seq, 3*dim]", qkv.shape())));
+    }
+    let (b, s, d3) = (qkv.shape()[0], qkv.shape()[1], qkv.shape()[2]);
+    let d = d3 / 3;
+    if heads == 0 || d % heads != 0 {
+        return Err(shape_err(op, format!("dim {d} of packed qkv {:?} is not divisible into {heads} heads", qkv.shape())));
+    }
+    check_mask(op, mask, b, s, qkv.shape())?;
+    let es = qkv.dtype().size() as u64;
+    let base = qkv.ptr();
+    launch(op, &[qkv], base, base + d as u64 * es, base + 2 * d as u64 * es, d3, mask, b, s, heads, d / heads)
+}

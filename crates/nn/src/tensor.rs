@@ -1,0 +1,210 @@
+//! [`Tensor`]: a row-major array on a device (f32, or bf16 where the device
+//! supports it). Owns creation from and copies to host memory, dtype casts,
+//! reshapes, and the per-op plumbing every op shares ([`Tensor::prepare`]):
+//! the calling thread's current stream, device and dtype agreement, and the
+//! cross-stream rules of [`Storage`].
+//!
+//! Every op is enqueued on the calling thread's current stream and its
+//! output is allocated there. Tensors are immutable once made, so any number
+//! of threads may read one at once (see `storage.rs` for why that is safe).
+
+use crate::storage::Storage;
+use braid_runtime::{DType, Device, DevicePtr, Error, Result, Stream};
+use std::sync::Arc;
+
+/// A row-major tensor on a device. Cheap to clone (clones share memory).
+#[derive(Clone)]
+pub struct Tensor {
+    storage: Arc<Storage>,
+    shape: Vec<usize>,
+    dtype: DType,
+    device: Device,
+}
+
+impl std::fmt::Debug for Tensor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Tensor({:?}, {}, {:?})", self.shape, self.dtype.name(), self.device)
+    }
+}
+
+/// Number of elements of a shape.
+pub fn numel(shape: &[usize]) -> usize {
+    shape.iter().product()
+}
+
+/// `bf16` from `f32`, rounding to nearest even (NaN stays NaN).
+pub fn f32_to_bf16(x: f32) -> u16 {
+    let b = x.to_bits();
+    if x.is_nan() {
+        return ((b >> 16) | 0x40) as u16;
+    }
+    let round = 0x7FFF + ((b >> 16) & 1);
+    (b.wrapping_add(round) >> 16) as u16
+}
+
+/// `f32` from `bf16` (exact).
+pub fn bf16_to_f32(x: u16) -> f32 {
+    f32::from_bits((x as u32) << 16)
+}
+
+impl Tensor {
+    /// A new tensor of `shape` on the current stream, contents unspecified.
+    pub(crate) fn empty_on(device: &Device, stream: &Stream, shape: &[usize], dtype: DType) -> Result<Tensor> {
+        if !device.supports(dtype) {
+            return Err(Error::Unsupported { backend: device.kind().name(), what: format!("{} tensors", dtype.name()) });
+        }
+        let bytes = numel(shape).checked_mul(dtype.size()).ok_or_else(|| Error::InvalidArgument(format!("tensor of shape {shape:?} is too large")))?;
+        let storage = Storage::alloc(device, bytes, stream)?;
+        Ok(Tensor { storage: Arc::new(storage), shape: shape.to_vec(), dtype, device: device.clone() })
+    }
+
+    /// An f32 tensor holding `data` (row-major) with `shape`.
+    pub fn from_slice(device: &Device, data: &[f32], shape: &[usize]) -> Result<Tensor> {
+        if numel(shape) != data.len() {
+            return Err(Error::Shape { op: "from_slice", detail: format!("{} values do not fill shape {shape:?} ({} elements)", data.len(), numel(shape)) });
+        }
+        let stream = device.current_stream()?;
+        let t = Tensor::empty_on(device, &stream, shape, DType::F32)?;
+        if !data.is_empty() {
+            let bytes: Vec<u8> = data.iter().flat_map(|v| v.to_le_bytes()).collect();
+            // SAFETY: the block holds numel*4 bytes = bytes.len(), was made on
+            // this stream and lives in `t` until the stream is past the copy
+            // (stream-ordered free); `h2d` stages `bytes` before returning.
+            unsafe { stream.raw().h2d(&bytes, t.ptr())? };
+        }
+        Ok(t)
+    }
+
+    /// A tensor of `dtype` holding `data`, converted on the device if needed.
+    pub fn from_slice_as(device: &Device, data: &[f32], shape: &[usize], dtype: DType) -> Result<Tensor> {
+        Tensor::from_slice(device, data, shape)?.to_dtype(dtype)
+    }
+
+    /// A tensor of zeros.
+    pub fn zeros(device: &Device, shape: &[usize], dtype: DType) -> Result<Tensor> {
+        let stream = device.current_stream()?;
+        let t = Tensor::empty_on(device, &stream, shape, dtype)?;
+        let n = numel(shape) * dtype.size();
+        if n > 0 {
+            let zeros = vec![0u8; n];
+            // SAFETY: as in `from_slice`: the block holds `n` bytes on this stream.
+            unsafe { stream.raw().h2d(&zeros, t.ptr())? };
+        }
+        Ok(t)
+    }
+
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    pub fn dims(&self) -> usize {
+        self.shape.len()
+    }
+    pub fn numel(&self) -> usize {
+        numel(&self.shape)
+    }
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+    /// The last dimension (1 for a scalar).
+    pub fn last_dim(&self) -> usize {
+        self.shape.last().copied().unwrap_or(1)
+    }
+    /// Device address of the first element.
+    pub fn ptr(&self) -> DevicePtr {
+        self.storage.ptr()
+    }
+    pub fn storage(&self) -> &Arc<Storage> {
+        &self.storage
+    }
+
+    /// The same memory with another shape of the same number of elements.
+    pub fn reshape(&self, shape: &[usize]) -> Result<Tensor> {
+        if numel(shape) != self.numel() {
+            return Err(Error::Shape { op: "reshape", detail: format!("cannot view {:?} ({} elements) as {shape:?} ({} elements)", self.shape, self.numel(), numel(shape)) });
+        }
+        Ok(Tensor { storage: self.storage.clone(), shape: shape.to_vec(), dtype: self.dtype, device: self.device.clone() })
+    }
+
+    /// The calling thread's stream, after checking every input is on
+    /// `device` and making the stream ready to read each (see [`Storage`]).
+    pub(crate) fn prepare(device: &Device, inputs: &[&Tensor]) -> Result<Stream> {
+        let stream = device.current_stream()?;
+        for t in inputs {
+            if !t.device.same_as(device) {
+                return Err(Error::DeviceMismatch(format!("tensor on {} used with tensors on {}", t.device.label(), device.label())));
+            }
+            t.storage.prepare_read(device, &stream)?;
+        }
+        Ok(stream)
+    }
+
+    /// Wait until this tensor's contents are complete, then let every stream
+    /// read it without further waits. Model loading calls this (through
+    /// [`settle_all`]) so that weights shared across threads cost nothing.
+    pub fn settle(&self) -> Result<()> {
+        settle_all(&[self])
+    }
+
+    /// A copy converted to `dtype` (f32 <-> bf16), or `self` if it already is.
+    pub fn to_dtype(&self, dtype: DType) -> Result<Tensor> {
+        if dtype == self.dtype {
+            return Ok(self.clone());
+        }
+        let stream = Tensor::prepare(&self.device, &[self])?;
+        let out = Tensor::empty_on(&self.device, &stream, &self.shape, dtype)?;
+        if self.numel() > 0 {
+            // SAFETY: both tensors hold numel elements of their dtypes, are
+            // live for the call and freed stream-ordered after it.
+            unsafe { stream.raw().cast(self.ptr(), self.dtype, out.ptr(), dtype, self.numel())? };
+        }
+        Ok(out)
+    }
+
+    /// The contents as f32 on the host (waits for the work that makes them).
+    pub fn to_vec(&self) -> Result<Vec<f32>> {
+        let t = self.to_dtype(DType::F32)?;
+        let stream = Tensor::prepare(&t.device, &[&t])?;
+        let mut bytes = vec![0u8; t.numel() * 4];
+        if !bytes.is_empty() {
+            // SAFETY: the tensor holds numel f32s; `d2h` returns when the
+            // bytes are in `bytes`, while `t` is still alive.
+            unsafe { stream.raw().d2h(t.ptr(), &mut bytes)? };
+        }
+        Ok(bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
+    }
+}
+
+/// Synchronise the calling thread's stream (where the tensors were just
+/// made) and the home stream of each tensor, then mark them settled: from
+/// then on any stream reads them without waiting.
+pub fn settle_all(tensors: &[&Tensor]) -> Result<()> {
+    let Some(first) = tensors.first() else { return Ok(()) };
+    let device = first.device.clone();
+    device.current_stream()?.synchronize()?;
+    let mut done: Vec<usize> = Vec::new();
+    for t in tensors {
+        let home = t.storage.home();
+        if !done.contains(&home) {
+            t.device.stream(home)?.synchronize()?;
+            done.push(home);
+        }
+        t.storage.mark_settled();
+    }
+    Ok(())
+}
+
+/// A shape error for `op` naming both shapes.
+pub(crate) fn shape_err(op: &'static str, what: impl Into<String>) -> Error {
+    Error::Shape { op, detail: what.into() }
+}
+
+/// Check two dtypes agree.
+pub(crate) fn same_dtype(op: &'static str, a: &Tensor, b: &Tensor) -> Result<()> {
+    if a.dtype != b.dtype {
+        return Err(Error::InvalidArgument(format!("{op}: dtypes differ: {} {:?} and {} {:?}", a.dtype.name(), a.shape, b.dtype.name(), b.shape)));
+    }
+    Ok(())
+}
