@@ -2,11 +2,20 @@
 //! `embed`. Owns argument parsing and exit codes; each subcommand lives in its
 //! own module.
 
+mod check;
 mod compare;
+mod dynamic;
 mod info;
 mod report;
-#[allow(dead_code)]
 mod story;
+mod workloads;
+
+use braid_runtime::Device;
+
+/// A seed that differs run to run (fresh random inputs for checks).
+pub fn fresh_seed() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0x5eed)
+}
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -22,6 +31,18 @@ struct Cli {
 enum Cmd {
     /// Backends and devices found, and the pool settings in force.
     Info,
+    /// Every op and model against a CPU float64 reference, then parallel correctness.
+    Check {
+        /// auto, cpu, cuda or cuda:N.
+        #[arg(long, default_value = "auto")]
+        device: String,
+        /// Threads for the parallel check.
+        #[arg(long, default_value_t = 16)]
+        threads: usize,
+        /// Forwards per thread in the parallel check.
+        #[arg(long, default_value_t = 200)]
+        iters: usize,
+    },
     /// Benchmarks.
     Bench {
         #[command(subcommand)]
@@ -31,6 +52,24 @@ enum Cmd {
 
 #[derive(Subcommand)]
 enum BenchCmd {
+    /// The complete story: correctness, threads, batching, sync, pipeline, dynamic batching.
+    Story {
+        /// auto, cpu, cuda or cuda:N.
+        #[arg(long, default_value = "auto")]
+        device: String,
+        /// mlp, encoder or minilm.
+        #[arg(long, default_value = "mlp")]
+        workload: String,
+        /// Short runs (under a minute on a 2-core CPU).
+        #[arg(long)]
+        quick: bool,
+        /// Also write the report as JSON here.
+        #[arg(long)]
+        json: Option<String>,
+        /// MiniLM model directory (for --workload minilm).
+        #[arg(long, default_value = "models/all-MiniLM-L6-v2")]
+        model: String,
+    },
     /// braid and a peer (PyTorch) side by side, one table per section, with ratios.
     Compare {
         /// braid's JSON report (`braid bench story --json`).
@@ -51,6 +90,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let r = match cli.cmd {
         Cmd::Info => info::run(),
+        Cmd::Check { device, threads, iters } => Device::parse(&device).and_then(|d| check::run(&d, threads, iters)),
+        Cmd::Bench { cmd: BenchCmd::Story { device, workload, quick, json, model } } => story_cmd(&device, &workload, quick, json.as_deref(), &model),
         Cmd::Bench { cmd: BenchCmd::Compare { ours, peer } } => compare::load(&ours).and_then(|a| {
             let b = compare::load(&peer)?;
             print!("{}", compare::compare(&a, &b));
@@ -64,4 +105,22 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+fn story_cmd(device: &str, workload: &str, quick: bool, json: Option<&str>, model: &str) -> braid_runtime::Result<ExitCode> {
+    let device = Device::parse(device)?;
+    let settings = story::Settings::new(quick);
+    eprintln!("braid bench story: workload {workload} on {} ({}){}", device.name(), device.kind().name(), if quick { ", quick" } else { "" });
+    let report = match workload {
+        "mlp" => story::run(&device, &workloads::MlpBench::new(&device)?, &settings)?,
+        "encoder" => story::run(&device, &workloads::EncoderBench::new(&device)?, &settings)?,
+        "minilm" => story::run(&device, &workloads::MiniLmBench::new(&device, model)?, &settings)?,
+        other => return Err(braid_runtime::Error::InvalidArgument(format!("unknown workload {other:?}: expected mlp, encoder or minilm"))),
+    };
+    if let Some(path) = json {
+        let text = serde_json::to_string_pretty(&report).map_err(|e| braid_runtime::Error::Io { path: path.into(), message: e.to_string() })?;
+        std::fs::write(path, text).map_err(|e| braid_runtime::Error::Io { path: path.into(), message: e.to_string() })?;
+        eprintln!("wrote {path}");
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -1,0 +1,105 @@
+//! The workloads `braid bench story` drives: adapters from braid-nn's models
+//! to the story's [`Bench`] trait (`mlp`, `encoder`, `minilm`).
+
+use crate::report::Row;
+use crate::story::Bench;
+use braid_nn::reference::{self as refops, rel_err};
+use braid_nn::{workloads as wl, Mlp, Tensor, TransformerEncoderLayer};
+use braid_runtime::{Activation, Device, Result};
+use std::sync::Arc;
+
+pub struct MlpBench {
+    pub device: Device,
+    pub model: Arc<Mlp>,
+}
+
+impl MlpBench {
+    pub fn new(device: &Device) -> Result<Self> {
+        Ok(MlpBench { device: device.clone(), model: Arc::new(wl::mlp(device)?) })
+    }
+}
+
+impl Bench for MlpBench {
+    type Input = Tensor;
+    type Output = Tensor;
+    fn name(&self) -> &'static str {
+        "mlp"
+    }
+    fn batches(&self) -> Vec<usize> {
+        vec![1, 8, 64, 256]
+    }
+    fn input(&self, batch: usize, seed: u64) -> Result<Tensor> {
+        wl::mlp_input_tensor(&self.device, batch, seed)
+    }
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.model.forward(x)
+    }
+    fn correctness(&self) -> Result<Vec<(String, f64)>> {
+        let mut rows = Vec::new();
+        for batch in [1usize, 8] {
+            let seed = crate::fresh_seed();
+            let x = wl::mlp_input(batch, seed);
+            let out = self.model.forward(&Tensor::from_slice(&self.device, &x, &[batch, 512])?)?.to_vec()?;
+            let reference = refops::mlp(&wl::mlp_weights()?, "", &wl::MLP_DIMS, Activation::Relu, &x, batch)?;
+            rows.push((format!("mlp f32 batch {batch} vs f64"), rel_err(&out, &reference)));
+        }
+        Ok(rows)
+    }
+    fn dynamic(&self, clients: &[usize], seconds: f64) -> Result<Vec<Row>> {
+        crate::dynamic::mlp(self, clients, seconds)
+    }
+    fn graphs(&self) -> bool {
+        self.device.kind() == braid_runtime::BackendKind::Cuda
+    }
+}
+
+pub struct EncoderBench {
+    pub device: Device,
+    pub model: Arc<TransformerEncoderLayer>,
+}
+
+impl EncoderBench {
+    pub fn new(device: &Device) -> Result<Self> {
+        Ok(EncoderBench { device: device.clone(), model: Arc::new(wl::encoder(device)?) })
+    }
+}
+
+impl Bench for EncoderBench {
+    type Input = Tensor;
+    type Output = Tensor;
+    fn name(&self) -> &'static str {
+        "encoder"
+    }
+    fn batches(&self) -> Vec<usize> {
+        vec![1, 8, 64, 256]
+    }
+    fn input(&self, batch: usize, seed: u64) -> Result<Tensor> {
+        wl::encoder_input_tensor(&self.device, batch, seed)
+    }
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.model.forward(x, None)
+    }
+    fn correctness(&self) -> Result<Vec<(String, f64)>> {
+        let batch = 2;
+        let x = wl::encoder_input(batch, crate::fresh_seed());
+        let out = self.model.forward(&Tensor::from_slice(&self.device, &x, &[batch, wl::ENCODER_SEQ, wl::ENCODER_DIM])?, None)?.to_vec()?;
+        let x64: Vec<f64> = x.iter().map(|&v| v as f64).collect();
+        let reference = refops::encoder_layer(&wl::encoder_weights()?, "", wl::ENCODER_DIM, wl::ENCODER_HEADS, wl::ENCODER_FF, Activation::Relu, wl::ENCODER_EPS as f64, &x64, None, batch, wl::ENCODER_SEQ)?;
+        Ok(vec![(format!("encoder f32 batch {batch} vs f64"), rel_err(&out, &reference))])
+    }
+    fn dynamic(&self, clients: &[usize], seconds: f64) -> Result<Vec<Row>> {
+        crate::dynamic::encoder(self, clients, seconds)
+    }
+    fn graphs(&self) -> bool {
+        self.device.kind() == braid_runtime::BackendKind::Cuda
+    }
+}
+
+/// all-MiniLM-L6-v2 (needs the model: scripts/get-minilm.sh).
+pub struct MiniLmBench;
+
+impl MiniLmBench {
+    pub fn new(_device: &Device, model: &str) -> Result<MlpBench> {
+        Err(braid_runtime::Error::Io { path: model.into(), message: "the minilm story is not wired yet".into() })
+    }
+}
