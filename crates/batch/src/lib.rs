@@ -1,1 +1,16 @@
-//! braid-batch: batch queue, dynamic batcher, pipeline (see DESIGN.md). Filled by the batching issue.
+//! braid-batch: the [`BatchQueue`] (jobs from any thread, worker pool,
+//! backpressure, draining shutdown), the dynamic [`Batcher`] (single
+//! requests gathered into batches, bucketed by length, with deadlines) and
+//! the [`Pipeline`] (a window of in-flight submissions synced by events).
+//! The runtime's `Throttle` caps submissions underneath (BRAID_MAX_INFLIGHT).
+
+pub mod batcher;
+pub mod handle;
+pub mod pipeline;
+pub mod queue;
+pub mod sync;
+
+pub use batcher::{BatchModel, Batcher, BatcherConfig, BatcherStats};
+pub use handle::Handle;
+pub use pipeline::{Completion, Pipeline};
+pub use queue::{BatchQueue, QueueConfig, QueueStats, WhenFull};

@@ -1,0 +1,341 @@
+//! [`Batcher`]: dynamic batching for callers that each hold one input. It
+//! gathers requests up to `max_batch_size`, or until `max_queue_delay` has
+//! passed since the oldest waiting request, groups them by length bucket (so
+//! a short text does not pay for a long one), runs one forward and hands
+//! each caller its own output. Owns the waiting queue, the gathering policy,
+//! per-request deadlines (`Error::Timeout`, never silence), overload
+//! (`Error::Overloaded`), shutdown (drains what was accepted) and the
+//! counters.
+
+use crate::handle::{pair, Completer, Handle};
+use crate::sync::{lock, spawn, wait, wait_until, Arc, AtomicU64, Condvar, JoinHandle, Mutex, Ordering};
+use braid_runtime::{Error, Result};
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+/// A model the batcher can drive: one forward over many inputs, one output
+/// per input, in order.
+pub trait BatchModel: Send + Sync + 'static {
+    type Input: Send + 'static;
+    type Output: Send + 'static;
+    /// Per-worker state (e.g. nothing, or scratch buffers), made on the
+    /// worker's own thread (so a stream it takes is the worker's own).
+    type Worker: 'static;
+    fn worker(&self, index: usize) -> Result<Self::Worker>;
+    /// Length used for bucketing (sequence length; 1 for fixed-size inputs).
+    fn len(&self, _input: &Self::Input) -> usize {
+        1
+    }
+    /// Run `inputs` as one batch (padding internally as needed).
+    fn forward(&self, worker: &mut Self::Worker, inputs: Vec<Self::Input>) -> Result<Vec<Self::Output>>;
+}
+
+#[derive(Clone, Debug)]
+pub struct BatcherConfig {
+    pub max_batch_size: usize,
+    /// How long the oldest request may wait for others to join it.
+    pub max_queue_delay: Duration,
+    /// Requests waiting, at most; beyond it `submit` returns `Overloaded`.
+    pub capacity: usize,
+    /// Worker threads, each running whole batches.
+    pub workers: usize,
+    /// Group requests by power-of-two length bucket.
+    pub bucket_by_length: bool,
+    /// If set, batches are cut to the largest preferred size that fits.
+    pub preferred_batch_sizes: Vec<usize>,
+    /// Deadline applied to requests submitted without one.
+    pub default_deadline: Option<Duration>,
+}
+
+impl Default for BatcherConfig {
+    /// The original's defaults: batch 8, 10 ms, one worker.
+    fn default() -> Self {
+        BatcherConfig { max_batch_size: 8, max_queue_delay: Duration::from_millis(10), capacity: 4096, workers: 1, bucket_by_length: true, preferred_batch_sizes: Vec::new(), default_deadline: None }
+    }
+}
+
+/// Counter snapshot.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct BatcherStats {
+    pub submitted: u64,
+    pub completed: u64,
+    pub rejected: u64,
+    pub timed_out: u64,
+    pub batches: u64,
+    /// Requests waiting now.
+    pub queue_depth: usize,
+    /// `histogram[i]` = batches of size i+1.
+    pub batch_size_histogram: Vec<u64>,
+    pub mean_batch_size: f64,
+    /// Mean time from submit to the start of the request's batch.
+    pub mean_queue_wait: Duration,
+    /// Mean forward time per batch.
+    pub mean_compute: Duration,
+}
+
+struct Request<I, O> {
+    input: I,
+    len: usize,
+    arrived: Instant,
+    deadline: Option<Instant>,
+    done: Completer<O>,
+}
+
+struct State<I, O> {
+    waiting: VecDeque<Request<I, O>>,
+    accepting: bool,
+}
+
+struct Counters {
+    submitted: AtomicU64,
+    completed: AtomicU64,
+    rejected: AtomicU64,
+    timed_out: AtomicU64,
+    batches: AtomicU64,
+    wait_ns: AtomicU64,
+    compute_ns: AtomicU64,
+    histogram: Vec<AtomicU64>,
+}
+
+struct Shared<M: BatchModel> {
+    model: Arc<M>,
+    config: BatcherConfig,
+    state: Mutex<State<M::Input, M::Output>>,
+    cv: Condvar,
+    counters: Counters,
+}
+
+/// Dynamic batching over a [`BatchModel`].
+pub struct Batcher<M: BatchModel> {
+    shared: Arc<Shared<M>>,
+    workers: Mutex<Vec<JoinHandle<()>>>,
+}
+
+fn bucket(len: usize) -> usize {
+    len.max(1).next_power_of_two()
+}
+
+impl<M: BatchModel> Batcher<M> {
+    pub fn new(model: Arc<M>, config: BatcherConfig) -> Result<Self> {
+        if config.max_batch_size == 0 || config.workers == 0 || config.capacity == 0 {
+            return Err(Error::InvalidArgument("batcher needs max_batch_size, workers and capacity ≥ 1".into()));
+        }
+        if config.preferred_batch_sizes.iter().any(|&p| p == 0 || p > config.max_batch_size) {
+            return Err(Error::InvalidArgument(format!("preferred batch sizes must be in 1..={}", config.max_batch_size)));
+        }
+        let counters = Counters {
+            submitted: AtomicU64::new(0),
+            completed: AtomicU64::new(0),
+            rejected: AtomicU64::new(0),
+            timed_out: AtomicU64::new(0),
+            batches: AtomicU64::new(0),
+            wait_ns: AtomicU64::new(0),
+            compute_ns: AtomicU64::new(0),
+            histogram: (0..config.max_batch_size).map(|_| AtomicU64::new(0)).collect(),
+        };
+        let shared = Arc::new(Shared { model, config: config.clone(), state: Mutex::new(State { waiting: VecDeque::new(), accepting: true }), cv: Condvar::new(), counters });
+        let (ready_tx, ready_rx) = crate::sync::mpsc::channel::<Result<()>>();
+        let mut handles = Vec::new();
+        for i in 0..config.workers {
+            let (sh, ready) = (shared.clone(), ready_tx.clone());
+            handles.push(spawn(move || {
+                let mut w = match sh.model.worker(i) {
+                    Ok(w) => {
+                        let _ = ready.send(Ok(()));
+                        w
+                    }
+                    Err(e) => {
+                        let _ = ready.send(Err(e));
+                        return;
+                    }
+                };
+                drop(ready);
+                while let Some(batch) = next_batch(&sh) {
+                    run_batch(&sh, &mut w, batch);
+                }
+            }));
+        }
+        drop(ready_tx);
+        let b = Batcher { shared, workers: Mutex::new(handles) };
+        for _ in 0..config.workers {
+            match ready_rx.recv() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    b.shutdown();
+                    return Err(e);
+                }
+                Err(_) => {
+                    b.shutdown();
+                    return Err(Error::JobPanicked("a batcher worker panicked while starting".into()));
+                }
+            }
+        }
+        Ok(b)
+    }
+
+    /// Queue one input; `deadline` (from now) overrides the default.
+    pub fn submit_with_deadline(&self, input: M::Input, deadline: Option<Duration>) -> Result<Handle<M::Output>> {
+        let sh = &self.shared;
+        let len = sh.model.len(&input);
+        let now = Instant::now();
+        let deadline = deadline.or(sh.config.default_deadline).map(|d| now + d);
+        let mut st = lock(&sh.state);
+        if !st.accepting {
+            return Err(Error::ShutDown("the batcher is shut down".into()));
+        }
+        if st.waiting.len() >= sh.config.capacity {
+            sh.counters.rejected.fetch_add(1, Ordering::Relaxed);
+            return Err(Error::Overloaded { capacity: sh.config.capacity });
+        }
+        let (done, handle) = pair();
+        st.waiting.push_back(Request { input, len, arrived: now, deadline, done });
+        // Relaxed: statistics; counted under the lock before any worker can
+        // complete the request.
+        sh.counters.submitted.fetch_add(1, Ordering::Relaxed);
+        let wake = st.waiting.len() == 1 || st.waiting.len() >= sh.config.max_batch_size;
+        drop(st);
+        if wake {
+            sh.cv.notify_all();
+        }
+        Ok(handle)
+    }
+
+    pub fn submit(&self, input: M::Input) -> Result<Handle<M::Output>> {
+        self.submit_with_deadline(input, None)
+    }
+
+    /// Submit and wait for this input's output.
+    pub fn infer(&self, input: M::Input) -> Result<M::Output> {
+        self.submit(input)?.wait()
+    }
+
+    /// Stop accepting; run everything accepted; join the workers. Idempotent.
+    pub fn shutdown(&self) {
+        lock(&self.shared.state).accepting = false;
+        self.shared.cv.notify_all();
+        for h in std::mem::take(&mut *lock(&self.workers)) {
+            let _ = h.join();
+        }
+    }
+
+    pub fn stats(&self) -> BatcherStats {
+        let c = &self.shared.counters;
+        let batches = c.batches.load(Ordering::Relaxed);
+        let hist: Vec<u64> = c.histogram.iter().map(|h| h.load(Ordering::Relaxed)).collect();
+        let in_batches: u64 = hist.iter().enumerate().map(|(i, n)| (i as u64 + 1) * n).sum();
+        BatcherStats {
+            submitted: c.submitted.load(Ordering::Relaxed),
+            completed: c.completed.load(Ordering::Relaxed),
+            rejected: c.rejected.load(Ordering::Relaxed),
+            timed_out: c.timed_out.load(Ordering::Relaxed),
+            batches,
+            queue_depth: lock(&self.shared.state).waiting.len(),
+            mean_batch_size: if batches > 0 { in_batches as f64 / batches as f64 } else { 0.0 },
+            mean_queue_wait: Duration::from_nanos(c.wait_ns.load(Ordering::Relaxed).checked_div(in_batches).unwrap_or(0)),
+            mean_compute: Duration::from_nanos(c.compute_ns.load(Ordering::Relaxed).checked_div(batches).unwrap_or(0)),
+            batch_size_histogram: hist,
+        }
+    }
+}
+
+impl<M: BatchModel> Drop for Batcher<M> {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// Wait for and take the next batch; `None` when shut down and drained.
+fn next_batch<M: BatchModel>(sh: &Shared<M>) -> Option<Vec<Request<M::Input, M::Output>>> {
+    let cfg = &sh.config;
+    let mut st = lock(&sh.state);
+    loop {
+        // Expired requests get their Timeout now, whatever else happens.
+        let now = Instant::now();
+        let mut i = 0;
+        while i < st.waiting.len() {
+            if st.waiting[i].deadline.is_some_and(|d| d <= now) {
+                if let Some(r) = st.waiting.remove(i) {
+                    sh.counters.timed_out.fetch_add(1, Ordering::Relaxed);
+                    sh.counters.completed.fetch_add(1, Ordering::Relaxed);
+                    let waited = now.saturating_duration_since(r.arrived);
+                    r.done.complete(Err(Error::Timeout(waited)));
+                }
+            } else {
+                i += 1;
+            }
+        }
+        let Some(oldest) = st.waiting.front() else {
+            if !st.accepting {
+                return None;
+            }
+            st = wait(&sh.cv, st);
+            continue;
+        };
+        let want = if cfg.bucket_by_length { Some(bucket(oldest.len)) } else { None };
+        let matching = st.waiting.iter().filter(|r| want.is_none_or(|b| bucket(r.len) == b)).count();
+        let full_at = oldest.arrived + cfg.max_queue_delay;
+        let earliest_deadline = st.waiting.iter().filter_map(|r| r.deadline).min();
+        if matching >= cfg.max_batch_size || !st.accepting || crate::sync::passed(full_at) {
+            let mut n = matching.min(cfg.max_batch_size);
+            if let Some(&p) = cfg.preferred_batch_sizes.iter().filter(|&&p| p <= n).max() {
+                n = p;
+            }
+            let mut batch = Vec::with_capacity(n);
+            let mut j = 0;
+            while batch.len() < n && j < st.waiting.len() {
+                if want.is_none_or(|b| bucket(st.waiting[j].len) == b) {
+                    if let Some(r) = st.waiting.remove(j) {
+                        batch.push(r);
+                    }
+                } else {
+                    j += 1;
+                }
+            }
+            return Some(batch);
+        }
+        let until = earliest_deadline.map_or(full_at, |d| d.min(full_at));
+        st = wait_until(&sh.cv, st, until);
+    }
+}
+
+fn run_batch<M: BatchModel>(sh: &Shared<M>, w: &mut M::Worker, batch: Vec<Request<M::Input, M::Output>>) {
+    let c = &sh.counters;
+    let n = batch.len();
+    let start = Instant::now();
+    let mut inputs = Vec::with_capacity(n);
+    let mut dones = Vec::with_capacity(n);
+    for r in batch {
+        c.wait_ns.fetch_add(start.saturating_duration_since(r.arrived).as_nanos() as u64, Ordering::Relaxed);
+        inputs.push(r.input);
+        dones.push(r.done);
+    }
+    let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| sh.model.forward(w, inputs)));
+    c.compute_ns.fetch_add(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
+    c.batches.fetch_add(1, Ordering::Relaxed);
+    c.histogram[n - 1].fetch_add(1, Ordering::Relaxed);
+    c.completed.fetch_add(n as u64, Ordering::Relaxed);
+    match out {
+        Ok(Ok(outs)) if outs.len() == n => {
+            for (d, o) in dones.into_iter().zip(outs) {
+                d.complete(Ok(o));
+            }
+        }
+        Ok(Ok(outs)) => {
+            let e = Error::InvalidArgument(format!("model returned {} outputs for a batch of {n}", outs.len()));
+            for d in dones {
+                d.complete(Err(e.clone()));
+            }
+        }
+        Ok(Err(e)) => {
+            for d in dones {
+                d.complete(Err(e.clone()));
+            }
+        }
+        Err(p) => {
+            let e = Error::JobPanicked(braid_runtime::panic_message(&p));
+            for d in dones {
+                d.complete(Err(e.clone()));
+            }
+        }
+    }
+}

@@ -1,0 +1,114 @@
+//! The one-shot result slot between a worker and its caller: [`Handle`] (the
+//! caller's side: blocking `wait` or `.await`) and [`Completer`] (the
+//! worker's side). Owns the rule that every accepted request gets exactly
+//! one answer: a `Completer` dropped without answering answers with an error
+//! (NoStuckFutures), and a dropped `Handle` simply discards the answer.
+
+use crate::sync::{lock, wait, wait_until, Arc, Condvar, Mutex};
+use braid_runtime::{Error, Result};
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+struct State<R> {
+    result: Option<Result<R>>,
+    /// The answer was given (and possibly already taken).
+    done: bool,
+    waker: Option<Waker>,
+}
+
+struct Slot<R> {
+    state: Mutex<State<R>>,
+    cv: Condvar,
+}
+
+/// The caller's side of a request.
+#[must_use = "a handle is how the result comes back"]
+pub struct Handle<R> {
+    slot: Arc<Slot<R>>,
+}
+
+/// The worker's side of a request.
+pub struct Completer<R> {
+    slot: Option<Arc<Slot<R>>>,
+}
+
+/// A connected pair.
+pub fn pair<R>() -> (Completer<R>, Handle<R>) {
+    let slot = Arc::new(Slot { state: Mutex::new(State { result: None, done: false, waker: None }), cv: Condvar::new() });
+    (Completer { slot: Some(slot.clone()) }, Handle { slot })
+}
+
+impl<R> Completer<R> {
+    /// Answer the request (once; consumes the completer).
+    pub fn complete(mut self, r: Result<R>) {
+        self.finish(r);
+    }
+
+    fn finish(&mut self, r: Result<R>) {
+        let Some(slot) = self.slot.take() else { return };
+        let waker = {
+            let mut s = lock(&slot.state);
+            s.result = Some(r);
+            s.done = true;
+            s.waker.take()
+        };
+        slot.cv.notify_all();
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+}
+
+impl<R> Drop for Completer<R> {
+    fn drop(&mut self) {
+        // Never leave a caller waiting forever.
+        self.finish(Err(Error::ShutDown("the request was dropped before it ran".into())));
+    }
+}
+
+impl<R> Handle<R> {
+    /// Block until the answer arrives.
+    pub fn wait(self) -> Result<R> {
+        let mut s = lock(&self.slot.state);
+        while !s.done {
+            s = wait(&self.slot.cv, s);
+        }
+        s.result.take().unwrap_or_else(|| Err(Error::InvalidArgument("result already taken".into())))
+    }
+
+    /// Block at most `timeout`; `Error::Timeout` after (the request itself
+    /// goes on; its answer is then discarded).
+    pub fn wait_timeout(self, timeout: Duration) -> Result<R> {
+        let deadline = Instant::now() + timeout;
+        let mut s = lock(&self.slot.state);
+        while !s.done {
+            if crate::sync::passed(deadline) {
+                return Err(Error::Timeout(timeout));
+            }
+            s = wait_until(&self.slot.cv, s, deadline);
+        }
+        s.result.take().unwrap_or_else(|| Err(Error::InvalidArgument("result already taken".into())))
+    }
+
+    /// Has the answer arrived?
+    pub fn is_ready(&self) -> bool {
+        lock(&self.slot.state).done
+    }
+}
+
+impl<R> Future for Handle<R> {
+    type Output = Result<R>;
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<R>> {
+        let mut s = lock(&self.slot.state);
+        if s.done {
+            return Poll::Ready(s.result.take().unwrap_or_else(|| Err(Error::InvalidArgument("result already taken".into()))));
+        }
+        match &s.waker {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            _ => s.waker = Some(cx.waker().clone()),
+        }
+        Poll::Pending
+    }
+}
