@@ -33,3 +33,8 @@ pub mod workloads;
 pub mod reference;
 
 pub use reference::{check, check_parallel, CheckResult};
+pub mod minilm;
+pub mod tokenizer;
+
+pub use minilm::{MiniLm, SentenceEmbedder};
+pub use tokenizer::TextTokenizer;

@@ -66,11 +66,15 @@ impl Tensor {
         let stream = device.current_stream()?;
         let t = Tensor::empty_on(device, &stream, shape, DType::F32)?;
         if !data.is_empty() {
-            let bytes: Vec<u8> = data.iter().flat_map(|v| v.to_le_bytes()).collect();
+            // SAFETY: f32 has no padding and every byte is a valid u8; u8 has
+            // alignment 1; the view covers exactly `data`, borrowed for the call.
+            // (Device memory holds f32 in the host's byte order: little-endian
+            // on every platform braid's backends run on.)
+            let bytes = unsafe { std::slice::from_raw_parts(data.as_ptr().cast::<u8>(), std::mem::size_of_val(data)) };
             // SAFETY: the block holds numel*4 bytes = bytes.len(), was made on
             // this stream and lives in `t` until the stream is past the copy
             // (stream-ordered free); `h2d` stages `bytes` before returning.
-            unsafe { stream.raw().h2d(&bytes, t.ptr())? };
+            unsafe { stream.raw().h2d(bytes, t.ptr())? };
         }
         Ok(t)
     }
@@ -167,13 +171,16 @@ impl Tensor {
     pub fn to_vec(&self) -> Result<Vec<f32>> {
         let t = self.to_dtype(DType::F32)?;
         let stream = Tensor::prepare(&t.device, &[&t])?;
-        let mut bytes = vec![0u8; t.numel() * 4];
-        if !bytes.is_empty() {
+        let mut out = vec![0f32; t.numel()];
+        if !out.is_empty() {
+            // SAFETY: as in `from_slice`: a byte view of exactly `out`, and
+            // every byte pattern is a valid f32.
+            let bytes = unsafe { std::slice::from_raw_parts_mut(out.as_mut_ptr().cast::<u8>(), std::mem::size_of_val(out.as_slice())) };
             // SAFETY: the tensor holds numel f32s; `d2h` returns when the
             // bytes are in `bytes`, while `t` is still alive.
-            unsafe { stream.raw().d2h(t.ptr(), &mut bytes)? };
+            unsafe { stream.raw().d2h(t.ptr(), bytes)? };
         }
-        Ok(bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
+        Ok(out)
     }
 }
 

@@ -1,7 +1,8 @@
 //! The built-in workloads, with weights and inputs made from fixed seeds so
 //! the main job needs no download (DESIGN.md):
-//! - `mlp`: 512 -> 1024 -> 1024 -> 512 with ReLU, 2,099,200 parameters,
-//!   input `[batch, 512]`;
+//! - `mlp`: 512 -> 1024 -> 1024 -> 512 with ReLU, input `[batch, 512]`;
+//!   2,099,712 parameters with a bias in every layer as PyTorch's
+//!   `nn.Linear` has (DESIGN.md's 2,099,200 omits the last layer's 512);
 //! - `encoder`: a post-norm TransformerEncoderLayer, d_model 256, 4 heads,
 //!   feed-forward 1024 with ReLU (PyTorch's defaults), input `[batch, 64, 256]`.
 //!

@@ -5,8 +5,10 @@ use braid_nn::{ops, Tensor};
 use braid_runtime::{Activation, DType, Device, Error};
 
 #[test]
-fn all_checks_pass_on_cpu() {
-    let device = Device::cpu().unwrap();
+fn all_checks_pass() {
+    // BRAID_TEST_DEVICE=cuda runs the same checks on a GPU (f32 and bf16).
+    let device = Device::parse(&std::env::var("BRAID_TEST_DEVICE").unwrap_or_else(|_| "cpu".into())).unwrap();
+    eprintln!("device: {}", device.name());
     let results = braid_nn::check(&device).unwrap();
     assert!(results.len() > 50, "only {} checks", results.len());
     let mut failed = Vec::new();

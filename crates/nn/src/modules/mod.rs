@@ -38,5 +38,6 @@ mod tests {
         is_send_sync::<super::TransformerEncoderLayer>();
         is_send_sync::<super::BertModel>();
         is_send_sync::<crate::Tensor>();
+        is_send_sync::<crate::SentenceEmbedder>();
     }
 }

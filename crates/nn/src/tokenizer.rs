@@ -1,0 +1,60 @@
+//! [`TextTokenizer`]: the HF `tokenizers` crate over a model's
+//! tokenizer.json, set to truncate at the model's max length (special
+//! tokens included, as sentence-transformers does) with padding done per
+//! batch, to the longest text of the batch ([`BertInput::from_rows`]).
+
+use crate::BertInput;
+use braid_runtime::{Error, Result};
+use std::path::Path;
+use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
+
+/// A tokenizer that truncates at `max_len` tokens. `Send + Sync`.
+pub struct TextTokenizer {
+    inner: Tokenizer,
+    max_len: usize,
+    pad_id: u32,
+}
+
+impl std::fmt::Debug for TextTokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "TextTokenizer(max_len {}, pad {})", self.max_len, self.pad_id)
+    }
+}
+
+impl TextTokenizer {
+    /// Load tokenizer.json; `max_len` counts the special tokens.
+    pub fn from_file(path: impl AsRef<Path>, max_len: usize) -> Result<TextTokenizer> {
+        let path = path.as_ref();
+        let io = |message: String| Error::Io { path: path.display().to_string(), message };
+        if !path.is_file() {
+            return Err(io("tokenizer file not found".into()));
+        }
+        let mut inner = Tokenizer::from_file(path).map_err(|e| io(format!("not a valid tokenizer.json: {e}")))?;
+        inner
+            .with_truncation(Some(TruncationParams { max_length: max_len, strategy: TruncationStrategy::LongestFirst, stride: 0, direction: TruncationDirection::Right }))
+            .map_err(|e| io(format!("cannot set truncation: {e}")))?;
+        inner.with_padding(None);
+        let pad_id = inner.token_to_id("[PAD]").unwrap_or(0);
+        Ok(TextTokenizer { inner, max_len, pad_id })
+    }
+
+    pub fn max_len(&self) -> usize {
+        self.max_len
+    }
+
+    /// Token ids of one text, with the special tokens, truncated.
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        let enc = self.inner.encode(text, true).map_err(|e| Error::InvalidArgument(format!("cannot tokenize {:?}: {e}", short(text))))?;
+        Ok(enc.get_ids().to_vec())
+    }
+
+    /// A batch padded to its longest text.
+    pub fn encode_batch(&self, texts: &[&str]) -> Result<BertInput> {
+        let rows = texts.iter().map(|t| self.encode(t)).collect::<Result<Vec<_>>>()?;
+        Ok(BertInput::from_rows(&rows, self.pad_id))
+    }
+}
+
+fn short(s: &str) -> String {
+    s.chars().take(40).collect()
+}
