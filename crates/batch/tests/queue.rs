@@ -1,3 +1,4 @@
+#![cfg(not(loom))]
 //! BatchQueue and Pipeline: results reach the right caller, backpressure,
 //! shutdown under load loses nothing accepted, dropped handles, panicking
 //! jobs, async use.

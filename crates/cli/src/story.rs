@@ -23,11 +23,6 @@ pub trait Bench: Send + Sync {
     /// Enqueue one forward on the calling thread's current stream; the
     /// returned output keeps its memory alive until dropped (do not read it).
     fn forward(&self, x: &Self::Input) -> Result<Self::Output>;
-    /// Overwrite `x` in place with new contents for sample seed `seed` (for
-    /// graph replays on fresh inputs); default: not supported.
-    fn refill(&self, _x: &Self::Input, _seed: u64) -> Result<()> {
-        Ok(())
-    }
     /// Correctness rows: (name, relative error vs a CPU f64 reference).
     fn correctness(&self) -> Result<Vec<(String, f64)>>;
     /// Dynamic-batching rows for these client counts (None: not supported).

@@ -1,0 +1,171 @@
+#![cfg(not(loom))]
+//! The dynamic batcher with a deterministic toy model (the sum of each
+//! padded input): batched results equal unbatched for every caller,
+//! including mixed lengths; bucketing, preferred sizes, deadlines, overload,
+//! shutdown under load, 256 concurrent callers, model errors and panics.
+
+use braid_batch::{BatchModel, Batcher, BatcherConfig};
+use braid_runtime::{Error, Result};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Output for input v: (sum of v, len of v, batch size it ran in). Pads
+/// every input to the batch's longest with zeros, as a real model would.
+#[derive(Default)]
+struct Sum {
+    /// (batch size, longest, shortest) of each forward.
+    batches: Mutex<Vec<(usize, usize, usize)>>,
+    delay: Duration,
+    fail_on: Option<f32>,
+}
+
+impl BatchModel for Sum {
+    type Input = Vec<f32>;
+    type Output = (f32, usize, usize);
+    type Worker = ();
+    fn worker(&self, _: usize) -> Result<()> {
+        Ok(())
+    }
+    fn len(&self, x: &Vec<f32>) -> usize {
+        x.len()
+    }
+    fn forward(&self, _: &mut (), xs: Vec<Vec<f32>>) -> Result<Vec<(f32, usize, usize)>> {
+        std::thread::sleep(self.delay);
+        let longest = xs.iter().map(|x| x.len()).max().unwrap_or(0);
+        let shortest = xs.iter().map(|x| x.len()).min().unwrap_or(0);
+        self.batches.lock().unwrap().push((xs.len(), longest, shortest));
+        if let Some(bad) = self.fail_on {
+            if xs.iter().any(|x| x.first() == Some(&bad)) {
+                panic!("poisoned input {bad}");
+            }
+        }
+        let n = xs.len();
+        Ok(xs
+            .into_iter()
+            .map(|mut x| {
+                let len = x.len();
+                x.resize(longest, 0.0);
+                (x.iter().sum(), len, n)
+            })
+            .collect())
+    }
+}
+
+fn input(caller: usize, i: usize) -> Vec<f32> {
+    let len = 1 + (caller * 7 + i * 3) % 40;
+    (0..len).map(|j| (caller * 31 + i * 17 + j) as f32 * 0.25).collect()
+}
+
+#[test]
+fn batched_equals_unbatched_for_256_callers_with_mixed_lengths() {
+    let model = Arc::new(Sum::default());
+    let b = Batcher::new(model.clone(), BatcherConfig { max_batch_size: 32, max_queue_delay: Duration::from_millis(2), ..Default::default() }).unwrap();
+    std::thread::scope(|s| {
+        for c in 0..256 {
+            let b = &b;
+            s.spawn(move || {
+                for i in 0..10 {
+                    let x = input(c, i);
+                    let want: f32 = x.iter().sum();
+                    let (got, len, _) = b.infer(x.clone()).unwrap();
+                    assert_eq!(len, x.len(), "caller {c} got another caller's result");
+                    assert_eq!(got.to_bits(), want.to_bits(), "caller {c} request {i}");
+                }
+            });
+        }
+    });
+    let st = b.stats();
+    assert_eq!((st.submitted, st.completed), (2560, 2560));
+    assert!(st.mean_batch_size > 1.0, "256 concurrent callers should share batches: {st:?}");
+    // Bucketing: no batch mixes lengths from different power-of-two buckets.
+    for &(n, longest, shortest) in model.batches.lock().unwrap().iter() {
+        assert!(n <= 32);
+        assert_eq!(longest.next_power_of_two(), shortest.next_power_of_two(), "batch mixed buckets {shortest}..{longest}");
+    }
+    eprintln!("256 callers x 10: {} batches, mean batch {:.1}", st.batches, st.mean_batch_size);
+}
+
+#[test]
+fn waits_for_delay_or_full_batch_and_honours_preferred_sizes() {
+    let model = Arc::new(Sum::default());
+    let b = Batcher::new(model.clone(), BatcherConfig { max_batch_size: 8, max_queue_delay: Duration::from_millis(200), preferred_batch_sizes: vec![4], ..Default::default() }).unwrap();
+    let hs: Vec<_> = (0..8).map(|i| b.submit(vec![i as f32]).unwrap()).collect();
+    for (i, h) in hs.into_iter().enumerate() {
+        assert_eq!(h.wait().unwrap().0, i as f32);
+    }
+    // 8 arrived at once (a full batch), cut to the preferred 4: two batches.
+    let sizes: Vec<usize> = model.batches.lock().unwrap().iter().map(|b| b.0).collect();
+    assert_eq!(sizes, vec![4, 4]);
+    // A lone request still goes after max_queue_delay.
+    assert_eq!(b.infer(vec![5.0]).unwrap(), (5.0, 1, 1));
+}
+
+#[test]
+fn expired_requests_get_timeout() {
+    let model = Arc::new(Sum { delay: Duration::from_millis(100), ..Default::default() });
+    let b = Batcher::new(model, BatcherConfig { max_batch_size: 1, max_queue_delay: Duration::ZERO, ..Default::default() }).unwrap();
+    // The first occupies the worker for 100 ms; the second's 10 ms deadline passes while it waits.
+    let first = b.submit(vec![1.0]).unwrap();
+    std::thread::sleep(Duration::from_millis(20));
+    let second = b.submit_with_deadline(vec![2.0], Some(Duration::from_millis(10))).unwrap();
+    assert_eq!(first.wait().unwrap().0, 1.0);
+    assert!(matches!(second.wait(), Err(Error::Timeout(_))));
+    assert_eq!(b.stats().timed_out, 1);
+}
+
+#[test]
+fn overload_and_shutdown_lose_nothing_accepted() {
+    let model = Arc::new(Sum { delay: Duration::from_millis(1), ..Default::default() });
+    let b = Arc::new(Batcher::new(model, BatcherConfig { max_batch_size: 4, capacity: 16, max_queue_delay: Duration::from_micros(100), ..Default::default() }).unwrap());
+    let answered = AtomicUsize::new(0);
+    let (overloaded, refused, accepted) = (AtomicUsize::new(0), AtomicUsize::new(0), AtomicUsize::new(0));
+    std::thread::scope(|s| {
+        for c in 0..64 {
+            let (b, answered, overloaded, refused, accepted) = (b.clone(), &answered, &overloaded, &refused, &accepted);
+            s.spawn(move || {
+                for i in 0..50 {
+                    match b.submit(input(c, i)) {
+                        Ok(h) => {
+                            accepted.fetch_add(1, Ordering::SeqCst);
+                            h.wait().unwrap();
+                            answered.fetch_add(1, Ordering::SeqCst);
+                        }
+                        Err(Error::Overloaded { capacity: 16 }) => {
+                            overloaded.fetch_add(1, Ordering::SeqCst);
+                        }
+                        Err(Error::ShutDown(_)) => {
+                            refused.fetch_add(1, Ordering::SeqCst);
+                        }
+                        Err(e) => panic!("{e}"),
+                    }
+                }
+            });
+        }
+        std::thread::sleep(Duration::from_millis(30));
+        b.shutdown();
+    });
+    let a = accepted.load(Ordering::SeqCst);
+    assert_eq!(answered.load(Ordering::SeqCst), a, "an accepted request was lost");
+    assert_eq!(a + overloaded.load(Ordering::SeqCst) + refused.load(Ordering::SeqCst), 64 * 50);
+    assert_eq!(b.stats().rejected as usize, overloaded.load(Ordering::SeqCst));
+    eprintln!("accepted {a}, overloaded {}, refused after shutdown {}", overloaded.load(Ordering::SeqCst), refused.load(Ordering::SeqCst));
+}
+
+#[test]
+fn model_panic_reaches_every_caller_of_the_batch_and_batcher_survives() {
+    let model = Arc::new(Sum { fail_on: Some(-1.0), ..Default::default() });
+    let b = Batcher::new(model, BatcherConfig { max_batch_size: 4, max_queue_delay: Duration::from_millis(50), ..Default::default() }).unwrap();
+    let bad = b.submit(vec![-1.0]).unwrap();
+    let other = b.submit(vec![3.0]).unwrap();
+    assert!(matches!(bad.wait(), Err(Error::JobPanicked(_))));
+    assert!(matches!(other.wait(), Err(Error::JobPanicked(_))), "its batch-mate shares the failure");
+    assert_eq!(b.infer(vec![2.0]).unwrap().0, 2.0);
+}
+
+#[test]
+fn bad_config_is_an_error() {
+    let m = Arc::new(Sum::default());
+    assert!(Batcher::new(m.clone(), BatcherConfig { max_batch_size: 0, ..Default::default() }).is_err());
+    assert!(Batcher::new(m, BatcherConfig { preferred_batch_sizes: vec![99], ..Default::default() }).is_err());
+}
