@@ -5,6 +5,7 @@
 mod check;
 mod compare;
 mod dynamic;
+mod embed;
 mod info;
 mod report;
 mod story;
@@ -42,6 +43,20 @@ enum Cmd {
         /// Forwards per thread in the parallel check.
         #[arg(long, default_value_t = 200)]
         iters: usize,
+    },
+    /// Sentence embeddings (all-MiniLM-L6-v2), one per text.
+    Embed {
+        /// The model directory (scripts/get-minilm.sh puts it in models/all-MiniLM-L6-v2).
+        #[arg(long, default_value = "models/all-MiniLM-L6-v2")]
+        model: String,
+        /// auto, cpu, cuda or cuda:N.
+        #[arg(long, default_value = "auto")]
+        device: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        /// The texts.
+        texts: Vec<String>,
     },
     /// Benchmarks.
     Bench {
@@ -90,6 +105,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let r = match cli.cmd {
         Cmd::Info => info::run(),
+        Cmd::Embed { model, device, json, texts } => Device::parse(&device).and_then(|d| embed::run(&d, &model, &texts, json)),
         Cmd::Check { device, threads, iters } => Device::parse(&device).and_then(|d| check::run(&d, threads, iters)),
         Cmd::Bench { cmd: BenchCmd::Story { device, workload, quick, json, model } } => story_cmd(&device, &workload, quick, json.as_deref(), &model),
         Cmd::Bench { cmd: BenchCmd::Compare { ours, peer } } => compare::load(&ours).and_then(|a| {

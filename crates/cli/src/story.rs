@@ -232,15 +232,18 @@ pub fn run<B: Bench>(device: &Device, bench: &B, s: &Settings) -> Result<Report>
                 forward_wait(bench, &stream, &x)?;
                 let mut inflight: std::collections::VecDeque<(Event, B::Output)> = Default::default();
                 Ok(move || -> Result<u64> {
+                    // Count an op when it has completed (its event), not when
+                    // it was enqueued.
                     let out = bench.forward(&x)?;
                     inflight.push_back((stream.record_event()?, out));
                     if inflight.len() >= depth {
                         if let Some((ev, out)) = inflight.pop_front() {
                             ev.synchronize()?;
                             drop(out);
+                            return Ok(1);
                         }
                     }
-                    Ok(1)
+                    Ok(0)
                 })
             })
         })?;

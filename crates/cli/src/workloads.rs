@@ -4,7 +4,7 @@
 use crate::report::Row;
 use crate::story::Bench;
 use braid_nn::reference::{self as refops, rel_err};
-use braid_nn::{workloads as wl, Mlp, Tensor, TransformerEncoderLayer};
+use braid_nn::{workloads as wl, BertInput, Mlp, SentenceEmbedder, Tensor, TransformerEncoderLayer};
 use braid_runtime::{Activation, Device, Result};
 use std::sync::Arc;
 
@@ -95,11 +95,74 @@ impl Bench for EncoderBench {
     }
 }
 
-/// all-MiniLM-L6-v2 (needs the model: scripts/get-minilm.sh).
-pub struct MiniLmBench;
+/// all-MiniLM-L6-v2 on token ids of sequence length 128 (needs the model:
+/// scripts/get-minilm.sh).
+pub struct MiniLmBench {
+    pub model: Arc<SentenceEmbedder>,
+}
+
+/// The reference embeddings made by sentence-transformers (scripts/make-reference.py).
+const FIXTURE: &str = include_str!("../../nn/tests/fixtures/minilm_reference.json");
+
+/// Sentences of varied length for the dynamic rows.
+pub fn sample_texts() -> Vec<String> {
+    let base = "braid runs neural-network inference from many threads on one GPU at once";
+    (0..32).map(|i| format!("{i}: {}", base.repeat(1 + i % 5))).collect()
+}
 
 impl MiniLmBench {
-    pub fn new(_device: &Device, model: &str) -> Result<MlpBench> {
-        Err(braid_runtime::Error::Io { path: model.into(), message: "the minilm story is not wired yet".into() })
+    pub fn new(device: &Device, dir: &str) -> Result<Self> {
+        let model = SentenceEmbedder::load(dir, device)?;
+        Ok(MiniLmBench { model: Arc::new(model) })
+    }
+}
+
+impl Bench for MiniLmBench {
+    type Input = BertInput;
+    type Output = Tensor;
+    fn name(&self) -> &'static str {
+        "minilm"
+    }
+    fn batches(&self) -> Vec<usize> {
+        vec![1, 8, 32, 128]
+    }
+    fn input(&self, batch: usize, seed: u64) -> Result<BertInput> {
+        // Sequence length 128: [CLS] + 126 word-piece ids + [SEP].
+        let mut rng = braid_nn::Rng::new(seed ^ 0x7e57);
+        let rows: Vec<Vec<u32>> = (0..batch)
+            .map(|_| {
+                let mut r = vec![101u32];
+                r.extend((0..126).map(|_| 1000 + (rng.next_u64() % 20_000) as u32));
+                r.push(102);
+                r
+            })
+            .collect();
+        Ok(BertInput::from_rows(&rows, 0))
+    }
+    fn forward(&self, x: &BertInput) -> Result<Tensor> {
+        self.model.embed_input(x)
+    }
+    fn correctness(&self) -> Result<Vec<(String, f64)>> {
+        let fixture: serde_json::Value = serde_json::from_str(FIXTURE).map_err(|e| braid_runtime::Error::Io { path: "minilm_reference.json".into(), message: e.to_string() })?;
+        let mut out = Vec::new();
+        let mut reference = Vec::new();
+        let mut n = 0;
+        for batch in fixture["batches"].as_array().into_iter().flatten() {
+            let texts: Vec<&str> = batch["sentences"].as_array().into_iter().flatten().filter_map(|t| t.as_str()).collect();
+            for e in self.model.embed(&texts)? {
+                out.extend(e);
+            }
+            for e in batch["embeddings"].as_array().into_iter().flatten() {
+                reference.extend(e.as_array().into_iter().flatten().map(|v| v.as_f64().unwrap_or(f64::NAN)));
+            }
+            n += texts.len();
+        }
+        Ok(vec![(format!("minilm f32 vs sentence-transformers ({n} sentences)"), rel_err(&out, &reference))])
+    }
+    fn dynamic(&self, clients: &[usize], seconds: f64) -> Result<Vec<Row>> {
+        crate::dynamic::minilm(self, clients, seconds)
+    }
+    fn graphs(&self) -> bool {
+        false
     }
 }
