@@ -36,9 +36,9 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader > 
 rc=0
 for w in ${WORKLOADS:-mlp encoder minilm}; do
   echo "== $w: braid" >&2
-  "$braid" bench story --device cuda --workload "$w" $quick --json "$out/braid-$w.json" > "$out/braid-$w.md" || rc=1
+  "$braid" bench story --device cuda --workload "$w" $quick --json "$out/braid-$w.json" > "$out/braid-$w.md" 2> "$out/braid-$w.log" || { rc=1; tail -5 "$out/braid-$w.log"; }
   echo "== $w: torch" >&2
-  PYTHONUNBUFFERED=1 python3 bench/peers/torch_story.py --workload "$w" $quick --json "$out/torch-$w.json" || rc=1
+  PYTHONUNBUFFERED=1 python3 bench/peers/torch_story.py --workload "$w" $quick --json "$out/torch-$w.json" 2> "$out/torch-$w.log" || { rc=1; tail -5 "$out/torch-$w.log"; }
   if [ -f "$out/braid-$w.json" ] && [ -f "$out/torch-$w.json" ]; then
     "$braid" bench compare "$out/braid-$w.json" "$out/torch-$w.json" > "$out/compare-$w.md"
     cat "$out/compare-$w.md"

@@ -106,17 +106,27 @@ def median_of(f, repeats):
 
 
 def run_threads(nthreads, body, seconds):
-    """Each thread runs body(tid) -> op count within `seconds`; total ops/s."""
+    """Each thread builds its step with body(tid) (warm-up included), then
+    calls it until time is up; returns total ops/s. A failure in any thread
+    is raised here (never a hang)."""
     barrier = threading.Barrier(nthreads + 1)
     counts = [0] * nthreads
+    errors = []
     stop = threading.Event()
 
     def worker(tid):
-        step = body(tid)
-        step()  # warm-up on this thread's stream
-        barrier.wait()
+        step = None
+        try:
+            step = body(tid)
+            step()
+        except Exception as e:  # reported after the join
+            errors.append(repr(e))
+        try:
+            barrier.wait(timeout=120)
+        except threading.BrokenBarrierError:
+            return
         n = 0
-        while not stop.is_set():
+        while step is not None and not errors and not stop.is_set():
             step()
             n += 1
         counts[tid] = n
@@ -124,12 +134,14 @@ def run_threads(nthreads, body, seconds):
     ths = [threading.Thread(target=worker, args=(i,)) for i in range(nthreads)]
     for t in ths:
         t.start()
-    barrier.wait()
+    barrier.wait(timeout=120)
     t0 = time.perf_counter()
     time.sleep(seconds)
     stop.set()
     for t in ths:
         t.join()
+    if errors:
+        raise RuntimeError(errors[0])
     return sum(counts) / (time.perf_counter() - t0)
 
 
@@ -190,7 +202,7 @@ def main():
                             w.forward(x)
                     s.synchronize()
                     g = torch.cuda.CUDAGraph()
-                    with torch.cuda.graph(g, stream=s):
+                    with torch.cuda.graph(g, stream=s, capture_error_mode="thread_local"):
                         w.forward(x)
 
                     def step():
