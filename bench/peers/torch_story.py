@@ -110,6 +110,8 @@ def run_threads(nthreads, body, seconds):
     calls it until time is up; returns total ops/s. A failure in any thread
     is raised here (never a hang)."""
     barrier = threading.Barrier(nthreads + 1)
+    setup_lock = threading.Lock()
+    cuda_sync = torch.cuda.synchronize if torch.cuda.is_available() else None
     counts = [0] * nthreads
     errors = []
     stop = threading.Event()
@@ -117,8 +119,13 @@ def run_threads(nthreads, body, seconds):
     def worker(tid):
         step = None
         try:
-            step = body(tid)
-            step()
+            # Set-up (inputs, warm-up, graph capture) one thread at a time: a
+            # capture must not see another thread's RNG or allocations.
+            with setup_lock:
+                step = body(tid)
+                step()
+                if cuda_sync is not None:
+                    cuda_sync()
         except Exception as e:  # reported after the join
             errors.append(repr(e))
         try:
