@@ -8,6 +8,7 @@ mod dynamic;
 mod embed;
 mod info;
 mod report;
+mod soak;
 mod story;
 mod workloads;
 
@@ -58,6 +59,22 @@ enum Cmd {
         /// The texts.
         texts: Vec<String>,
     },
+    /// Mixed workloads from many threads with thread churn, for a while: operations, errors, memory growth.
+    Soak {
+        #[arg(long, default_value_t = 10.0)]
+        minutes: f64,
+        /// auto, cpu, cuda or cuda:N.
+        #[arg(long, default_value = "auto")]
+        device: String,
+        #[arg(long, default_value_t = 8)]
+        threads: usize,
+        /// MiniLM model directory (used if present).
+        #[arg(long, default_value = "models/all-MiniLM-L6-v2")]
+        model: String,
+        /// Also write the report here.
+        #[arg(long)]
+        json: Option<String>,
+    },
     /// Benchmarks.
     Bench {
         #[command(subcommand)]
@@ -106,6 +123,7 @@ fn main() -> ExitCode {
     let r = match cli.cmd {
         Cmd::Info => info::run(),
         Cmd::Embed { model, device, json, texts } => Device::parse(&device).and_then(|d| embed::run(&d, &model, &texts, json)),
+        Cmd::Soak { minutes, device, threads, model, json } => Device::parse(&device).and_then(|d| soak::run(&d, minutes, threads, &model, json.as_deref())),
         Cmd::Check { device, threads, iters } => Device::parse(&device).and_then(|d| check::run(&d, threads, iters)),
         Cmd::Bench { cmd: BenchCmd::Story { device, workload, quick, json, model } } => story_cmd(&device, &workload, quick, json.as_deref(), &model),
         Cmd::Bench { cmd: BenchCmd::Compare { ours, peer } } => compare::load(&ours).and_then(|a| {
