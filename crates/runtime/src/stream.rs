@@ -39,6 +39,11 @@ impl Stream {
     pub fn synchronize(&self) -> Result<()> {
         self.raw.synchronize()
     }
+    /// As [`Stream::synchronize`], failing with [`Error::Timeout`] if the work
+    /// enqueued so far has not completed within `timeout` (it goes on).
+    pub fn synchronize_timeout(&self, timeout: std::time::Duration) -> Result<()> {
+        self.record_event()?.synchronize_timeout(timeout)
+    }
     /// Has everything enqueued so far completed?
     pub fn query(&self) -> Result<bool> {
         self.raw.query()

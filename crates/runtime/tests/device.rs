@@ -52,6 +52,7 @@ fn event_orders_streams_and_times_out() {
     let gate = Arc::new(AtomicBool::new(false));
     let c = dev.stream(3).unwrap();
     block_stream(&c, &gate);
+    assert!(matches!(c.synchronize_timeout(Duration::from_millis(10)), Err(Error::Timeout(_))));
     let late = c.record_event().unwrap();
     assert!(!late.query().unwrap());
     assert!(matches!(late.synchronize_timeout(Duration::from_millis(20)), Err(Error::Timeout(_))));
@@ -205,4 +206,33 @@ fn graph_capture_unsupported_on_cpu_is_an_error_and_stream_stays_usable() {
     let b = dev.alloc(8, &s).unwrap();
     unsafe { s.raw().h2d(&[1u8; 8], b.ptr()).unwrap() };
     s.synchronize().unwrap();
+}
+
+/// Process exit while worker threads still have work in flight on their
+/// streams: the process exits cleanly (status 0), no crash, no hang. The
+/// test re-runs its own binary as the child.
+#[test]
+fn process_exit_with_threads_alive() {
+    if std::env::var_os("BRAID_EXIT_CHILD").is_some() {
+        let dev = cpu();
+        for _ in 0..8 {
+            let dev = dev.clone();
+            std::thread::spawn(move || {
+                let s = dev.current_stream().unwrap();
+                let b = dev.alloc(1 << 16, &s).unwrap();
+                loop {
+                    unsafe { s.raw().h2d(&vec![5u8; 1 << 16], b.ptr()).unwrap() };
+                }
+            });
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        std::process::exit(0);
+    }
+    let exe = std::env::current_exe().unwrap();
+    let out = std::process::Command::new(exe)
+        .args(["--exact", "process_exit_with_threads_alive", "--nocapture", "--test-threads", "1"])
+        .env("BRAID_EXIT_CHILD", "1")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "child exited with {:?}: {}", out.status, String::from_utf8_lossy(&out.stderr));
 }
