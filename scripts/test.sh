@@ -15,8 +15,12 @@ if [ "${BRAID_SKIP_MODEL:-0}" != 1 ] && [ -x scripts/get-minilm.sh ] && [ ! -f m
 fi
 
 echo "== cargo test --workspace --release"
-cargo test --workspace --release 2>&1 | tee target/test.log
-grep -h "SKIPPED" target/test.log | sort | uniq -c || true
+mkdir -p target
+# --nocapture: the tests' figures (threads, cycles, slots leaked) and every
+# SKIPPED line (GPU tests without a GPU, model tests without the model) show.
+cargo test --workspace --release -- --nocapture 2>&1 | tee target/test.log
+echo "== skipped (what needs a GPU or the model and did not run here):"
+grep -h "SKIPPED" target/test.log | sed 's/^ *//' | sort | uniq -c || true
 
 echo "== loom models"
 for crate in braid-runtime braid-batch; do
