@@ -11,11 +11,46 @@ fn line(r: &CheckResult) -> String {
     let status = if r.passed { "PASS" } else { "FAIL" };
     match &r.error {
         Some(e) => format!("{status}  {:<60} error: {e}", r.name),
+        None if r.name.ends_with("max abs diff") => format!("{status}  {} {:.2e} (tol {:.0e})", r.name, r.max_rel_err, r.tol),
         None => format!("{status}  {:<60} rel err {:.2e} (tol {:.0e})", r.name, r.max_rel_err, r.tol),
     }
 }
 
-pub fn run(device: &Device, threads: usize, iters: usize) -> Result<ExitCode> {
+/// all-MiniLM-L6-v2 against sentence-transformers' embeddings (the fixture
+/// made by scripts/make-reference.py): worst cosine ≥ 0.99999 and max abs
+/// difference < 1e-4. `None` if the model is not installed.
+fn minilm(device: &Device, dir: &str) -> Result<Option<CheckResult>> {
+    if !std::path::Path::new(dir).join("model.safetensors").exists() {
+        return Ok(None);
+    }
+    let model = braid_nn::SentenceEmbedder::load(dir, device)?;
+    let fixture: serde_json::Value = serde_json::from_str(crate::workloads::FIXTURE).map_err(|e| braid_runtime::Error::Io { path: "minilm_reference.json".into(), message: e.to_string() })?;
+    let (mut worst_cos, mut worst_abs, mut n) = (1.0f64, 0.0f64, 0);
+    for batch in fixture["batches"].as_array().into_iter().flatten() {
+        let texts: Vec<&str> = batch["sentences"].as_array().into_iter().flatten().filter_map(|t| t.as_str()).collect();
+        let got = model.embed(&texts)?;
+        for (g, want) in got.iter().zip(batch["embeddings"].as_array().into_iter().flatten()) {
+            let want: Vec<f64> = want.as_array().into_iter().flatten().map(|v| v.as_f64().unwrap_or(f64::NAN)).collect();
+            let dot: f64 = g.iter().zip(&want).map(|(a, b)| *a as f64 * b).sum();
+            let na: f64 = g.iter().map(|a| (*a as f64).powi(2)).sum::<f64>().sqrt();
+            let nb: f64 = want.iter().map(|b| b * b).sum::<f64>().sqrt();
+            let cos = dot / (na * nb);
+            worst_cos = if cos.is_nan() { f64::NAN } else { worst_cos.min(cos) };
+            worst_abs = g.iter().zip(&want).map(|(a, b)| (*a as f64 - b).abs()).fold(worst_abs, f64::max);
+            n += 1;
+        }
+    }
+    let passed = worst_cos >= 0.99999 && worst_abs < 1e-4 && n > 0;
+    Ok(Some(CheckResult {
+        name: format!("minilm vs sentence-transformers, {n} sentences: worst cosine {worst_cos:.9}, max abs diff"),
+        max_rel_err: worst_abs,
+        tol: 1e-4,
+        passed,
+        error: None,
+    }))
+}
+
+pub fn run(device: &Device, threads: usize, iters: usize, model: &str) -> Result<ExitCode> {
     eprintln!("braid check on {} ({})", device.name(), device.kind().name());
     let mut failed = 0;
     let mut total = 0;
@@ -24,6 +59,14 @@ pub fn run(device: &Device, threads: usize, iters: usize) -> Result<ExitCode> {
         println!("{}", line(&r));
         total += 1;
         failed += usize::from(!r.passed);
+    }
+    match minilm(device, model)? {
+        Some(r) => {
+            println!("{}", line(&r));
+            total += 1;
+            failed += usize::from(!r.passed);
+        }
+        None => println!("SKIPPED  minilm vs sentence-transformers (model not found at {model}: run scripts/get-minilm.sh)"),
     }
     eprintln!("[2/2] parallel correctness: {threads} threads x {iters} forwards vs serial");
     for r in braid_nn::check_parallel(device, threads, iters)? {

@@ -44,6 +44,9 @@ enum Cmd {
         /// Forwards per thread in the parallel check.
         #[arg(long, default_value_t = 200)]
         iters: usize,
+        /// MiniLM model directory (checked against sentence-transformers if present).
+        #[arg(long, default_value = "models/all-MiniLM-L6-v2")]
+        model: String,
     },
     /// Sentence embeddings (all-MiniLM-L6-v2), one per text.
     Embed {
@@ -124,7 +127,7 @@ fn main() -> ExitCode {
         Cmd::Info => info::run(),
         Cmd::Embed { model, device, json, texts } => Device::parse(&device).and_then(|d| embed::run(&d, &model, &texts, json)),
         Cmd::Soak { minutes, device, threads, model, json } => Device::parse(&device).and_then(|d| soak::run(&d, minutes, threads, &model, json.as_deref())),
-        Cmd::Check { device, threads, iters } => Device::parse(&device).and_then(|d| check::run(&d, threads, iters)),
+        Cmd::Check { device, threads, iters, model } => Device::parse(&device).and_then(|d| check::run(&d, threads, iters, &model)),
         Cmd::Bench { cmd: BenchCmd::Story { device, workload, quick, json, model } } => story_cmd(&device, &workload, quick, json.as_deref(), &model),
         Cmd::Bench { cmd: BenchCmd::Compare { ours, peer } } => compare::load(&ours).and_then(|a| {
             let b = compare::load(&peer)?;

@@ -102,7 +102,7 @@ pub struct MiniLmBench {
 }
 
 /// The reference embeddings made by sentence-transformers (scripts/make-reference.py).
-const FIXTURE: &str = include_str!("../../nn/tests/fixtures/minilm_reference.json");
+pub(crate) const FIXTURE: &str = include_str!("../../nn/tests/fixtures/minilm_reference.json");
 
 /// Sentences of varied length for the dynamic rows.
 pub fn sample_texts() -> Vec<String> {

@@ -236,3 +236,23 @@ fn process_exit_with_threads_alive() {
         .unwrap();
     assert!(out.status.success(), "child exited with {:?}: {}", out.status, String::from_utf8_lossy(&out.stderr));
 }
+
+#[test]
+fn serialized_paths_run_one_at_a_time_and_are_counted() {
+    let inside = AtomicUsize::new(0);
+    std::thread::scope(|s| {
+        for _ in 0..8 {
+            s.spawn(|| {
+                for _ in 0..100 {
+                    braid_runtime::serialized("test: not reentrant", || {
+                        assert_eq!(inside.fetch_add(1, Ordering::SeqCst), 0, "two threads inside a serialized path");
+                        std::hint::spin_loop();
+                        inside.fetch_sub(1, Ordering::SeqCst);
+                    });
+                }
+            });
+        }
+    });
+    let stats = braid_runtime::serialized_stats();
+    assert!(stats.iter().any(|&(n, c)| n == "test: not reentrant" && c == 800), "{stats:?}");
+}

@@ -7,8 +7,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
+/// CPU streams by default; `BRAID_TEST_DEVICE=cuda` runs the same tests on
+/// real CUDA streams (scripts/gpu-check-cuda.sh does).
 fn device(size: usize, policy: ExhaustionPolicy, assignment: Assignment) -> Device {
-    Device::cpu_with(DeviceOptions { pool: PoolConfig { size, policy, assignment }, ..Default::default() }).unwrap()
+    let options = DeviceOptions { pool: PoolConfig { size, policy, assignment }, ..Default::default() };
+    match std::env::var("BRAID_TEST_DEVICE").as_deref() {
+        Ok("cuda") => Device::cuda_with(0, options).expect("BRAID_TEST_DEVICE=cuda but no CUDA device"),
+        _ => Device::cpu_with(options).unwrap(),
+    }
 }
 
 /// Thread-local destructors run after a scoped thread is joined, so the
