@@ -29,6 +29,12 @@ pub(crate) struct Ctx {
     pub cc: (i32, i32),
     /// `BRAID_ALLOW_TF32=1`: f32 GEMMs may use TF32 tensor cores.
     pub allow_tf32: bool,
+    /// GEMMs through cuBLASLt with fused epilogues: libcublasLt loads and
+    /// `BRAID_CUBLASLT` is not `0`.
+    pub use_lt: bool,
+    /// GELU tanh fused as cuBLASLt's GELU epilogue (`BRAID_CUBLASLT_GELU`
+    /// not `0`); else cuBLASLt fuses the bias and a kernel the GELU.
+    pub lt_gelu: bool,
     /// The first sticky error's description; set once, never cleared.
     poison: OnceLock<String>,
     pub modules: ModuleCache,
@@ -42,9 +48,11 @@ unsafe impl Send for Ctx {}
 unsafe impl Sync for Ctx {}
 
 impl Ctx {
-    pub(crate) fn new(ordinal: usize, device: CUdevice, raw: CUcontext, name: String, cc: (i32, i32)) -> Ctx {
+    pub(crate) fn new(ordinal: usize, device: CUdevice, raw: CUcontext, name: String, cc: (i32, i32), lt_loaded: bool) -> Ctx {
         let allow_tf32 = std::env::var("BRAID_ALLOW_TF32").is_ok_and(|v| v == "1");
-        Ctx { ordinal, device, raw, name, cc, allow_tf32, poison: OnceLock::new(), modules: ModuleCache::new() }
+        let use_lt = lt_loaded && !std::env::var("BRAID_CUBLASLT").is_ok_and(|v| v == "0");
+        let lt_gelu = !std::env::var("BRAID_CUBLASLT_GELU").is_ok_and(|v| v == "0");
+        Ctx { ordinal, device, raw, name, cc, allow_tf32, use_lt, lt_gelu, poison: OnceLock::new(), modules: ModuleCache::new() }
     }
 
     /// Fail with [`Error::DevicePoisoned`] if a sticky error happened.

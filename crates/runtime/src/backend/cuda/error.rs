@@ -1,4 +1,4 @@
-//! Turning CUDA driver, cuBLAS and NVRTC status codes into braid's [`Error`],
+//! Turning CUDA driver, cuBLAS, cuBLASLt and NVRTC status codes into braid's [`Error`],
 //! and deciding which of them are *sticky*: errors after which the CUDA
 //! context is unusable, so the device must be poisoned instead of retried.
 
@@ -31,6 +31,22 @@ pub(crate) fn cublas_error(call: &str, status: cublasStatus_t) -> Error {
         cublasStatus_t::CUBLAS_STATUS_EXECUTION_FAILED => "the GPU program failed to execute",
         cublasStatus_t::CUBLAS_STATUS_NOT_SUPPORTED => "not supported",
         _ => "cuBLAS error",
+    };
+    Error::Backend { backend: "cuda", call: call.to_string(), code: status as i64, name: format!("{status:?}"), message: message.into() }
+}
+
+/// `Error::Backend` for a failed cuBLASLt call (its own status type, the
+/// same codes as cuBLAS).
+pub(crate) fn cublaslt_error(call: &str, status: cudarc::cublaslt::sys::cublasStatus_t) -> Error {
+    use cudarc::cublaslt::sys::cublasStatus_t as S;
+    let message = match status {
+        S::CUBLAS_STATUS_NOT_INITIALIZED => "cuBLASLt not initialized",
+        S::CUBLAS_STATUS_ALLOC_FAILED => "cuBLASLt could not allocate",
+        S::CUBLAS_STATUS_INVALID_VALUE => "invalid value",
+        S::CUBLAS_STATUS_ARCH_MISMATCH => "not supported by this GPU architecture",
+        S::CUBLAS_STATUS_EXECUTION_FAILED => "the GPU program failed to execute",
+        S::CUBLAS_STATUS_NOT_SUPPORTED => "not supported",
+        _ => "cuBLASLt error",
     };
     Error::Backend { backend: "cuda", call: call.to_string(), code: status as i64, name: format!("{status:?}"), message: message.into() }
 }

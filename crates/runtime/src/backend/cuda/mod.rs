@@ -3,11 +3,12 @@
 //! events, raw memory); the rest lives in small files:
 //!
 //! - `context.rs`: the primary context, poisoning by sticky errors;
-//! - `stream.rs`: streams and every kernel launch; `blas.rs`: cuBLAS;
+//! - `stream.rs`: streams and every kernel launch; `blas.rs`: cuBLAS and
+//!   cuBLASLt (GEMMs with fused bias/activation epilogues);
 //! - `source.rs`: the CUDA C of the kernels; `module.rs`: NVRTC + cache;
 //! - `pinned.rs`: pooled pinned staging buffers; `event.rs`; `graph.rs`.
 //!
-//! libcuda, cuBLAS and NVRTC are loaded at run time (cudarc's
+//! libcuda, cuBLAS(Lt) and NVRTC are loaded at run time (cudarc's
 //! `dynamic-loading`), so building needs no CUDA toolkit, and a machine
 //! without a driver gets [`Error::Unavailable`] instead of a crash.
 
@@ -114,13 +115,17 @@ fn new_backend(ordinal: usize) -> Result<Arc<CudaBackend>> {
     require_lib(unsafe { cudarc::cublas::sys::is_culib_present() }, "libcublas (cuBLAS)")?;
     // SAFETY: as for libcuda above.
     require_lib(unsafe { cudarc::nvrtc::sys::is_culib_present() }, "libnvrtc (NVRTC)")?;
+    // cuBLASLt is optional: without it GEMMs use cublasGemmEx and a kernel
+    // for bias/activation.
+    // SAFETY: as for libcuda above.
+    let lt_loaded = unsafe { cudarc::cublaslt::sys::is_culib_present() };
     let mut raw: sys::CUcontext = std::ptr::null_mut();
     // SAFETY: `dev` is a valid device; the retain is released in `Ctx::drop`.
     let r = unsafe { sys::cuDevicePrimaryCtxRetain(&mut raw, dev) };
     if r != CUresult::CUDA_SUCCESS {
         return Err(unavailable(driver_reason("cuDevicePrimaryCtxRetain", r)));
     }
-    let ctx = Arc::new(Ctx::new(ordinal, dev, raw, name, cc));
+    let ctx = Arc::new(Ctx::new(ordinal, dev, raw, name, cc, lt_loaded));
     ctx.bind()?;
     Ok(Arc::new(CudaBackend { ctx }))
 }
@@ -160,6 +165,11 @@ impl CudaBackend {
     /// Whether f32 GEMMs may use TF32 (`BRAID_ALLOW_TF32=1`).
     pub fn tf32_allowed(&self) -> bool {
         self.ctx.allow_tf32
+    }
+    /// Whether GEMMs go through cuBLASLt (fused epilogues): libcublasLt was
+    /// found and `BRAID_CUBLASLT` is not `0`.
+    pub fn cublaslt_enabled(&self) -> bool {
+        self.ctx.use_lt
     }
     /// A CUDA stream with its concrete type (the trait returns `dyn`).
     pub fn cuda_stream(&self) -> Result<Arc<CudaStream>> {

@@ -1,7 +1,7 @@
-//! [`CudaStream`]: a non-blocking CUDA stream with its own cuBLAS handle and
+//! [`CudaStream`]: a non-blocking CUDA stream with its own cuBLAS/cuBLASLt handles and
 //! pinned staging pool, and the launch of every kernel the backend offers.
 
-use super::blas::Blas;
+use super::blas::{Blas, Rest};
 use super::context::Ctx;
 use super::event::cuda_event;
 use super::graph::CudaGraph;
@@ -112,6 +112,13 @@ impl CudaStream {
     /// The raw stream handle (for interop; valid while `self` lives).
     pub fn raw(&self) -> CUstream {
         self.raw
+    }
+
+    /// GEMMs this stream ran through cuBLASLt and through `cublasGemmEx`,
+    /// and the cuBLASLt plans it has cached.
+    pub fn gemm_stats(&self) -> (u64, u64, usize) {
+        let g = crate::sync_std_lock(&self.blas);
+        g.as_ref().map_or((0, 0, 0), |b| (b.lt_calls, b.gemmex_calls, b.plans()))
     }
 
     /// Number of pinned staging buffers this stream holds.
@@ -234,20 +241,24 @@ impl BackendStream for CudaStream {
             return Ok(());
         }
         self.ctx.bind()?;
-        if g.k == 0 {
+        let rest = if g.k == 0 {
             // a·wᵀ is all zeros: cuBLAS may skip the write entirely.
             // SAFETY: `out` holds m*n elements (the contract).
             let r = unsafe { sys::cuMemsetD8Async(g.out, 0, g.m * g.n * g.dtype.size(), self.raw) };
             self.ctx.check("cuMemsetD8Async", r)?;
+            Rest { bias: g.bias.is_some(), act: g.act }
         } else {
             let mut blas = self.blas()?;
             // SAFETY: the caller's contract covers the GEMM's operands.
-            unsafe { blas.as_mut().expect("created by blas()").gemm(&self.ctx, g)? };
-        }
-        if g.bias.is_some() || g.act != Activation::None {
+            unsafe { blas.as_mut().expect("created by blas()").gemm(&self.ctx, g)? }
+        };
+        // What cuBLASLt could not fuse (GELU erf; everything on the
+        // cublasGemmEx path): one elementwise pass over the output.
+        if rest.bias || rest.act != Activation::None {
             let total = g.m * g.n;
             let name = pick(g.dtype, "bias_act_f32", "bias_act_bf16");
-            let args = [Arg::Ptr(g.out), opt(g.bias), Arg::I64(total as i64), Arg::I32(i32_dim(g.n, "gemm n")?), Arg::I32(act_code(g.act))];
+            let bias = if rest.bias { g.bias } else { None };
+            let args = [Arg::Ptr(g.out), opt(bias), Arg::I64(total as i64), Arg::I32(i32_dim(g.n, "gemm n")?), Arg::I32(act_code(rest.act))];
             // SAFETY: `out` holds m*n and `bias` n elements of `dtype`.
             unsafe { self.launch(Unit::Elementwise, name, (grid_1d(total, EW_BLOCK), 1, 1), EW_BLOCK, 0, &args)? };
         }
