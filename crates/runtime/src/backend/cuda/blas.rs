@@ -5,6 +5,7 @@
 //! so GEMMs can be captured into CUDA graphs (cuBLAS must not allocate during
 //! capture). TF32 is off unless `BRAID_ALLOW_TF32=1`.
 
+use super::blaslt::Lt;
 use super::context::Ctx;
 use super::error::cublas_error;
 use crate::backend::{DType, Gemm};
@@ -19,6 +20,10 @@ const WORKSPACE: usize = 32 << 20;
 pub(crate) struct Blas {
     handle: cb::cublasHandle_t,
     workspace: CUdeviceptr,
+    stream: CUstream,
+    /// cuBLASLt for GEMMs with a fused bias/activation epilogue (`None`
+    /// without libcublasLt or with `BRAID_CUBLASLT=0`).
+    lt: Option<Lt>,
 }
 
 fn ok(call: &str, s: cb::cublasStatus_t) -> Result<()> {
@@ -37,7 +42,7 @@ impl Blas {
         let r = unsafe { sys::cuMemAlloc_v2(&mut workspace, WORKSPACE) };
         ctx.check("cuMemAlloc (cuBLAS workspace)", r)?;
         let mut handle: cb::cublasHandle_t = std::ptr::null_mut();
-        let mut blas = Blas { handle, workspace };
+        let mut blas = Blas { handle, workspace, stream, lt: None };
         // SAFETY: creates a handle in the current context.
         ok("cublasCreate", unsafe { cb::cublasCreate_v2(&mut handle) })?;
         blas.handle = handle;
@@ -51,7 +56,23 @@ impl Blas {
         // compute type per call, see `gemm`).
         // SAFETY: live handle.
         ok("cublasSetMathMode", unsafe { cb::cublasSetMathMode(handle, cb::cublasMath_t::CUBLAS_DEFAULT_MATH) })?;
+        blas.lt = Lt::new();
         Ok(blas)
+    }
+
+    /// `out = act(a · wᵀ + bias)` in one cuBLASLt call; `Ok(false)` when that
+    /// path does not cover the descriptor (the caller does GEMM + epilogue).
+    ///
+    /// # Safety
+    /// As `gemm`.
+    pub(crate) unsafe fn gemm_fused(&mut self, ctx: &Ctx, g: &Gemm) -> Result<bool> {
+        let (stream, ws) = (self.stream, self.workspace);
+        match self.lt.as_mut() {
+            // SAFETY: per the function contract; the workspace is shared with
+            // the cuBLAS handle, both used only in this stream's order.
+            Some(lt) => unsafe { lt.gemm(g, ctx.allow_tf32, stream as _, ws, WORKSPACE) },
+            None => Ok(false),
+        }
     }
 
     /// `out = a · wᵀ` (no bias/activation; see the stream for the epilogue).
@@ -107,6 +128,7 @@ impl Blas {
     /// Destroy the handle and free the workspace. Context must be current and
     /// the stream idle.
     pub(crate) fn destroy(&mut self) {
+        drop(self.lt.take());
         // SAFETY: owned handle and workspace, released once (nulled after).
         unsafe {
             if !self.handle.is_null() {

@@ -12,6 +12,7 @@
 //! without a driver gets [`Error::Unavailable`] instead of a crash.
 
 mod blas;
+mod blaslt;
 mod context;
 mod error;
 mod event;

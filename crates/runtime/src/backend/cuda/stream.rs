@@ -330,8 +330,13 @@ impl BackendStream for CudaStream {
             self.ctx.check("cuMemsetD8Async", r)?;
         } else {
             let mut blas = self.blas()?;
+            let blas = blas.as_mut().expect("created by blas()");
             // SAFETY: the caller's contract covers the GEMM's operands.
-            unsafe { blas.as_mut().expect("created by blas()").gemm(&self.ctx, g)? };
+            if unsafe { blas.gemm_fused(&self.ctx, g)? } {
+                return Ok(());
+            }
+            // SAFETY: as above.
+            unsafe { blas.gemm(&self.ctx, g)? };
         }
         if g.bias.is_some() || g.act != Activation::None {
             let total = g.m * g.n;
