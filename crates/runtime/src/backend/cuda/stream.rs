@@ -163,7 +163,7 @@ impl CudaStream {
 /// Which attention kernel to launch ([`CudaStream::attention_with`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AttnKernel {
-    /// The tiled kernel where it applies and pays off, else the simple one.
+    /// The tiled kernel (64-query tiles) for head_dim <= 128, else the simple one.
     Auto,
     /// One block per (query, head, batch); K/V read from global memory per query.
     Simple,
@@ -188,10 +188,6 @@ fn flash_name(d: DType, dpad: usize, bq: u32) -> &'static str {
         (DType::BF16, _, _) => "flash_bf16_d128_q64",
     }
 }
-
-/// Blocks below which the tiled kernel leaves the GPU too idle and the simple
-/// kernel (one block per query) is used instead.
-const FLASH_MIN_BLOCKS: usize = 128;
 
 impl CudaStream {
     /// Attention with a chosen kernel (tests and benchmarks compare them);
@@ -220,14 +216,13 @@ impl CudaStream {
             Arg::I64(p.row_stride as i64),
             Arg::F32(p.scale),
         ];
-        let tiles = |bq: usize| p.batch * p.heads * p.seq.div_ceil(bq);
+        // On an H100 the 64-query tile beat both the 32-query tile and the
+        // simple kernel at every measured shape, batch 1 included (RESULTS.md).
         let bq = match kernel {
             AttnKernel::Simple => None,
             _ if p.head_dim > 128 => None,
             AttnKernel::Tiled { queries } => Some(if queries <= 32 { 32 } else { 64 }),
-            AttnKernel::Auto if tiles(64) >= 2 * FLASH_MIN_BLOCKS => Some(64),
-            AttnKernel::Auto if tiles(32) >= FLASH_MIN_BLOCKS => Some(32),
-            AttnKernel::Auto => None,
+            AttnKernel::Auto => Some(64),
         };
         if let Some(bq) = bq {
             let dpad = p.head_dim.next_power_of_two().max(32);

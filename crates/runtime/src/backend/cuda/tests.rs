@@ -514,10 +514,10 @@ fn out_of_memory_is_clear_and_recoverable() {
 /// # Safety
 /// Buffers sized for `m`, `n`, `k`.
 #[allow(clippy::too_many_arguments)]
-unsafe fn forward(s: &dyn BackendStream, m: usize, n: usize, k: usize, x: DevicePtr, w: DevicePtr, b: DevicePtr, h: DevicePtr, g: DevicePtr, be: DevicePtr, o: DevicePtr) -> Result<()> {
+unsafe fn forward(s: &dyn BackendStream, act: Activation, m: usize, n: usize, k: usize, x: DevicePtr, w: DevicePtr, b: DevicePtr, h: DevicePtr, g: DevicePtr, be: DevicePtr, o: DevicePtr) -> Result<()> {
     // SAFETY: per the function contract.
     unsafe {
-        s.gemm(&Gemm { m, n, k, a: x, w, bias: Some(b), out: h, act: Activation::GeluErf, dtype: DType::F32 })?;
+        s.gemm(&Gemm { m, n, k, a: x, w, bias: Some(b), out: h, act, dtype: DType::F32 })?;
         s.layer_norm(&LayerNorm { x: h, residual: Some(h), gamma: g, beta: be, out: o, rows: m, cols: n, eps: 1e-5, dtype: DType::F32 })?;
         s.softmax(o, o, m, n, DType::F32)
     }
@@ -526,6 +526,14 @@ unsafe fn forward(s: &dyn BackendStream, m: usize, n: usize, k: usize, x: Device
 #[test]
 fn graph_replay_equals_eager() {
     let Some(be) = gpu("graph_replay_equals_eager") else { return };
+    // GELU-erf: cuBLAS + epilogue kernel; GELU-tanh and ReLU: cuBLASLt epilogues.
+    for act in [Activation::GeluErf, Activation::GeluTanh, Activation::Relu] {
+        graph_replay_equals_eager_with(&be, act);
+    }
+}
+
+fn graph_replay_equals_eager_with(be: &Arc<CudaBackend>, act: Activation) {
+    let be = be.clone();
     let mut rng = Rng::new("graph");
     let (m, n, k) = (5usize, 77usize, 131usize);
     let mut mem = Mem::new(&be);
@@ -537,13 +545,13 @@ fn graph_replay_equals_eager() {
     let h = mem.out(m * n, DType::F32);
     let o = mem.out(m * n, DType::F32);
     // SAFETY: sized for m, n, k.
-    unsafe { forward(&*mem.s, m, n, k, x, w, b, h, g, bt, o).unwrap() };
+    unsafe { forward(&*mem.s, act, m, n, k, x, w, b, h, g, bt, o).unwrap() };
     let eager = mem.down(o, m * n, DType::F32);
     assert!(eager.iter().all(|v| v.is_finite()));
 
     mem.s.begin_capture().unwrap();
     // SAFETY: as above; captured, not run.
-    unsafe { forward(&*mem.s, m, n, k, x, w, b, h, g, bt, o).unwrap() };
+    unsafe { forward(&*mem.s, act, m, n, k, x, w, b, h, g, bt, o).unwrap() };
     let graph = mem.s.end_capture().unwrap();
     // Poison the output, replay: must equal eager.
     // SAFETY: o holds m*n floats.
@@ -563,9 +571,9 @@ fn graph_replay_equals_eager() {
     s2.synchronize().unwrap();
     let replayed = mem.down(o, m * n, DType::F32);
     // SAFETY: as above.
-    unsafe { forward(&*mem.s, m, n, k, x, w, b, h, g, bt, o).unwrap() };
+    unsafe { forward(&*mem.s, act, m, n, k, x, w, b, h, g, bt, o).unwrap() };
     assert_eq!(mem.down(o, m * n, DType::F32), replayed, "replay with new inputs differs from eager");
-    eprintln!("CHECK graph replay == eager: exact");
+    eprintln!("CHECK graph replay == eager ({act:?}): exact");
 }
 
 #[test]
