@@ -26,7 +26,7 @@ mod tests;
 
 pub use event::CudaEvent;
 pub use graph::CudaGraph;
-pub use stream::CudaStream;
+pub use stream::{AttnKernel, CudaStream};
 
 use crate::backend::{Backend, BackendEvent, BackendKind, BackendStream, DType, DevicePtr};
 use crate::error::{Error, Result};

@@ -208,6 +208,124 @@ __device__ void attn_t(const T* q, const T* k, const T* v, const float* mask, T*
         st(out, orow + d, acc * inv);
     }
 }
+// Tiled attention (flash style): one block per (tile of BQ queries, head,
+// batch). Each query is owned by TPQ = D/32 adjacent lanes; lane `sub` holds
+// the float4 chunks sub, sub+TPQ, ... (32 dims) of the query (pre-scaled by
+// scale*log2 e) and of the f32 output accumulator in registers. K and V tiles
+// of BK keys are staged in shared memory as f32 (zero-padded to D dims) once
+// per block and reused by all BQ queries; the softmax is online (running max
+// and sum, rescaled every KC keys), in base 2. Masked keys and keys past `seq`
+// score -inf; a query whose keys are all masked gives zeros (l == 0), as the
+// CPU kernel. Requires hd <= D.
+template <typename T, int D, int BQ, int BK>
+__device__ __forceinline__ void flash_t(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
+                                        const float* __restrict__ mask, T* __restrict__ out,
+                                        int seq, int heads, int hd, long long rs, float scale) {
+    constexpr int TPQ = D / 32;
+    constexpr int NT = BQ * TPQ;
+    constexpr int C = 8;   // float4 chunks per lane (32 dims)
+    constexpr int KC = 16; // keys per online-softmax step
+    __shared__ __align__(16) float Ks[BK * D];
+    __shared__ __align__(16) float Vs[BK * D];
+    __shared__ float Ms[BK];
+    const int tid = threadIdx.x, qi = tid / TPQ, sub = tid % TPQ;
+    const int h = blockIdx.y, b = blockIdx.z;
+    const int i = blockIdx.x * BQ + qi;
+    const long long tok0 = (long long)b * seq;
+    const long long hoff = (long long)h * hd;
+    const float sl2 = scale * 1.4426950408889634f;
+    float qa[C][4], o[C][4];
+#pragma unroll
+    for (int c = 0; c < C; c++) {
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            int d = 4 * (sub + TPQ * c) + e;
+            qa[c][e] = (i < seq && d < hd) ? ld(q, (tok0 + i) * rs + hoff + d) * sl2 : 0.0f;
+            o[c][e] = 0.0f;
+        }
+    }
+    float m = NEG_INF, l = 0.0f;
+    for (int j0 = 0; j0 < seq; j0 += BK) {
+        __syncthreads(); // the previous tile is no longer read
+        for (int idx = tid; idx < BK * D; idx += NT) {
+            int j = idx / D, d = idx % D;
+            bool ok = j0 + j < seq && d < hd;
+            long long a = (tok0 + j0 + j) * rs + hoff + d;
+            Ks[idx] = ok ? ld(k, a) : 0.0f;
+            Vs[idx] = ok ? ld(v, a) : 0.0f;
+        }
+        for (int j = tid; j < BK; j += NT)
+            Ms[j] = (j0 + j < seq && (!mask || mask[tok0 + j0 + j] != 0.0f)) ? 1.0f : 0.0f;
+        __syncthreads();
+        const int kend = min(BK, seq - j0);
+        for (int jc = 0; jc < kend; jc += KC) {
+            float s[KC];
+            float tmax = NEG_INF;
+#pragma unroll
+            for (int jj = 0; jj < KC; jj++) {
+                const int j = jc + jj;
+                float acc = 0.0f;
+#pragma unroll
+                for (int c = 0; c < C; c++) {
+                    float4 kk = *reinterpret_cast<const float4*>(&Ks[j * D + 4 * (sub + TPQ * c)]);
+                    acc += qa[c][0] * kk.x + qa[c][1] * kk.y + qa[c][2] * kk.z + qa[c][3] * kk.w;
+                }
+#pragma unroll
+                for (int x = TPQ / 2; x > 0; x >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, x);
+                s[jj] = Ms[j] != 0.0f ? acc : NEG_INF;
+                tmax = fmaxf(tmax, s[jj]);
+            }
+            const float mn = fmaxf(m, tmax);
+            if (mn == NEG_INF) continue; // every key so far masked: nothing to add
+            const float corr = exp2f(m - mn); // 0 when m == -inf
+            l *= corr;
+#pragma unroll
+            for (int c = 0; c < C; c++) {
+#pragma unroll
+                for (int e = 0; e < 4; e++) o[c][e] *= corr;
+            }
+            m = mn;
+#pragma unroll
+            for (int jj = 0; jj < KC; jj++) {
+                const int j = jc + jj;
+                const float p = exp2f(s[jj] - mn); // 0 for masked keys
+                l += p;
+#pragma unroll
+                for (int c = 0; c < C; c++) {
+                    float4 vv = *reinterpret_cast<const float4*>(&Vs[j * D + 4 * (sub + TPQ * c)]);
+                    o[c][0] += p * vv.x; o[c][1] += p * vv.y; o[c][2] += p * vv.z; o[c][3] += p * vv.w;
+                }
+            }
+        }
+    }
+    if (i >= seq) return;
+    const float inv = l > 0.0f ? 1.0f / l : 0.0f;
+    const long long orow = (tok0 + i) * (long long)heads * hd + hoff;
+#pragma unroll
+    for (int c = 0; c < C; c++) {
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            int d = 4 * (sub + TPQ * c) + e;
+            if (d < hd) st(out, orow + d, o[c][e] * inv);
+        }
+    }
+}
+#define FLASH(TN, T, D, BQ, BK) \
+extern "C" __global__ void __launch_bounds__(BQ * (D / 32)) flash_##TN##_d##D##_q##BQ(const T* q, const T* k, const T* v, \
+    const float* mask, T* o, int seq, int heads, int hd, long long rs, float scale) { \
+    flash_t<T, D, BQ, BK>(q, k, v, mask, o, seq, heads, hd, rs, scale); }
+FLASH(f32, float, 32, 32, 64)
+FLASH(f32, float, 32, 64, 64)
+FLASH(f32, float, 64, 32, 64)
+FLASH(f32, float, 64, 64, 64)
+FLASH(f32, float, 128, 32, 32)
+FLASH(f32, float, 128, 64, 32)
+FLASH(bf16, bf16, 32, 32, 64)
+FLASH(bf16, bf16, 32, 64, 64)
+FLASH(bf16, bf16, 64, 32, 64)
+FLASH(bf16, bf16, 64, 64, 64)
+FLASH(bf16, bf16, 128, 32, 32)
+FLASH(bf16, bf16, 128, 64, 32)
 extern "C" __global__ void attention_f32(const float* q, const float* k, const float* v, const float* mask, float* o,
     int seq, int heads, int hd, long long rs, float scale) { attn_t(q, k, v, mask, o, seq, heads, hd, rs, scale); }
 extern "C" __global__ void attention_bf16(const bf16* q, const bf16* k, const bf16* v, const float* mask, bf16* o,
@@ -251,7 +369,22 @@ pub(crate) fn kernel_names(unit: Unit) -> &'static [&'static str] {
             "add_f32", "add_bf16", "act_f32", "act_bf16", "bias_act_f32", "bias_act_bf16", "cast_f32_bf16", "cast_bf16_f32",
         ],
         Unit::Norm => &["layer_norm_f32", "layer_norm_bf16", "softmax_f32", "softmax_bf16", "l2_normalize_f32", "l2_normalize_bf16"],
-        Unit::Attention => &["attention_f32", "attention_bf16"],
+        Unit::Attention => &[
+            "attention_f32",
+            "attention_bf16",
+            "flash_f32_d32_q32",
+            "flash_f32_d32_q64",
+            "flash_f32_d64_q32",
+            "flash_f32_d64_q64",
+            "flash_f32_d128_q32",
+            "flash_f32_d128_q64",
+            "flash_bf16_d32_q32",
+            "flash_bf16_d32_q64",
+            "flash_bf16_d64_q32",
+            "flash_bf16_d64_q64",
+            "flash_bf16_d128_q32",
+            "flash_bf16_d128_q64",
+        ],
         Unit::Gather => &["gather_f32", "gather_bf16", "mean_pool_f32", "mean_pool_bf16"],
     }
 }

@@ -167,6 +167,90 @@ impl CudaStream {
     }
 }
 
+/// Which attention kernel to launch ([`CudaStream::attention_with`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttnKernel {
+    /// The tiled kernel (64-query tiles) for head_dim <= 128, else the simple one.
+    Auto,
+    /// One block per (query, head, batch); K/V read from global memory per query.
+    Simple,
+    /// The tiled (flash-style) kernel with tiles of 32 or 64 queries; head_dim <= 128.
+    Tiled { queries: u32 },
+}
+
+/// The tiled kernel's instantiation for (dtype, padded head_dim, query tile).
+fn flash_name(d: DType, dpad: usize, bq: u32) -> &'static str {
+    match (d, dpad, bq) {
+        (DType::F32, 32, 32) => "flash_f32_d32_q32",
+        (DType::F32, 32, _) => "flash_f32_d32_q64",
+        (DType::F32, 64, 32) => "flash_f32_d64_q32",
+        (DType::F32, 64, _) => "flash_f32_d64_q64",
+        (DType::F32, _, 32) => "flash_f32_d128_q32",
+        (DType::F32, _, _) => "flash_f32_d128_q64",
+        (DType::BF16, 32, 32) => "flash_bf16_d32_q32",
+        (DType::BF16, 32, _) => "flash_bf16_d32_q64",
+        (DType::BF16, 64, 32) => "flash_bf16_d64_q32",
+        (DType::BF16, 64, _) => "flash_bf16_d64_q64",
+        (DType::BF16, _, 32) => "flash_bf16_d128_q32",
+        (DType::BF16, _, _) => "flash_bf16_d128_q64",
+    }
+}
+
+impl CudaStream {
+    /// Attention with a chosen kernel (tests and benchmarks compare them);
+    /// `BackendStream::attention` is `attention_with(p, AttnKernel::Auto)`.
+    ///
+    /// # Safety
+    /// As [`BackendStream::attention`]: the descriptor's buffers are valid.
+    pub unsafe fn attention_with(&self, p: &Attention, kernel: AttnKernel) -> Result<()> {
+        if p.batch == 0 || p.seq == 0 || p.heads == 0 || p.head_dim == 0 {
+            return Ok(());
+        }
+        if p.heads > 65535 || p.batch > 65535 {
+            return Err(Error::InvalidArgument(format!("attention: heads ({}) and batch ({}) must be at most 65535 on CUDA", p.heads, p.batch)));
+        }
+        let seq = i32_dim(p.seq, "seq")?;
+        let hd = i32_dim(p.head_dim, "head_dim")?;
+        let args = [
+            Arg::Ptr(p.q),
+            Arg::Ptr(p.k),
+            Arg::Ptr(p.v),
+            opt(p.mask),
+            Arg::Ptr(p.out),
+            Arg::I32(seq),
+            Arg::I32(p.heads as i32),
+            Arg::I32(hd),
+            Arg::I64(p.row_stride as i64),
+            Arg::F32(p.scale),
+        ];
+        // On an H100 the 64-query tile beat both the 32-query tile and the
+        // simple kernel at every measured shape, batch 1 included (RESULTS.md).
+        let bq = match kernel {
+            AttnKernel::Simple => None,
+            _ if p.head_dim > 128 => None,
+            AttnKernel::Tiled { queries } => Some(if queries <= 32 { 32 } else { 64 }),
+            AttnKernel::Auto => Some(64),
+        };
+        if let Some(bq) = bq {
+            let dpad = p.head_dim.next_power_of_two().max(32);
+            let name = flash_name(p.dtype, dpad, bq);
+            let threads = bq * (dpad as u32 / 32);
+            let grid = ((seq as u32).div_ceil(bq), p.heads as u32, p.batch as u32);
+            // SAFETY: q/k/v hold batch*seq rows of row_stride, mask batch*seq
+            // f32, out batch*seq*heads*head_dim elements (the contract); the
+            // kernel reads head_dim <= dpad columns and uses static shared memory.
+            return unsafe { self.launch(Unit::Attention, name, grid, threads, 0, &args) };
+        }
+        let smem = (p.head_dim + p.seq) * 4;
+        if smem > 48 * 1024 {
+            return Err(Error::Unsupported { backend: "cuda", what: format!("attention with head_dim {} > 128 and seq {} + head_dim > 12288 floats of shared memory", p.head_dim, p.seq) });
+        }
+        let name = pick(p.dtype, "attention_f32", "attention_bf16");
+        // SAFETY: as above; `smem` floats of dynamic shared memory.
+        unsafe { self.launch(Unit::Attention, name, (seq as u32, p.heads as u32, p.batch as u32), ATTN_BLOCK, smem as u32, &args) }
+    }
+}
+
 impl BackendStream for CudaStream {
     fn as_any(&self) -> &dyn Any {
         self
@@ -306,33 +390,8 @@ impl BackendStream for CudaStream {
     }
 
     unsafe fn attention(&self, p: &Attention) -> Result<()> {
-        if p.batch == 0 || p.seq == 0 || p.heads == 0 || p.head_dim == 0 {
-            return Ok(());
-        }
-        if p.heads > 65535 || p.batch > 65535 {
-            return Err(Error::InvalidArgument(format!("attention: heads ({}) and batch ({}) must be at most 65535 on CUDA", p.heads, p.batch)));
-        }
-        let smem = (p.head_dim + p.seq) * 4;
-        if smem > 48 * 1024 {
-            return Err(Error::Unsupported { backend: "cuda", what: format!("attention with seq {} + head_dim {} (> 12288 floats of shared memory)", p.seq, p.head_dim) });
-        }
-        let seq = i32_dim(p.seq, "seq")?;
-        let name = pick(p.dtype, "attention_f32", "attention_bf16");
-        let args = [
-            Arg::Ptr(p.q),
-            Arg::Ptr(p.k),
-            Arg::Ptr(p.v),
-            opt(p.mask),
-            Arg::Ptr(p.out),
-            Arg::I32(seq),
-            Arg::I32(p.heads as i32),
-            Arg::I32(i32_dim(p.head_dim, "head_dim")?),
-            Arg::I64(p.row_stride as i64),
-            Arg::F32(p.scale),
-        ];
-        // SAFETY: q/k/v hold batch*seq rows of row_stride, mask batch*seq
-        // f32, out batch*seq*heads*head_dim elements (the contract).
-        unsafe { self.launch(Unit::Attention, name, (seq as u32, p.heads as u32, p.batch as u32), ATTN_BLOCK, smem as u32, &args) }
+        // SAFETY: the caller's contract, passed on.
+        unsafe { self.attention_with(p, AttnKernel::Auto) }
     }
 
     unsafe fn gather(&self, p: &Gather) -> Result<()> {

@@ -429,9 +429,23 @@ fn attention_matches_f64_reference() {
     let Some(be) = gpu("attention_matches_f64_reference") else { return };
     let mut rng = Rng::new("attention");
     // (batch, seq, heads, head_dim): odd sizes, and the largest supported shape.
-    let shapes = [(1usize, 1usize, 1usize, 1usize), (2, 37, 3, 19), (3, 64, 4, 64), (1, 512, 2, 128), (2, 129, 5, 33)];
+    // MiniLM (b 32/128, s 128, h 12, d 32) and the encoder workload (b 256, s 64, h 4, d 64) too.
+    let shapes = [
+        (1usize, 1usize, 1usize, 1usize),
+        (2, 37, 3, 19),
+        (3, 64, 4, 64),
+        (1, 512, 2, 128),
+        (2, 129, 5, 33),
+        (2, 70, 3, 100),
+        (32, 128, 12, 32),
+        (128, 128, 12, 32),
+        (256, 64, 4, 64),
+    ];
+    // BRAID_ATTN_SMALL=1 (under compute-sanitizer) skips the three large shapes.
+    let shapes = if std::env::var("BRAID_ATTN_SMALL").is_ok_and(|v| v == "1") { &shapes[..6] } else { &shapes[..] };
+    let kernels = [None, Some(AttnKernel::Simple), Some(AttnKernel::Tiled { queries: 32 }), Some(AttnKernel::Tiled { queries: 64 })];
     for dtype in DTYPES {
-        for &(batch, seq, heads, hd) in &shapes {
+        for &(batch, seq, heads, hd) in shapes {
             for masked in [false, true] {
                 let mut mem = Mem::new(&be);
                 let d = heads * hd;
@@ -470,14 +484,33 @@ fn attention_matches_f64_reference() {
                     scale,
                     dtype,
                 };
-                // SAFETY: sized per the descriptor.
-                unsafe { mem.s.attention(&p).unwrap() };
                 let r = attention_ref(&qkv, rs, 0, d, 2 * d, masked.then_some(&mask[..]), batch, seq, heads, hd, scale as f64);
-                let out = mem.down(po, batch * seq * d, dtype);
-                check(&format!("attention {} b{batch} s{seq} h{heads} d{hd} mask={masked}", dtype.name()), &out, &r, tol(dtype, 1e-4));
-                if masked && batch > 1 {
-                    let last = &out[(batch - 1) * seq * d..];
-                    assert!(last.iter().all(|&v| v == 0.0), "fully masked batch entry must give zeros");
+                for kernel in kernels {
+                    if kernel.is_some() {
+                        // Poison the output again between kernels.
+                        let nan: Vec<u8> = match dtype {
+                            DType::F32 => f32::NAN.to_ne_bytes().repeat(batch * seq * d),
+                            DType::BF16 => to_bf16(f32::NAN).to_ne_bytes().repeat(batch * seq * d),
+                        };
+                        // SAFETY: `po` holds batch*seq*d elements.
+                        unsafe { mem.s.h2d(&nan, po).unwrap() };
+                    }
+                    match kernel {
+                        // SAFETY: sized per the descriptor.
+                        None => unsafe { mem.s.attention(&p).unwrap() },
+                        Some(k) => {
+                            let cs = mem.s.as_any().downcast_ref::<CudaStream>().unwrap();
+                            // SAFETY: sized per the descriptor.
+                            unsafe { cs.attention_with(&p, k).unwrap() }
+                        }
+                    }
+                    let out = mem.down(po, batch * seq * d, dtype);
+                    let kname = kernel.map_or("auto".to_string(), |k| format!("{k:?}"));
+                    check(&format!("attention[{kname}] {} b{batch} s{seq} h{heads} d{hd} mask={masked}", dtype.name()), &out, &r, tol(dtype, 1e-4));
+                    if masked && batch > 1 {
+                        let last = &out[(batch - 1) * seq * d..];
+                        assert!(last.iter().all(|&v| v == 0.0), "fully masked batch entry must give zeros");
+                    }
                 }
             }
         }
@@ -551,10 +584,10 @@ fn out_of_memory_is_clear_and_recoverable() {
 /// # Safety
 /// Buffers sized for `m`, `n`, `k`.
 #[allow(clippy::too_many_arguments)]
-unsafe fn forward(s: &dyn BackendStream, m: usize, n: usize, k: usize, x: DevicePtr, w: DevicePtr, b: DevicePtr, h: DevicePtr, g: DevicePtr, be: DevicePtr, o: DevicePtr) -> Result<()> {
+unsafe fn forward(s: &dyn BackendStream, act: Activation, m: usize, n: usize, k: usize, x: DevicePtr, w: DevicePtr, b: DevicePtr, h: DevicePtr, g: DevicePtr, be: DevicePtr, o: DevicePtr) -> Result<()> {
     // SAFETY: per the function contract.
     unsafe {
-        s.gemm(&Gemm { m, n, k, a: x, w, bias: Some(b), out: h, act: Activation::GeluErf, dtype: DType::F32 })?;
+        s.gemm(&Gemm { m, n, k, a: x, w, bias: Some(b), out: h, act, dtype: DType::F32 })?;
         s.layer_norm(&LayerNorm { x: h, residual: Some(h), gamma: g, beta: be, out: o, rows: m, cols: n, eps: 1e-5, dtype: DType::F32 })?;
         s.softmax(o, o, m, n, DType::F32)
     }
@@ -563,6 +596,14 @@ unsafe fn forward(s: &dyn BackendStream, m: usize, n: usize, k: usize, x: Device
 #[test]
 fn graph_replay_equals_eager() {
     let Some(be) = gpu("graph_replay_equals_eager") else { return };
+    // GELU-erf: cuBLAS + epilogue kernel; GELU-tanh and ReLU: cuBLASLt epilogues.
+    for act in [Activation::GeluErf, Activation::GeluTanh, Activation::Relu] {
+        graph_replay_equals_eager_with(&be, act);
+    }
+}
+
+fn graph_replay_equals_eager_with(be: &Arc<CudaBackend>, act: Activation) {
+    let be = be.clone();
     let mut rng = Rng::new("graph");
     let (m, n, k) = (5usize, 77usize, 131usize);
     let mut mem = Mem::new(&be);
@@ -574,13 +615,13 @@ fn graph_replay_equals_eager() {
     let h = mem.out(m * n, DType::F32);
     let o = mem.out(m * n, DType::F32);
     // SAFETY: sized for m, n, k.
-    unsafe { forward(&*mem.s, m, n, k, x, w, b, h, g, bt, o).unwrap() };
+    unsafe { forward(&*mem.s, act, m, n, k, x, w, b, h, g, bt, o).unwrap() };
     let eager = mem.down(o, m * n, DType::F32);
     assert!(eager.iter().all(|v| v.is_finite()));
 
     mem.s.begin_capture().unwrap();
     // SAFETY: as above; captured, not run.
-    unsafe { forward(&*mem.s, m, n, k, x, w, b, h, g, bt, o).unwrap() };
+    unsafe { forward(&*mem.s, act, m, n, k, x, w, b, h, g, bt, o).unwrap() };
     let graph = mem.s.end_capture().unwrap();
     // Poison the output, replay: must equal eager.
     // SAFETY: o holds m*n floats.
@@ -600,9 +641,9 @@ fn graph_replay_equals_eager() {
     s2.synchronize().unwrap();
     let replayed = mem.down(o, m * n, DType::F32);
     // SAFETY: as above.
-    unsafe { forward(&*mem.s, m, n, k, x, w, b, h, g, bt, o).unwrap() };
+    unsafe { forward(&*mem.s, act, m, n, k, x, w, b, h, g, bt, o).unwrap() };
     assert_eq!(mem.down(o, m * n, DType::F32), replayed, "replay with new inputs differs from eager");
-    eprintln!("CHECK graph replay == eager: exact");
+    eprintln!("CHECK graph replay == eager ({act:?}): exact");
 }
 
 #[test]
@@ -809,4 +850,96 @@ fn bench_mlp() {
         }
     }
     drop(mem);
+}
+
+/// Attention kernel time (CUDA events around each launch, median of 100) for
+/// the MiniLM and encoder shapes, simple vs tiled kernel, f32 and bf16, and a
+/// graph replay of the tiled kernel compared with eager. Not a correctness
+/// test: `-- --ignored --exact backend::cuda::tests::bench_attention`.
+#[test]
+#[ignore = "benchmark; run on a GPU explicitly"]
+fn bench_attention() {
+    let Some(be) = gpu("bench_attention") else { return };
+    let mut rng = Rng::new("bench_attention");
+    let shapes = [
+        ("minilm", 1usize, 128usize, 12usize, 32usize),
+        ("minilm", 8, 128, 12, 32),
+        ("minilm", 32, 128, 12, 32),
+        ("minilm", 128, 128, 12, 32),
+        ("encoder", 1, 64, 4, 64),
+        ("encoder", 32, 64, 4, 64),
+        ("encoder", 256, 64, 4, 64),
+    ];
+    let kernels = [AttnKernel::Simple, AttnKernel::Tiled { queries: 32 }, AttnKernel::Tiled { queries: 64 }, AttnKernel::Auto];
+    let (e0, e1) = (be.new_event(true).unwrap(), be.new_event(true).unwrap());
+    for dtype in DTYPES {
+        for &(wl, batch, seq, heads, hd) in &shapes {
+            let mut mem = Mem::new(&be);
+            let d = heads * hd;
+            let rs = 3 * d;
+            let pqkv = mem.up(&rng.vec(batch * seq * rs, 1.0), dtype);
+            // Real tokens with some padding at the end of odd batch entries.
+            let mask: Vec<f32> = (0..batch * seq).map(|i| if (i / seq) % 2 == 1 && i % seq >= seq * 3 / 4 { 0.0 } else { 1.0 }).collect();
+            let pm = mem.up(&mask, DType::F32);
+            let po = mem.out(batch * seq * d, dtype);
+            let es = dtype.size() as u64;
+            let p = Attention {
+                q: pqkv,
+                k: pqkv + d as u64 * es,
+                v: pqkv + 2 * d as u64 * es,
+                row_stride: rs,
+                mask: Some(pm),
+                out: po,
+                batch,
+                seq,
+                heads,
+                head_dim: hd,
+                scale: 1.0 / (hd as f32).sqrt(),
+                dtype,
+            };
+            let cs = mem.s.as_any().downcast_ref::<CudaStream>().unwrap();
+            let mut times = Vec::new();
+            for k in kernels {
+                for _ in 0..5 {
+                    // SAFETY: sized per the descriptor.
+                    unsafe { cs.attention_with(&p, k).unwrap() };
+                }
+                let mut ts: Vec<f32> = (0..100)
+                    .map(|_| {
+                        mem.s.record(&*e0).unwrap();
+                        // SAFETY: as above.
+                        unsafe { cs.attention_with(&p, k).unwrap() };
+                        mem.s.record(&*e1).unwrap();
+                        e1.synchronize(None).unwrap();
+                        e1.elapsed_ms(&*e0).unwrap()
+                    })
+                    .collect();
+                ts.sort_by(|a, b| a.partial_cmp(b).unwrap());
+                times.push(ts[ts.len() / 2] * 1000.0);
+            }
+            eprintln!(
+                "BENCH attention {} {wl} b{batch} s{seq} h{heads} d{hd}: simple {:.1} us, tiled32 {:.1} us, tiled64 {:.1} us, auto {:.1} us, simple/auto {:.2}x",
+                dtype.name(),
+                times[0],
+                times[1],
+                times[2],
+                times[3],
+                times[0] / times[3]
+            );
+            // Graph replay of the auto kernel equals eager bit for bit.
+            // SAFETY: as above.
+            unsafe { mem.s.attention(&p).unwrap() };
+            let eager = mem.down(po, batch * seq * d, dtype);
+            // SAFETY: `po` holds batch*seq*d elements.
+            unsafe { mem.s.h2d(&vec![0u8; batch * seq * d * dtype.size()], po).unwrap() };
+            mem.s.synchronize().unwrap();
+            mem.s.begin_capture().unwrap();
+            // SAFETY: as above (captured).
+            unsafe { mem.s.attention(&p).unwrap() };
+            let g = mem.s.end_capture().unwrap();
+            g.launch(&*mem.s).unwrap();
+            let replay = mem.down(po, batch * seq * d, dtype);
+            assert!(eager.iter().zip(&replay).all(|(a, b)| a.to_bits() == b.to_bits()), "graph replay != eager");
+        }
+    }
 }
