@@ -10,7 +10,7 @@ pub mod pipeline;
 pub mod queue;
 pub mod sync;
 
-pub use batcher::{BatchModel, Batcher, BatcherConfig, BatcherStats};
+pub use batcher::{Adaptive, BatchModel, Batcher, BatcherConfig, BatcherStats};
 pub use handle::Handle;
 pub use pipeline::{Completion, Pipeline};
 pub use queue::{BatchQueue, QueueConfig, QueueStats, WhenFull};

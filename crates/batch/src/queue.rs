@@ -10,7 +10,7 @@
 //! completed never exceeds submitted.
 
 use crate::handle::{pair, Completer, Handle};
-use crate::sync::{lock, spawn, wait, Arc, AtomicU64, Condvar, JoinHandle, Mutex, Ordering};
+use crate::sync::{lock, spawn, wait, Arc, AtomicU64, Condvar, Mutex, Ordering, Workers};
 use braid_runtime::{Error, Result};
 use std::collections::VecDeque;
 
@@ -69,7 +69,7 @@ struct Shared<J, R> {
 /// A thread-safe queue of jobs run by worker threads.
 pub struct BatchQueue<J: Send + 'static, R: Send + 'static> {
     shared: Arc<Shared<J, R>>,
-    workers: Mutex<Vec<JoinHandle<()>>>,
+    workers: Workers,
 }
 
 impl<J: Send + 'static, R: Send + 'static> BatchQueue<J, R> {
@@ -99,10 +99,10 @@ impl<J: Send + 'static, R: Send + 'static> BatchQueue<J, R> {
         let factory = Arc::new(factory);
         let run = Arc::new(run);
         let (ready_tx, ready_rx) = crate::sync::mpsc::channel::<Result<()>>();
-        let mut handles = Vec::new();
+        let workers = Workers::new();
         for i in 0..config.workers {
             let (shared, factory, run, ready) = (shared.clone(), factory.clone(), run.clone(), ready_tx.clone());
-            handles.push(spawn(move || {
+            workers.push(spawn(move || {
                 let mut ctx = match factory(i) {
                     Ok(c) => {
                         let _ = ready.send(Ok(()));
@@ -118,7 +118,7 @@ impl<J: Send + 'static, R: Send + 'static> BatchQueue<J, R> {
             }));
         }
         drop(ready_tx);
-        let q = BatchQueue { shared, workers: Mutex::new(handles) };
+        let q = BatchQueue { shared, workers };
         for _ in 0..config.workers {
             match ready_rx.recv() {
                 Ok(Ok(())) => {}
@@ -171,7 +171,9 @@ impl<J: Send + 'static, R: Send + 'static> BatchQueue<J, R> {
     }
 
     /// Stop accepting; wait until every accepted job has run and the workers
-    /// have exited. Idempotent.
+    /// have exited. Idempotent. Called from inside a job (on a worker), it
+    /// stops accepting and returns without waiting: the workers drain and
+    /// exit on their own.
     pub fn shutdown(&self) {
         {
             let mut st = lock(&self.shared.state);
@@ -179,10 +181,7 @@ impl<J: Send + 'static, R: Send + 'static> BatchQueue<J, R> {
         }
         self.shared.not_empty.notify_all();
         self.shared.not_full.notify_all();
-        let handles = std::mem::take(&mut *lock(&self.workers));
-        for h in handles {
-            let _ = h.join();
-        }
+        self.workers.join();
     }
 
     pub fn stats(&self) -> QueueStats {
