@@ -145,7 +145,7 @@ fn dropped_handles_do_not_wedge_workers() {
 fn factory_error_is_returned_and_worker_context_is_per_worker() {
     let r: Result<BatchQueue<u8, u8>> = BatchQueue::new(QueueConfig::default(), |_| -> Result<()> { Err(Error::InvalidArgument("no stream".into())) }, |_, x| x);
     assert!(matches!(r, Err(Error::InvalidArgument(_))));
-    let q: BatchQueue<(), usize> = BatchQueue::new(QueueConfig { workers: 3, ..Default::default() }, |i| Ok(i), |ctx: &mut usize, ()| *ctx).unwrap();
+    let q: BatchQueue<(), usize> = BatchQueue::new(QueueConfig { workers: 3, ..Default::default() }, Ok, |ctx: &mut usize, ()| *ctx).unwrap();
     let mut seen = std::collections::BTreeSet::new();
     for _ in 0..200 {
         seen.insert(q.run(()).unwrap());
@@ -255,7 +255,8 @@ fn block_when_full_waits_for_room_then_runs_everything() {
 
 #[test]
 fn shutdown_or_last_drop_inside_a_job_does_not_deadlock() {
-    let slot: Arc<std::sync::Mutex<Option<Arc<BatchQueue<u32, u32>>>>> = Arc::default();
+    type Slot = std::sync::Mutex<Option<Arc<BatchQueue<u32, u32>>>>;
+    let slot: Arc<Slot> = Arc::default();
     let s2 = slot.clone();
     let q = Arc::new(
         BatchQueue::new(QueueConfig::default(), |_| Ok(()), move |_, x: u32| {
