@@ -231,6 +231,8 @@ impl<M: BatchModel> Batcher<M> {
         sh.counters.submitted.fetch_add(1, Ordering::Relaxed);
         // Wake a worker for a first request (it starts the delay clock) and
         // whenever a bucket may have become full.
+        // (Relaxed limit: see `Shared::limit`; a stale value costs at most
+        // one extra or one late wake-up, and the delay timer still runs.)
         let wake = st.waiting.len() == 1 || st.waiting.len() >= sh.limit.load(Ordering::Relaxed);
         drop(st);
         if wake {
@@ -259,6 +261,9 @@ impl<M: BatchModel> Batcher<M> {
 
     pub fn stats(&self) -> BatcherStats {
         let c = &self.shared.counters;
+        // Relaxed throughout: a snapshot of statistics, not a
+        // synchronisation point (counters may be from slightly different
+        // moments while requests are in flight).
         let batches = c.batches.load(Ordering::Relaxed);
         let hist: Vec<u64> = c.histogram.iter().map(|h| h.load(Ordering::Relaxed)).collect();
         let in_batches: u64 = hist.iter().enumerate().map(|(i, n)| (i as u64 + 1) * n).sum();
@@ -329,6 +334,7 @@ fn next_batch<M: BatchModel>(sh: &Shared<M>) -> Option<Vec<Request<M::Input, M::
             continue;
         };
         let key = |r: &Request<M::Input, M::Output>| if cfg.bucket_by_length { bucket(r.len) } else { 0 };
+        // Relaxed: see `Shared::limit` (written only under this lock anyway).
         let limit = sh.limit.load(Ordering::Relaxed).clamp(1, cfg.max_batch_size);
         let mut counts = [0usize; BUCKETS];
         for r in &st.waiting {
@@ -388,6 +394,8 @@ fn run_batch<M: BatchModel>(sh: &Shared<M>, w: &mut M::Worker, batch: Vec<Reques
     let start = Instant::now();
     let mut inputs = Vec::with_capacity(n);
     let mut dones = Vec::with_capacity(n);
+    // Relaxed for every counter below: statistics. `completed` is added
+    // before any caller is answered, so it never exceeds `submitted`.
     for r in batch {
         c.wait_ns.fetch_add(start.saturating_duration_since(r.arrived).as_nanos() as u64, Ordering::Relaxed);
         inputs.push(r.input);

@@ -186,6 +186,9 @@ impl<J: Send + 'static, R: Send + 'static> BatchQueue<J, R> {
 
     pub fn stats(&self) -> QueueStats {
         let s = &self.shared;
+        // Relaxed: a snapshot of statistics, not a synchronisation point;
+        // counters read one after another may be from slightly different
+        // moments (hence the saturating `pending`).
         let submitted = s.submitted.load(Ordering::Relaxed);
         let completed = s.completed.load(Ordering::Relaxed);
         QueueStats { submitted, completed, rejected: s.rejected.load(Ordering::Relaxed), panicked: s.panicked.load(Ordering::Relaxed), pending: submitted.saturating_sub(completed) }
@@ -216,6 +219,7 @@ fn worker_loop<J, R, W>(sh: &Shared<J, R>, ctx: &mut W, run: &(dyn Fn(&mut W, J)
         let r = match r {
             Ok(v) => Ok(v),
             Err(p) => {
+                // Relaxed: statistic.
                 sh.panicked.fetch_add(1, Ordering::Relaxed);
                 Err(Error::JobPanicked(braid_runtime::panic_message(&p)))
             }
