@@ -7,9 +7,9 @@
 //! (`Error::Overloaded`), shutdown (drains what was accepted) and the
 //! counters.
 
-use crate::handle::{pair, Completer, Handle};
-use crate::sync::{lock, spawn, wait, wait_until, Arc, AtomicU64, Condvar, JoinHandle, Mutex, Ordering};
-use braid_runtime::{Error, Result};
+use crate::handle::{pair_with_deadline, Completer, Handle};
+use crate::sync::{lock, spawn, wait, wait_until, Arc, AtomicU64, AtomicUsize, Condvar, Mutex, Ordering, Workers};
+use braid_runtime::{Error, Result, Throttle};
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
@@ -45,12 +45,29 @@ pub struct BatcherConfig {
     pub preferred_batch_sizes: Vec<usize>,
     /// Deadline applied to requests submitted without one.
     pub default_deadline: Option<Duration>,
+    /// If set, the batch limit adapts between `min_batch_size` and
+    /// `max_batch_size` (see [`Adaptive`]).
+    pub adaptive: Option<Adaptive>,
+    /// If set, each forward holds a permit of this throttle (for instance
+    /// `device.throttle().clone()`, or a `Throttle::new(Some(2))` of its own).
+    pub throttle: Option<Throttle>,
+}
+
+/// The original's adaptive mode: after each batch is taken, the limit is
+/// doubled when more than twice the limit is still waiting, and halved
+/// when fewer than half the limit are waiting and the batch's oldest
+/// request waited less than `target_latency` (light load: a smaller limit
+/// closes batches sooner instead of waiting out `max_queue_delay`).
+#[derive(Clone, Debug)]
+pub struct Adaptive {
+    pub min_batch_size: usize,
+    pub target_latency: Duration,
 }
 
 impl Default for BatcherConfig {
     /// The original's defaults: batch 8, 10 ms, one worker.
     fn default() -> Self {
-        BatcherConfig { max_batch_size: 8, max_queue_delay: Duration::from_millis(10), capacity: 4096, workers: 1, bucket_by_length: true, preferred_batch_sizes: Vec::new(), default_deadline: None }
+        BatcherConfig { max_batch_size: 8, max_queue_delay: Duration::from_millis(10), capacity: 4096, workers: 1, bucket_by_length: true, preferred_batch_sizes: Vec::new(), default_deadline: None, adaptive: None, throttle: None }
     }
 }
 
@@ -71,6 +88,12 @@ pub struct BatcherStats {
     pub mean_queue_wait: Duration,
     /// Mean forward time per batch.
     pub mean_compute: Duration,
+    /// Sum of queue waits over `completed - timed_out` requests.
+    pub total_queue_wait: Duration,
+    /// Sum of forward times over `batches` batches.
+    pub total_compute: Duration,
+    /// The batch limit now (`max_batch_size` unless adaptive).
+    pub batch_limit: usize,
 }
 
 struct Request<I, O> {
@@ -103,16 +126,24 @@ struct Shared<M: BatchModel> {
     state: Mutex<State<M::Input, M::Output>>,
     cv: Condvar,
     counters: Counters,
+    /// The batch limit (adaptive mode changes it). Relaxed: a tuning knob;
+    /// a stale read only makes one batch cut at the previous limit.
+    limit: AtomicUsize,
 }
 
 /// Dynamic batching over a [`BatchModel`].
 pub struct Batcher<M: BatchModel> {
     shared: Arc<Shared<M>>,
-    workers: Mutex<Vec<JoinHandle<()>>>,
+    workers: Workers,
 }
 
+/// Number of length buckets: bucket k holds lengths in (2^(k-1), 2^k].
+const BUCKETS: usize = usize::BITS as usize + 1;
+
+/// The power-of-two bucket of a length (0 for lengths 0 and 1); never
+/// overflows, unlike `next_power_of_two`.
 fn bucket(len: usize) -> usize {
-    len.max(1).next_power_of_two()
+    (usize::BITS - (len.max(1) - 1).leading_zeros()) as usize
 }
 
 impl<M: BatchModel> Batcher<M> {
@@ -122,6 +153,11 @@ impl<M: BatchModel> Batcher<M> {
         }
         if config.preferred_batch_sizes.iter().any(|&p| p == 0 || p > config.max_batch_size) {
             return Err(Error::InvalidArgument(format!("preferred batch sizes must be in 1..={}", config.max_batch_size)));
+        }
+        if let Some(a) = &config.adaptive {
+            if a.min_batch_size == 0 || a.min_batch_size > config.max_batch_size {
+                return Err(Error::InvalidArgument(format!("adaptive min_batch_size must be in 1..={}", config.max_batch_size)));
+            }
         }
         let counters = Counters {
             submitted: AtomicU64::new(0),
@@ -133,12 +169,12 @@ impl<M: BatchModel> Batcher<M> {
             compute_ns: AtomicU64::new(0),
             histogram: (0..config.max_batch_size).map(|_| AtomicU64::new(0)).collect(),
         };
-        let shared = Arc::new(Shared { model, config: config.clone(), state: Mutex::new(State { waiting: VecDeque::new(), accepting: true }), cv: Condvar::new(), counters });
+        let shared = Arc::new(Shared { model, config: config.clone(), state: Mutex::new(State { waiting: VecDeque::new(), accepting: true }), cv: Condvar::new(), counters, limit: AtomicUsize::new(config.max_batch_size) });
         let (ready_tx, ready_rx) = crate::sync::mpsc::channel::<Result<()>>();
-        let mut handles = Vec::new();
+        let workers = Workers::new();
         for i in 0..config.workers {
             let (sh, ready) = (shared.clone(), ready_tx.clone());
-            handles.push(spawn(move || {
+            workers.push(spawn(move || {
                 let mut w = match sh.model.worker(i) {
                     Ok(w) => {
                         let _ = ready.send(Ok(()));
@@ -156,7 +192,7 @@ impl<M: BatchModel> Batcher<M> {
             }));
         }
         drop(ready_tx);
-        let b = Batcher { shared, workers: Mutex::new(handles) };
+        let b = Batcher { shared, workers };
         for _ in 0..config.workers {
             match ready_rx.recv() {
                 Ok(Ok(())) => {}
@@ -178,7 +214,8 @@ impl<M: BatchModel> Batcher<M> {
         let sh = &self.shared;
         let len = sh.model.len(&input);
         let now = Instant::now();
-        let deadline = deadline.or(sh.config.default_deadline).map(|d| now + d);
+        let after = deadline.or(sh.config.default_deadline);
+        let deadline = after.map(|d| now + d);
         let mut st = lock(&sh.state);
         if !st.accepting {
             return Err(Error::ShutDown("the batcher is shut down".into()));
@@ -187,12 +224,16 @@ impl<M: BatchModel> Batcher<M> {
             sh.counters.rejected.fetch_add(1, Ordering::Relaxed);
             return Err(Error::Overloaded { capacity: sh.config.capacity });
         }
-        let (done, handle) = pair();
+        let (done, handle) = pair_with_deadline(deadline.zip(after));
         st.waiting.push_back(Request { input, len, arrived: now, deadline, done });
         // Relaxed: statistics; counted under the lock before any worker can
         // complete the request.
         sh.counters.submitted.fetch_add(1, Ordering::Relaxed);
-        let wake = st.waiting.len() == 1 || st.waiting.len() >= sh.config.max_batch_size;
+        // Wake a worker for a first request (it starts the delay clock) and
+        // whenever a bucket may have become full.
+        // (Relaxed limit: see `Shared::limit`; a stale value costs at most
+        // one extra or one late wake-up, and the delay timer still runs.)
+        let wake = st.waiting.len() == 1 || st.waiting.len() >= sh.limit.load(Ordering::Relaxed);
         drop(st);
         if wake {
             sh.cv.notify_all();
@@ -204,22 +245,25 @@ impl<M: BatchModel> Batcher<M> {
         self.submit_with_deadline(input, None)
     }
 
-    /// Submit and wait for this input's output.
+    /// Submit and wait for this input's output (or `Error::Timeout` at the
+    /// default deadline, if configured).
     pub fn infer(&self, input: M::Input) -> Result<M::Output> {
         self.submit(input)?.wait()
     }
 
-    /// Stop accepting; run everything accepted; join the workers. Idempotent.
+    /// Stop accepting; run everything accepted; join the workers (unless
+    /// called on a worker). Idempotent.
     pub fn shutdown(&self) {
         lock(&self.shared.state).accepting = false;
         self.shared.cv.notify_all();
-        for h in std::mem::take(&mut *lock(&self.workers)) {
-            let _ = h.join();
-        }
+        self.workers.join();
     }
 
     pub fn stats(&self) -> BatcherStats {
         let c = &self.shared.counters;
+        // Relaxed throughout: a snapshot of statistics, not a
+        // synchronisation point (counters may be from slightly different
+        // moments while requests are in flight).
         let batches = c.batches.load(Ordering::Relaxed);
         let hist: Vec<u64> = c.histogram.iter().map(|h| h.load(Ordering::Relaxed)).collect();
         let in_batches: u64 = hist.iter().enumerate().map(|(i, n)| (i as u64 + 1) * n).sum();
@@ -234,6 +278,9 @@ impl<M: BatchModel> Batcher<M> {
             mean_queue_wait: Duration::from_nanos(c.wait_ns.load(Ordering::Relaxed).checked_div(in_batches).unwrap_or(0)),
             mean_compute: Duration::from_nanos(c.compute_ns.load(Ordering::Relaxed).checked_div(batches).unwrap_or(0)),
             batch_size_histogram: hist,
+            total_queue_wait: Duration::from_nanos(c.wait_ns.load(Ordering::Relaxed)),
+            total_compute: Duration::from_nanos(c.compute_ns.load(Ordering::Relaxed)),
+            batch_limit: self.shared.limit.load(Ordering::Relaxed),
         }
     }
 }
@@ -245,23 +292,38 @@ impl<M: BatchModel> Drop for Batcher<M> {
 }
 
 /// Wait for and take the next batch; `None` when shut down and drained.
+///
+/// Policy: expired requests are answered `Timeout` first. Then the oldest
+/// request whose length bucket holds a full batch (`limit` requests) goes
+/// with its bucket-mates; failing that, once the oldest request has waited
+/// `max_queue_delay` (or at shutdown), its bucket goes as it is. Within a
+/// bucket requests leave in arrival order.
 fn next_batch<M: BatchModel>(sh: &Shared<M>) -> Option<Vec<Request<M::Input, M::Output>>> {
     let cfg = &sh.config;
     let mut st = lock(&sh.state);
     loop {
         // Expired requests get their Timeout now, whatever else happens.
         let now = Instant::now();
+        let mut earliest_deadline: Option<Instant> = None;
         let mut i = 0;
         while i < st.waiting.len() {
-            if st.waiting[i].deadline.is_some_and(|d| d <= now) {
-                if let Some(r) = st.waiting.remove(i) {
-                    sh.counters.timed_out.fetch_add(1, Ordering::Relaxed);
-                    sh.counters.completed.fetch_add(1, Ordering::Relaxed);
-                    let waited = now.saturating_duration_since(r.arrived);
-                    r.done.complete(Err(Error::Timeout(waited)));
+            match st.waiting[i].deadline {
+                Some(d) if d <= now => {
+                    if let Some(r) = st.waiting.remove(i) {
+                        // Relaxed: statistics.
+                        sh.counters.timed_out.fetch_add(1, Ordering::Relaxed);
+                        sh.counters.completed.fetch_add(1, Ordering::Relaxed);
+                        let waited = now.saturating_duration_since(r.arrived);
+                        r.done.complete(Err(Error::Timeout(waited)));
+                    }
                 }
-            } else {
-                i += 1;
+                d => {
+                    earliest_deadline = match (earliest_deadline, d) {
+                        (Some(a), Some(b)) => Some(a.min(b)),
+                        (a, b) => a.or(b),
+                    };
+                    i += 1;
+                }
             }
         }
         let Some(oldest) = st.waiting.front() else {
@@ -271,25 +333,38 @@ fn next_batch<M: BatchModel>(sh: &Shared<M>) -> Option<Vec<Request<M::Input, M::
             st = wait(&sh.cv, st);
             continue;
         };
-        let want = if cfg.bucket_by_length { Some(bucket(oldest.len)) } else { None };
-        let matching = st.waiting.iter().filter(|r| want.is_none_or(|b| bucket(r.len) == b)).count();
+        let key = |r: &Request<M::Input, M::Output>| if cfg.bucket_by_length { bucket(r.len) } else { 0 };
+        // Relaxed: see `Shared::limit` (written only under this lock anyway).
+        let limit = sh.limit.load(Ordering::Relaxed).clamp(1, cfg.max_batch_size);
+        let mut counts = [0usize; BUCKETS];
+        for r in &st.waiting {
+            counts[key(r)] += 1;
+        }
+        let full = st.waiting.iter().map(key).find(|&k| counts[k] >= limit);
         let full_at = oldest.arrived + cfg.max_queue_delay;
-        let earliest_deadline = st.waiting.iter().filter_map(|r| r.deadline).min();
-        if matching >= cfg.max_batch_size || !st.accepting || crate::sync::passed(full_at) {
-            let mut n = matching.min(cfg.max_batch_size);
+        let chosen = match full {
+            Some(k) => Some(k),
+            None if !st.accepting || crate::sync::passed(full_at) => Some(key(oldest)),
+            None => None,
+        };
+        if let Some(k) = chosen {
+            let mut n = counts[k].min(limit);
             if let Some(&p) = cfg.preferred_batch_sizes.iter().filter(|&&p| p <= n).max() {
                 n = p;
             }
             let mut batch = Vec::with_capacity(n);
             let mut j = 0;
             while batch.len() < n && j < st.waiting.len() {
-                if want.is_none_or(|b| bucket(st.waiting[j].len) == b) {
+                if key(&st.waiting[j]) == k {
                     if let Some(r) = st.waiting.remove(j) {
                         batch.push(r);
                     }
                 } else {
                     j += 1;
                 }
+            }
+            if let Some(a) = &cfg.adaptive {
+                adapt(sh, a, limit, st.waiting.len(), now.saturating_duration_since(batch[0].arrived));
             }
             return Some(batch);
         }
@@ -298,18 +373,37 @@ fn next_batch<M: BatchModel>(sh: &Shared<M>) -> Option<Vec<Request<M::Input, M::
     }
 }
 
+/// Adaptive mode's rule (see [`Adaptive`]), applied after a batch is taken.
+fn adapt<M: BatchModel>(sh: &Shared<M>, a: &Adaptive, limit: usize, still_waiting: usize, oldest_wait: Duration) {
+    let max = sh.config.max_batch_size;
+    let next = if still_waiting > 2 * limit {
+        (limit * 2).min(max)
+    } else if still_waiting < limit / 2 && oldest_wait < a.target_latency {
+        (limit / 2).max(a.min_batch_size)
+    } else {
+        limit
+    };
+    // Relaxed: see `Shared::limit`. Called under the state lock, so two
+    // workers never race on the update.
+    sh.limit.store(next, Ordering::Relaxed);
+}
+
 fn run_batch<M: BatchModel>(sh: &Shared<M>, w: &mut M::Worker, batch: Vec<Request<M::Input, M::Output>>) {
     let c = &sh.counters;
     let n = batch.len();
     let start = Instant::now();
     let mut inputs = Vec::with_capacity(n);
     let mut dones = Vec::with_capacity(n);
+    // Relaxed for every counter below: statistics. `completed` is added
+    // before any caller is answered, so it never exceeds `submitted`.
     for r in batch {
         c.wait_ns.fetch_add(start.saturating_duration_since(r.arrived).as_nanos() as u64, Ordering::Relaxed);
         inputs.push(r.input);
         dones.push(r.done);
     }
+    let permit = sh.config.throttle.as_ref().map(|t| t.acquire());
     let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| sh.model.forward(w, inputs)));
+    drop(permit);
     c.compute_ns.fetch_add(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
     c.batches.fetch_add(1, Ordering::Relaxed);
     c.histogram[n - 1].fetch_add(1, Ordering::Relaxed);

@@ -3,6 +3,10 @@
 //! worker's side). Owns the rule that every accepted request gets exactly
 //! one answer: a `Completer` dropped without answering answers with an error
 //! (NoStuckFutures), and a dropped `Handle` simply discards the answer.
+//! A handle may carry its request's deadline: a blocking wait then answers
+//! `Error::Timeout` at the deadline even if every worker is busy (the
+//! request is still expired or run by its worker later; that answer is
+//! discarded).
 
 use crate::sync::{lock, wait, wait_until, Arc, Condvar, Mutex};
 use braid_runtime::{Error, Result};
@@ -27,6 +31,8 @@ struct Slot<R> {
 #[must_use = "a handle is how the result comes back"]
 pub struct Handle<R> {
     slot: Arc<Slot<R>>,
+    /// The request's deadline and the duration it was set from.
+    deadline: Option<(Instant, Duration)>,
 }
 
 /// The worker's side of a request.
@@ -37,7 +43,14 @@ pub struct Completer<R> {
 /// A connected pair.
 pub fn pair<R>() -> (Completer<R>, Handle<R>) {
     let slot = Arc::new(Slot { state: Mutex::new(State { result: None, done: false, waker: None }), cv: Condvar::new() });
-    (Completer { slot: Some(slot.clone()) }, Handle { slot })
+    (Completer { slot: Some(slot.clone()) }, Handle { slot, deadline: None })
+}
+
+/// A connected pair whose handle gives up at `deadline` (set from `after`).
+pub(crate) fn pair_with_deadline<R>(deadline: Option<(Instant, Duration)>) -> (Completer<R>, Handle<R>) {
+    let (c, mut h) = pair();
+    h.deadline = deadline;
+    (c, h)
 }
 
 impl<R> Completer<R> {
@@ -69,8 +82,12 @@ impl<R> Drop for Completer<R> {
 }
 
 impl<R> Handle<R> {
-    /// Block until the answer arrives.
+    /// Block until the answer arrives (or the request's deadline passes,
+    /// if it has one: then `Error::Timeout`).
     pub fn wait(self) -> Result<R> {
+        if let Some((when, after)) = self.deadline {
+            return self.wait_until(when, after);
+        }
         let mut s = lock(&self.slot.state);
         while !s.done {
             s = wait(&self.slot.cv, s);
@@ -81,11 +98,20 @@ impl<R> Handle<R> {
     /// Block at most `timeout`; `Error::Timeout` after (the request itself
     /// goes on; its answer is then discarded).
     pub fn wait_timeout(self, timeout: Duration) -> Result<R> {
-        let deadline = Instant::now() + timeout;
+        let mut until = (Instant::now() + timeout, timeout);
+        if let Some(d) = self.deadline {
+            if d.0 < until.0 {
+                until = d;
+            }
+        }
+        self.wait_until(until.0, until.1)
+    }
+
+    fn wait_until(self, deadline: Instant, after: Duration) -> Result<R> {
         let mut s = lock(&self.slot.state);
         while !s.done {
             if crate::sync::passed(deadline) {
-                return Err(Error::Timeout(timeout));
+                return Err(Error::Timeout(after));
             }
             s = wait_until(&self.slot.cv, s, deadline);
         }
@@ -98,6 +124,9 @@ impl<R> Handle<R> {
     }
 }
 
+/// `.await` answers when the worker does: an expired request is answered
+/// with `Error::Timeout` by its worker (there is no timer here; wrap the
+/// future in your runtime's timeout for a caller-side one).
 impl<R> Future for Handle<R> {
     type Output = Result<R>;
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<R>> {

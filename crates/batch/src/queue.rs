@@ -10,7 +10,7 @@
 //! completed never exceeds submitted.
 
 use crate::handle::{pair, Completer, Handle};
-use crate::sync::{lock, spawn, wait, Arc, AtomicU64, Condvar, JoinHandle, Mutex, Ordering};
+use crate::sync::{lock, spawn, wait, Arc, AtomicU64, Condvar, Mutex, Ordering, Workers};
 use braid_runtime::{Error, Result};
 use std::collections::VecDeque;
 
@@ -69,7 +69,7 @@ struct Shared<J, R> {
 /// A thread-safe queue of jobs run by worker threads.
 pub struct BatchQueue<J: Send + 'static, R: Send + 'static> {
     shared: Arc<Shared<J, R>>,
-    workers: Mutex<Vec<JoinHandle<()>>>,
+    workers: Workers,
 }
 
 impl<J: Send + 'static, R: Send + 'static> BatchQueue<J, R> {
@@ -99,10 +99,10 @@ impl<J: Send + 'static, R: Send + 'static> BatchQueue<J, R> {
         let factory = Arc::new(factory);
         let run = Arc::new(run);
         let (ready_tx, ready_rx) = crate::sync::mpsc::channel::<Result<()>>();
-        let mut handles = Vec::new();
+        let workers = Workers::new();
         for i in 0..config.workers {
             let (shared, factory, run, ready) = (shared.clone(), factory.clone(), run.clone(), ready_tx.clone());
-            handles.push(spawn(move || {
+            workers.push(spawn(move || {
                 let mut ctx = match factory(i) {
                     Ok(c) => {
                         let _ = ready.send(Ok(()));
@@ -118,7 +118,7 @@ impl<J: Send + 'static, R: Send + 'static> BatchQueue<J, R> {
             }));
         }
         drop(ready_tx);
-        let q = BatchQueue { shared, workers: Mutex::new(handles) };
+        let q = BatchQueue { shared, workers };
         for _ in 0..config.workers {
             match ready_rx.recv() {
                 Ok(Ok(())) => {}
@@ -171,7 +171,9 @@ impl<J: Send + 'static, R: Send + 'static> BatchQueue<J, R> {
     }
 
     /// Stop accepting; wait until every accepted job has run and the workers
-    /// have exited. Idempotent.
+    /// have exited. Idempotent. Called from inside a job (on a worker), it
+    /// stops accepting and returns without waiting: the workers drain and
+    /// exit on their own.
     pub fn shutdown(&self) {
         {
             let mut st = lock(&self.shared.state);
@@ -179,14 +181,14 @@ impl<J: Send + 'static, R: Send + 'static> BatchQueue<J, R> {
         }
         self.shared.not_empty.notify_all();
         self.shared.not_full.notify_all();
-        let handles = std::mem::take(&mut *lock(&self.workers));
-        for h in handles {
-            let _ = h.join();
-        }
+        self.workers.join();
     }
 
     pub fn stats(&self) -> QueueStats {
         let s = &self.shared;
+        // Relaxed: a snapshot of statistics, not a synchronisation point;
+        // counters read one after another may be from slightly different
+        // moments (hence the saturating `pending`).
         let submitted = s.submitted.load(Ordering::Relaxed);
         let completed = s.completed.load(Ordering::Relaxed);
         QueueStats { submitted, completed, rejected: s.rejected.load(Ordering::Relaxed), panicked: s.panicked.load(Ordering::Relaxed), pending: submitted.saturating_sub(completed) }
@@ -217,6 +219,7 @@ fn worker_loop<J, R, W>(sh: &Shared<J, R>, ctx: &mut W, run: &(dyn Fn(&mut W, J)
         let r = match r {
             Ok(v) => Ok(v),
             Err(p) => {
+                // Relaxed: statistic.
                 sh.panicked.fetch_add(1, Ordering::Relaxed);
                 Err(Error::JobPanicked(braid_runtime::panic_message(&p)))
             }

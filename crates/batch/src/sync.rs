@@ -61,3 +61,41 @@ pub fn passed(deadline: std::time::Instant) -> bool {
         std::time::Instant::now() >= deadline
     }
 }
+
+/// The worker threads of one queue or batcher, so that `shutdown` called on
+/// a worker itself (a job dropping the last `Arc` to its own queue) does not
+/// join its own thread: it stops accepting and lets the workers finish on
+/// their own instead.
+#[derive(Default)]
+pub struct Workers {
+    handles: Mutex<Vec<JoinHandle<()>>>,
+    #[cfg(not(loom))]
+    ids: std::sync::Mutex<Vec<std::thread::ThreadId>>,
+}
+
+impl Workers {
+    pub fn new() -> Self {
+        Workers { handles: Mutex::new(Vec::new()), #[cfg(not(loom))] ids: std::sync::Mutex::new(Vec::new()) }
+    }
+
+    pub fn push(&self, h: JoinHandle<()>) {
+        #[cfg(not(loom))]
+        self.ids.lock().unwrap_or_else(|p| p.into_inner()).push(h.thread().id());
+        lock(&self.handles).push(h);
+    }
+
+    /// Join every worker, unless called on one of them (then detach them).
+    pub fn join(&self) {
+        #[cfg(not(loom))]
+        {
+            let me = std::thread::current().id();
+            if self.ids.lock().unwrap_or_else(|p| p.into_inner()).contains(&me) {
+                return;
+            }
+        }
+        let handles = std::mem::take(&mut *lock(&self.handles));
+        for h in handles {
+            let _ = h.join();
+        }
+    }
+}

@@ -4,10 +4,10 @@
 //! including mixed lengths; bucketing, preferred sizes, deadlines, overload,
 //! shutdown under load, 256 concurrent callers, model errors and panics.
 
-use braid_batch::{BatchModel, Batcher, BatcherConfig};
+use braid_batch::{Adaptive, BatchModel, Batcher, BatcherConfig};
 use braid_runtime::{Error, Result};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 /// Output for input v: (sum of v, len of v, batch size it ran in). Pads
@@ -18,6 +18,42 @@ struct Sum {
     batches: Mutex<Vec<(usize, usize, usize)>>,
     delay: Duration,
     fail_on: Option<f32>,
+    /// A batch holding an input that starts with `GATE` waits here until
+    /// the test opens it (so tests queue requests behind a busy worker
+    /// without relying on timing).
+    gate: Gate,
+}
+
+const GATE: f32 = -7.0;
+
+#[derive(Default)]
+struct Gate {
+    open: Mutex<bool>,
+    cv: Condvar,
+    /// A gated forward is running.
+    entered: Mutex<bool>,
+    entered_cv: Condvar,
+}
+
+impl Gate {
+    fn pass(&self) {
+        *self.entered.lock().unwrap() = true;
+        self.entered_cv.notify_all();
+        let mut o = self.open.lock().unwrap();
+        while !*o {
+            o = self.cv.wait(o).unwrap();
+        }
+    }
+    fn wait_entered(&self) {
+        let mut e = self.entered.lock().unwrap();
+        while !*e {
+            e = self.entered_cv.wait(e).unwrap();
+        }
+    }
+    fn open(&self) {
+        *self.open.lock().unwrap() = true;
+        self.cv.notify_all();
+    }
 }
 
 impl BatchModel for Sum {
@@ -32,6 +68,9 @@ impl BatchModel for Sum {
     }
     fn forward(&self, _: &mut (), xs: Vec<Vec<f32>>) -> Result<Vec<(f32, usize, usize)>> {
         std::thread::sleep(self.delay);
+        if xs.iter().any(|x| x.first() == Some(&GATE)) {
+            self.gate.pass();
+        }
         let longest = xs.iter().map(|x| x.len()).max().unwrap_or(0);
         let shortest = xs.iter().map(|x| x.len()).min().unwrap_or(0);
         self.batches.lock().unwrap().push((xs.len(), longest, shortest));
@@ -77,7 +116,6 @@ fn batched_equals_unbatched_for_256_callers_with_mixed_lengths() {
     });
     let st = b.stats();
     assert_eq!((st.submitted, st.completed), (2560, 2560));
-    assert!(st.mean_batch_size > 1.0, "256 concurrent callers should share batches: {st:?}");
     // Bucketing: no batch mixes lengths from different power-of-two buckets.
     for &(n, longest, shortest) in model.batches.lock().unwrap().iter() {
         assert!(n <= 32);
@@ -87,18 +125,66 @@ fn batched_equals_unbatched_for_256_callers_with_mixed_lengths() {
 }
 
 #[test]
-fn waits_for_delay_or_full_batch_and_honours_preferred_sizes() {
+fn requests_queued_behind_a_busy_worker_share_one_batch() {
     let model = Arc::new(Sum::default());
-    let b = Batcher::new(model.clone(), BatcherConfig { max_batch_size: 8, max_queue_delay: Duration::from_millis(200), preferred_batch_sizes: vec![4], ..Default::default() }).unwrap();
+    let b = Batcher::new(model.clone(), BatcherConfig { max_batch_size: 8, max_queue_delay: Duration::from_secs(60), ..Default::default() }).unwrap();
+    // Shutdown (at the end) drains at once, so the 60 s delay is never waited out.
+    let gated: Vec<_> = (0..8).map(|i| b.submit(if i == 0 { vec![GATE] } else { vec![i as f32] }).unwrap()).collect();
+    model.gate.wait_entered();
+    let hs: Vec<_> = (0..20).map(|i| b.submit(vec![100.0 + i as f32]).unwrap()).collect();
+    model.gate.open();
+    let mut hs = hs.into_iter();
+    // Two full batches go at once; the last 4 wait for the delay...
+    for (i, h) in hs.by_ref().take(16).enumerate() {
+        assert_eq!(h.wait().unwrap().0, 100.0 + i as f32);
+    }
+    // ...which shutdown cuts short.
+    b.shutdown();
+    for (i, h) in hs.enumerate() {
+        assert_eq!(h.wait().unwrap().0, 116.0 + i as f32);
+    }
+    for h in gated {
+        h.wait().unwrap();
+    }
+    let sizes: Vec<usize> = model.batches.lock().unwrap().iter().map(|b| b.0).collect();
+    // 8 gated, then the 20 queued behind it: two full batches, then the
+    // remaining 4 at shutdown.
+    assert_eq!(sizes, vec![8, 8, 8, 4]);
+    let st = b.stats();
+    assert_eq!(st.batch_size_histogram[7], 3);
+    assert_eq!(st.mean_batch_size, 28.0 / 4.0);
+}
+
+#[test]
+fn full_batches_are_cut_to_preferred_sizes_and_a_lone_request_goes_after_the_delay() {
+    let model = Arc::new(Sum::default());
+    let b = Batcher::new(model.clone(), BatcherConfig { max_batch_size: 8, max_queue_delay: Duration::from_secs(60), preferred_batch_sizes: vec![4], ..Default::default() }).unwrap();
     let hs: Vec<_> = (0..8).map(|i| b.submit(vec![i as f32]).unwrap()).collect();
+    // The first 4 leave as soon as 8 are waiting; the other 4 wait out the
+    // delay, cut short by shutdown.
+    b.shutdown();
     for (i, h) in hs.into_iter().enumerate() {
         assert_eq!(h.wait().unwrap().0, i as f32);
     }
-    // 8 arrived at once (a full batch), cut to the preferred 4: two batches.
     let sizes: Vec<usize> = model.batches.lock().unwrap().iter().map(|b| b.0).collect();
     assert_eq!(sizes, vec![4, 4]);
     // A lone request still goes after max_queue_delay.
+    let b = Batcher::new(Arc::new(Sum::default()), BatcherConfig { max_batch_size: 8, max_queue_delay: Duration::from_millis(5), ..Default::default() }).unwrap();
     assert_eq!(b.infer(vec![5.0]).unwrap(), (5.0, 1, 1));
+}
+
+#[test]
+fn a_full_bucket_does_not_wait_behind_an_older_request_of_another_bucket() {
+    let model = Arc::new(Sum::default());
+    let b = Batcher::new(model.clone(), BatcherConfig { max_batch_size: 4, max_queue_delay: Duration::from_secs(60), ..Default::default() }).unwrap();
+    let long = b.submit(vec![1.0; 100]).unwrap();
+    let short: Vec<_> = (0..4).map(|i| b.submit(vec![i as f32, 1.0]).unwrap()).collect();
+    for (i, h) in short.into_iter().enumerate() {
+        assert_eq!(h.wait().unwrap(), (i as f32 + 1.0, 2, 4));
+    }
+    assert!(!long.is_ready(), "the lone long request waits for company (or the 60 s delay)");
+    b.shutdown();
+    assert_eq!(long.wait().unwrap(), (100.0, 100, 1));
 }
 
 #[test]
@@ -111,7 +197,71 @@ fn expired_requests_get_timeout() {
     let second = b.submit_with_deadline(vec![2.0], Some(Duration::from_millis(10))).unwrap();
     assert_eq!(first.wait().unwrap().0, 1.0);
     assert!(matches!(second.wait(), Err(Error::Timeout(_))));
-    assert_eq!(b.stats().timed_out, 1);
+    b.shutdown();
+    assert_eq!(b.stats().timed_out, 1, "the worker answered the expired request with Timeout too");
+    assert_eq!(model_batches(&b), 1, "the expired request never ran");
+}
+
+fn model_batches(b: &Batcher<Sum>) -> u64 {
+    b.stats().batches
+}
+
+#[test]
+fn the_caller_gets_timeout_at_its_deadline_while_the_worker_is_busy() {
+    let model = Arc::new(Sum::default());
+    let b = Batcher::new(model.clone(), BatcherConfig { max_batch_size: 1, max_queue_delay: Duration::ZERO, ..Default::default() }).unwrap();
+    let busy = b.submit(vec![GATE]).unwrap();
+    model.gate.wait_entered();
+    // The worker is held until this caller's deadline has passed: only the
+    // caller-side deadline can answer it.
+    let late = b.submit_with_deadline(vec![2.0], Some(Duration::from_millis(10))).unwrap();
+    assert!(matches!(late.wait(), Err(Error::Timeout(d)) if d == Duration::from_millis(10)));
+    model.gate.open();
+    busy.wait().unwrap();
+    b.shutdown();
+    let st = b.stats();
+    assert_eq!((st.timed_out, st.batches, st.completed, st.submitted), (1, 1, 2, 2));
+}
+
+#[test]
+fn adaptive_limit_halves_under_light_load_and_doubles_under_a_backlog() {
+    let model = Arc::new(Sum::default());
+    let cfg = BatcherConfig { max_batch_size: 16, max_queue_delay: Duration::ZERO, adaptive: Some(Adaptive { min_batch_size: 2, target_latency: Duration::from_secs(600) }), ..Default::default() };
+    let b = Batcher::new(model.clone(), cfg).unwrap();
+    for i in 0..4 {
+        b.infer(vec![i as f32]).unwrap(); // alone each time: 16 -> 8 -> 4 -> 2 -> 2
+    }
+    assert_eq!(b.stats().batch_limit, 2);
+    let busy = b.submit(vec![GATE]).unwrap();
+    model.gate.wait_entered();
+    let hs: Vec<_> = (0..20).map(|i| b.submit(vec![i as f32]).unwrap()).collect();
+    model.gate.open();
+    busy.wait().unwrap();
+    for (i, h) in hs.into_iter().enumerate() {
+        assert_eq!(h.wait().unwrap().0, i as f32);
+    }
+    let sizes: Vec<usize> = model.batches.lock().unwrap().iter().map(|b| b.0).collect();
+    // backlog 20 at limit 2: 2 (18 left > 4: double), 4 (14 > 8: double), 8, then the last 6.
+    assert_eq!(sizes, vec![1, 1, 1, 1, 1, 2, 4, 8, 6]);
+    assert_eq!(b.stats().batch_limit, 4);
+}
+
+#[test]
+fn throttle_is_held_around_each_forward() {
+    let t = braid_runtime::Throttle::new(Some(1));
+    let b = Batcher::new(Arc::new(Sum::default()), BatcherConfig { workers: 3, max_queue_delay: Duration::ZERO, throttle: Some(t.clone()), ..Default::default() }).unwrap();
+    std::thread::scope(|s| {
+        for c in 0..8 {
+            let b = &b;
+            s.spawn(move || {
+                for i in 0..20 {
+                    let x = input(c, i);
+                    assert_eq!(b.infer(x.clone()).unwrap().0, x.iter().sum::<f32>());
+                }
+            });
+        }
+    });
+    assert_eq!((t.in_flight(), t.peak()), (0, 1));
 }
 
 #[test]

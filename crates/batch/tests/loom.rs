@@ -5,9 +5,11 @@
 //! exceeds submitted (NoStuckFutures, StopDrains,
 //! CompletedNeverExceedsSubmitted). Run:
 //! `RUSTFLAGS="--cfg loom" cargo test -p braid-batch --release --test loom -- --nocapture`
+//! (preemption bound 3 by default; `LOOM_MAX_PREEMPTIONS=N` overrides it).
+//! Each model prints how many interleavings it explored.
 #![cfg(loom)]
 
-use braid_batch::{BatchQueue, QueueConfig, WhenFull};
+use braid_batch::{BatchQueue, Handle, QueueConfig, WhenFull};
 use braid_runtime::Error;
 use loom::sync::atomic::{AtomicUsize, Ordering};
 use loom::sync::Arc;
@@ -17,7 +19,8 @@ fn explore(name: &str, bound: usize, f: impl Fn() + Sync + Send + 'static) {
     let runs = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let r = runs.clone();
     let mut b = loom::model::Builder::new();
-    b.preemption_bound = Some(bound);
+    // Builder::new reads LOOM_MAX_PREEMPTIONS; keep it if set.
+    let bound = *b.preemption_bound.get_or_insert(bound);
     b.check(move || {
         r.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         f()
@@ -87,5 +90,126 @@ fn dropped_handle_does_not_wedge() {
         t.join().unwrap();
         q.shutdown();
         assert_eq!(q.stats().completed, 2);
+    });
+}
+
+/// Poll `f` until ready, parking on a loom `Notify` that its waker signals
+/// (loom's own `block_on` needs its `futures` feature).
+fn block_on<F: std::future::Future + Unpin>(mut f: F) -> F::Output {
+    struct Wake(loom::sync::Notify);
+    impl std::task::Wake for Wake {
+        fn wake(self: std::sync::Arc<Self>) {
+            self.0.notify();
+        }
+    }
+    let w = std::sync::Arc::new(Wake(loom::sync::Notify::new()));
+    let waker = std::task::Waker::from(w.clone());
+    let mut cx = std::task::Context::from_waker(&waker);
+    loop {
+        if let std::task::Poll::Ready(v) = std::pin::Pin::new(&mut f).poll(&mut cx) {
+            return v;
+        }
+        w.0.wait();
+    }
+}
+
+/// The async hand-off: a caller awaiting its handle (loom's `block_on`,
+/// which parks until woken) while the worker completes it: the waker slot
+/// never loses the wake-up.
+#[test]
+fn awaited_handle_is_woken() {
+    explore("batch queue: .await vs completion", 3, || {
+        let q = BatchQueue::new(QueueConfig::default(), |_| Ok(()), |_, x: usize| x + 1).unwrap();
+        let h: Handle<usize> = q.submit(4).unwrap();
+        assert_eq!(block_on(h).unwrap(), 5);
+        q.shutdown();
+    });
+}
+
+/// Two callers on a queue of capacity 1 that rejects when full: each gets
+/// its own result or `Overloaded`; exactly the accepted jobs run; the
+/// rejected counter matches.
+#[test]
+fn reject_when_full_is_run_or_overloaded() {
+    explore("batch queue: reject when full", 3, || {
+        let ran = Arc::new(AtomicUsize::new(0));
+        let r = ran.clone();
+        let q = Arc::new(BatchQueue::new(QueueConfig { workers: 1, capacity: 1, when_full: WhenFull::Reject }, |_| Ok(()), move |_, x: usize| {
+            r.fetch_add(1, Ordering::SeqCst);
+            x * 10
+        }).unwrap());
+        let call = |q: &BatchQueue<usize, usize>, x: usize| match q.submit(x) {
+            Ok(h) => {
+                assert_eq!(h.wait().unwrap(), x * 10);
+                1
+            }
+            Err(Error::Overloaded { capacity: 1 }) => 0,
+            Err(e) => panic!("{e}"),
+        };
+        let q2 = q.clone();
+        let t = thread::spawn(move || call(&q2, 2));
+        let accepted = call(&q, 1) + t.join().unwrap();
+        q.shutdown();
+        assert!(accepted >= 1, "the queue was empty for at least the first submit");
+        assert_eq!(ran.load(Ordering::SeqCst), accepted);
+        let st = q.stats();
+        assert_eq!((st.submitted as usize, st.rejected as usize, st.completed as usize), (accepted, 2 - accepted, accepted));
+    });
+}
+
+/// Shutdown racing a caller that submits two jobs before waiting: every
+/// accepted job runs once and answers its caller; once one submit is
+/// refused, so is every later one.
+#[test]
+fn two_jobs_across_shutdown() {
+    explore("batch queue: 2 jobs vs shutdown", 3, || {
+        let ran = Arc::new(AtomicUsize::new(0));
+        let r = ran.clone();
+        let q = Arc::new(BatchQueue::new(QueueConfig::default(), |_| Ok(()), move |_, x: usize| {
+            r.fetch_add(1, Ordering::SeqCst);
+            x + 100
+        }).unwrap());
+        let q2 = q.clone();
+        let submitter = thread::spawn(move || {
+            let a = q2.submit(1);
+            let b = q2.submit(2);
+            assert!(!(a.is_err() && b.is_ok()), "accepted after a refusal");
+            let mut accepted = 0;
+            for (x, h) in [(1, a), (2, b)] {
+                match h {
+                    Ok(h) => {
+                        assert_eq!(h.wait().unwrap(), x + 100);
+                        accepted += 1;
+                    }
+                    Err(Error::ShutDown(_)) => {}
+                    Err(e) => panic!("{e}"),
+                }
+            }
+            accepted
+        });
+        q.shutdown();
+        let accepted = submitter.join().unwrap();
+        assert_eq!(ran.load(Ordering::SeqCst), accepted);
+        assert_eq!(q.stats().completed as usize, accepted);
+    });
+}
+
+/// Two workers, two concurrent callers: each job runs once, on either
+/// worker, and its result reaches its own caller.
+#[test]
+fn two_workers_two_callers() {
+    explore("batch queue: 2 workers, 2 callers", 2, || {
+        let ran = Arc::new(AtomicUsize::new(0));
+        let r = ran.clone();
+        let q = Arc::new(BatchQueue::new(QueueConfig { workers: 2, capacity: 2, when_full: WhenFull::Block }, |i| Ok(i), move |_, x: usize| {
+            r.fetch_add(1, Ordering::SeqCst);
+            x * 10
+        }).unwrap());
+        let q2 = q.clone();
+        let t = thread::spawn(move || q2.run(2).unwrap());
+        assert_eq!(q.run(1).unwrap(), 10);
+        assert_eq!(t.join().unwrap(), 20);
+        q.shutdown();
+        assert_eq!(ran.load(Ordering::SeqCst), 2);
     });
 }

@@ -145,7 +145,7 @@ fn dropped_handles_do_not_wedge_workers() {
 fn factory_error_is_returned_and_worker_context_is_per_worker() {
     let r: Result<BatchQueue<u8, u8>> = BatchQueue::new(QueueConfig::default(), |_| -> Result<()> { Err(Error::InvalidArgument("no stream".into())) }, |_, x| x);
     assert!(matches!(r, Err(Error::InvalidArgument(_))));
-    let q: BatchQueue<(), usize> = BatchQueue::new(QueueConfig { workers: 3, ..Default::default() }, |i| Ok(i), |ctx: &mut usize, ()| *ctx).unwrap();
+    let q: BatchQueue<(), usize> = BatchQueue::new(QueueConfig { workers: 3, ..Default::default() }, Ok, |ctx: &mut usize, ()| *ctx).unwrap();
     let mut seen = std::collections::BTreeSet::new();
     for _ in 0..200 {
         seen.insert(q.run(()).unwrap());
@@ -171,13 +171,16 @@ fn handles_are_futures() {
 
 #[test]
 fn wait_timeout_times_out_then_the_job_still_runs() {
-    let q: BatchQueue<u64, u64> = BatchQueue::new(QueueConfig::default(), |_| Ok(()), |_, x| {
-        std::thread::sleep(Duration::from_millis(50));
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let rx = std::sync::Mutex::new(rx);
+    let q: BatchQueue<u64, u64> = BatchQueue::new(QueueConfig::default(), |_| Ok(()), move |_, x| {
+        let _ = rx.lock().unwrap().recv(); // held until the wait has timed out
         x
     })
     .unwrap();
     let h = q.submit(1).unwrap();
     assert!(matches!(h.wait_timeout(Duration::from_millis(1)), Err(Error::Timeout(_))));
+    tx.send(()).unwrap();
     q.shutdown();
     assert_eq!(q.stats().completed, 1);
 }
@@ -220,4 +223,74 @@ fn pipeline_over_real_events() {
     }
     got.extend(p.drain().unwrap());
     assert_eq!(got, (0..10).collect::<Vec<_>>());
+}
+
+#[test]
+fn block_when_full_waits_for_room_then_runs_everything() {
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let rx = std::sync::Mutex::new(rx);
+    let q: BatchQueue<u32, u32> = BatchQueue::new(QueueConfig { workers: 1, capacity: 1, when_full: WhenFull::Block }, |_| Ok(()), move |_, x: u32| {
+        if x == 0 {
+            let _ = rx.lock().unwrap().recv(); // held until the test sends
+        }
+        x + 1
+    })
+    .unwrap();
+    std::thread::scope(|s| {
+        let first = q.submit(0).unwrap();
+        // These block while the worker is held and the one slot is taken;
+        // they all get through once it is released.
+        let blocked: Vec<_> = (1..6).map(|i| {
+            let q = &q;
+            s.spawn(move || q.run(i).unwrap())
+        }).collect();
+        tx.send(()).unwrap();
+        assert_eq!(first.wait().unwrap(), 1);
+        let mut got: Vec<u32> = blocked.into_iter().map(|h| h.join().unwrap()).collect();
+        got.sort();
+        assert_eq!(got, vec![2, 3, 4, 5, 6]);
+    });
+    assert_eq!(q.stats().rejected, 0);
+}
+
+#[test]
+fn shutdown_or_last_drop_inside_a_job_does_not_deadlock() {
+    type Slot = std::sync::Mutex<Option<Arc<BatchQueue<u32, u32>>>>;
+    let slot: Arc<Slot> = Arc::default();
+    let s2 = slot.clone();
+    let q = Arc::new(
+        BatchQueue::new(QueueConfig::default(), |_| Ok(()), move |_, x: u32| {
+            if x == 1 {
+                // The job takes the last reference to its own queue and drops it.
+                let q = s2.lock().unwrap().take().unwrap();
+                q.shutdown();
+                drop(q);
+            }
+            x
+        })
+        .unwrap(),
+    );
+    *slot.lock().unwrap() = Some(q.clone());
+    let h = q.submit(1).unwrap();
+    drop(q);
+    assert_eq!(h.wait().unwrap(), 1);
+}
+
+#[test]
+fn a_future_awaited_before_its_job_finishes_is_woken() {
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let rx = std::sync::Mutex::new(rx);
+    let q: BatchQueue<u32, u32> = BatchQueue::new(QueueConfig::default(), |_| Ok(()), move |_, x| {
+        let _ = rx.lock().unwrap().recv();
+        x * 3
+    })
+    .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let h = q.submit(7).unwrap();
+    let release = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(20)); // usually after the first poll; correct either way
+        tx.send(()).unwrap();
+    });
+    assert_eq!(rt.block_on(h).unwrap(), 21);
+    release.join().unwrap();
 }
