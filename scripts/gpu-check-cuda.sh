@@ -9,7 +9,8 @@
 # Runs every backend::cuda test (kernels vs the CPU f64 reference, OOM, graph
 # replay, events, kernel cache), then the sticky-error test alone in its own
 # process (it poisons the context), then compute-sanitizer memcheck over the
-# kernel tests when it is installed. Logs go to OUT_DIR.
+# kernel tests when it is installed, then (if staged) `braid check --device
+# cuda` and the pool stress tests on CUDA streams. Logs go to OUT_DIR.
 set -uo pipefail
 
 if [[ "${1:-}" == "--stage" ]]; then
@@ -54,6 +55,17 @@ if command -v compute-sanitizer >/dev/null && [[ "${SANITIZE:-1}" == 1 ]]; then
         compute-sanitizer --tool racecheck --racecheck-report all "$t" "$f" --test-threads=1 >"$out/racecheck-$f.log" 2>&1 || status=1
         grep -E "RACECHECK SUMMARY" "$out/racecheck-$f.log" | sed "s/^/$f: /" | tee -a "$out/cuda-racecheck-summary.log"
     done
+fi
+# The whole-system checks, when a braid binary and the stress-test binary are
+# staged too (cp target/release/braid BIN_DIR/; the stress binary from
+# `cargo test --release -p braid-runtime --test stress --no-run`, as BIN_DIR/stress).
+if [[ -x "$bin_dir/braid" ]]; then
+    echo "== braid check --device cuda (every op and module vs f64, MiniLM if installed, 16 threads x 200 forwards)"
+    "$bin_dir/braid" check --device cuda 2>&1 | tee "$out/cuda-braid-check.log" | tail -3 || status=1
+fi
+if [[ -x "$bin_dir/stress" ]]; then
+    echo "== pool exhaustion and thread churn on real CUDA streams"
+    BRAID_TEST_DEVICE=cuda "$bin_dir/stress" --nocapture --test-threads 1 2>&1 | tee "$out/cuda-stress.log" | grep -E "leaked|test result" || status=1
 fi
 if [[ "${BENCH:-1}" == 1 ]]; then
     echo "== bench (mlp, batch 1)"
