@@ -35,10 +35,12 @@ fn event_orders_streams_and_times_out() {
     let ev = Event::new_on(&a, true).unwrap();
     let start = Event::new_on(&a, true).unwrap();
     start.record(&a).unwrap();
+    // SAFETY: the block is at least as large as the buffer and outlives the copy (h2d stages its source, d2h waits).
     unsafe { a.raw().h2d(&[9u8; 16], buf.ptr()).unwrap() };
     ev.record(&a).unwrap();
     b.wait_event(&ev).unwrap();
     let mut out = [0u8; 16];
+    // SAFETY: the block is at least as large as the buffer and outlives the copy (h2d stages its source, d2h waits).
     unsafe { b.raw().d2h(buf.ptr(), &mut out).unwrap() };
     assert_eq!(out, [9u8; 16]);
     assert!(ev.query().unwrap());
@@ -121,6 +123,7 @@ fn shutdown_with_streams_held_elsewhere() {
                 let mut late_errors = 0;
                 while !stop.load(Ordering::SeqCst) {
                     // A held stream stays valid; new device calls are refused.
+                    // SAFETY: the block is at least as large as the buffer and outlives the copy (h2d stages its source, d2h waits).
                     unsafe { s.raw().h2d(&[1u8; 64], b.ptr()).unwrap() };
                     s.synchronize().unwrap();
                     if let Err(Error::DeviceShutDown(_)) = dev.alloc(64, &s) {
@@ -149,6 +152,7 @@ fn dropping_device_with_work_in_flight() {
         let s = dev.current_stream().unwrap();
         let b = dev.alloc(1 << 16, &s).unwrap();
         for _ in 0..10 {
+            // SAFETY: the block is at least as large as the buffer and outlives the copy (h2d stages its source, d2h waits).
             unsafe { s.raw().h2d(&vec![3u8; 1 << 16], b.ptr()).unwrap() };
         }
         // Drop the device first, then the block and the stream, work still queued.
@@ -187,9 +191,11 @@ fn forked_child_gets_a_clear_error() {
             Err(Error::ForkedChild) => 0,
             _ => 1,
         };
+        // SAFETY: _exit in the forked child ends it without running the parent's destructors.
         unsafe { libc::_exit(code) };
     }
     let mut status = 0;
+    // SAFETY: pid is our child and status a valid out-pointer.
     unsafe { libc::waitpid(pid, &mut status, 0) };
     assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "child did not see ForkedChild");
     assert!(dev.current_stream().is_ok(), "the parent is unaffected");
@@ -204,6 +210,7 @@ fn graph_capture_unsupported_on_cpu_is_an_error_and_stream_stays_usable() {
     assert!(matches!(r, Err(Error::Unsupported { .. })), "{:?}", r.err());
     assert!(cache.is_empty());
     let b = dev.alloc(8, &s).unwrap();
+    // SAFETY: the block is at least as large as the buffer and outlives the copy (h2d stages its source, d2h waits).
     unsafe { s.raw().h2d(&[1u8; 8], b.ptr()).unwrap() };
     s.synchronize().unwrap();
 }
@@ -221,6 +228,7 @@ fn process_exit_with_threads_alive() {
                 let s = dev.current_stream().unwrap();
                 let b = dev.alloc(1 << 16, &s).unwrap();
                 loop {
+                    // SAFETY: the block is at least as large as the buffer and outlives the copy (h2d stages its source, d2h waits).
                     unsafe { s.raw().h2d(&vec![5u8; 1 << 16], b.ptr()).unwrap() };
                 }
             });

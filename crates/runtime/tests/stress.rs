@@ -62,6 +62,7 @@ fn wait_mode_64_threads_8_slots() {
                     unsafe { stream.raw().h2d(&v, block.ptr()).unwrap() };
                     stream.synchronize().unwrap();
                     if c % 100 == 0 {
+                        // SAFETY: the block is at least as large as the buffer and outlives the copy (h2d stages its source, d2h waits).
                         unsafe { stream.raw().d2h(block.ptr(), &mut back).unwrap() };
                         assert_eq!(back, v, "thread {t} cycle {c} saw another thread's data");
                     }
