@@ -80,25 +80,32 @@ fn wait_mode_64_threads_8_slots() {
     eprintln!("wait mode: 64 threads x {cycles} cycles on 8-stream pool, max bound {}, slots leaked 0", max_bound.load(Ordering::Relaxed));
 }
 
-/// 10,000 short-lived threads: the thread-local destructor returns each slot.
-#[test]
-fn churn_10000_threads_no_leak() {
-    let dev = device(8, ExhaustionPolicy::WaitForever, Assignment::Exclusive);
-    let n = scale(10_000);
-    let done = AtomicUsize::new(0);
-    // Batches of 16 concurrent threads, so the pool (7 slots) is contended.
+/// `n` short-lived threads, in batches of 16 at once (so a 7-slot pool is
+/// contended), each binding a stream, synchronising it and calling `each`.
+fn churn(dev: &Device, n: usize, each: impl Fn(&braid_runtime::Stream) + Sync) {
     for _ in 0..n.div_ceil(16) {
         std::thread::scope(|s| {
             for _ in 0..16 {
                 s.spawn(|| {
                     let st = dev.current_stream().unwrap();
                     st.synchronize().unwrap();
-                    done.fetch_add(1, Ordering::Relaxed);
-                    // no explicit release: thread exit must give the slot back
+                    each(&st);
                 });
             }
         });
     }
+}
+
+/// 10,000 short-lived threads: the thread-local destructor returns each slot.
+#[test]
+fn churn_10000_threads_no_leak() {
+    let dev = device(8, ExhaustionPolicy::WaitForever, Assignment::Exclusive);
+    let n = scale(10_000);
+    let done = AtomicUsize::new(0);
+    // No explicit release: thread exit must give each slot back.
+    churn(&dev, n, |_| {
+        done.fetch_add(1, Ordering::Relaxed);
+    });
     assert_eq!(free_after_exit(&dev, 7), 7, "slots leaked after churn");
     assert_eq!(dev.pool().bound_threads(), 0);
     eprintln!("churn: {} threads, slots leaked {}", done.load(Ordering::Relaxed), 7 - dev.pool().free_slots());
@@ -110,17 +117,9 @@ fn churn_round_robin() {
     let dev = device(8, ExhaustionPolicy::Fail, Assignment::RoundRobin);
     let n = scale(10_000);
     let seen = Arc::new(std::sync::Mutex::new(std::collections::BTreeSet::new()));
-    for _ in 0..n.div_ceil(16) {
-        std::thread::scope(|s| {
-            for _ in 0..16 {
-                s.spawn(|| {
-                    let st = dev.current_stream().unwrap();
-                    st.synchronize().unwrap();
-                    seen.lock().unwrap().insert(st.index());
-                });
-            }
-        });
-    }
+    churn(&dev, n, |st| {
+        seen.lock().unwrap().insert(st.index());
+    });
     let seen = seen.lock().unwrap();
     assert_eq!(*seen, (1..8).collect(), "round robin should spread over every worker stream");
     assert_eq!(dev.pool().free_slots(), 7);
