@@ -8,8 +8,9 @@
 #
 # Runs every backend::cuda test (kernels vs the CPU f64 reference, OOM, graph
 # replay, events, kernel cache), then the sticky-error test alone in its own
-# process (it poisons the context), then compute-sanitizer memcheck over the
-# kernel tests when it is installed, then (if staged) `braid check --device
+# process (it poisons the context), then compute-sanitizer (memcheck over the
+# kernel tests, racecheck and synccheck over the shared-memory kernels) when
+# it is installed, then (if staged) `braid check --device
 # cuda` and the pool stress tests on CUDA streams. Logs go to OUT_DIR.
 set -uo pipefail
 
@@ -55,10 +56,16 @@ if command -v compute-sanitizer >/dev/null && [[ "${SANITIZE:-1}" == 1 ]]; then
         compute-sanitizer --tool racecheck --racecheck-report all "$t" "$f" --test-threads=1 >"$out/racecheck-$f.log" 2>&1 || status=1
         grep -E "RACECHECK SUMMARY" "$out/racecheck-$f.log" | sed "s/^/$f: /" | tee -a "$out/cuda-racecheck-summary.log"
     done
+    echo "== compute-sanitizer synccheck (barriers in the shared-memory kernels)"
+    for f in layer_norm_softmax_l2 attention_matches gather_and_mean_pool; do
+        compute-sanitizer --tool synccheck --error-exitcode 9 "$t" "$f" --test-threads=1 >"$out/synccheck-$f.log" 2>&1 || status=1
+        grep -E "ERROR SUMMARY" "$out/synccheck-$f.log" | sed "s/^/$f: /" | tee -a "$out/cuda-synccheck-summary.log"
+    done
 fi
 # The whole-system checks, when a braid binary and the stress-test binary are
 # staged too (cp target/release/braid BIN_DIR/; the stress binary from
-# `cargo test --release -p braid-runtime --test stress --no-run`, as BIN_DIR/stress).
+# `cargo test --release -p braid-runtime --test stress --no-run`, as
+# BIN_DIR/stress, and the device-test binary from `--test device`, as BIN_DIR/device).
 if [[ -x "$bin_dir/braid" ]]; then
     echo "== braid check --device cuda (every op and module vs f64, MiniLM if installed, 16 threads x 200 forwards)"
     "$bin_dir/braid" check --device cuda 2>&1 | tee "$out/cuda-braid-check.log" | tail -3 || status=1
@@ -66,6 +73,10 @@ fi
 if [[ -x "$bin_dir/stress" ]]; then
     echo "== pool exhaustion and thread churn on real CUDA streams"
     BRAID_TEST_DEVICE=cuda "$bin_dir/stress" --nocapture --test-threads 1 2>&1 | tee "$out/cuda-stress.log" | grep -E "leaked|test result" || status=1
+fi
+if [[ -x "$bin_dir/device" ]]; then
+    echo "== event and lifecycle tests on CUDA streams"
+    BRAID_TEST_DEVICE=cuda "$bin_dir/device" event_dropped --nocapture --test-threads 1 2>&1 | tee "$out/cuda-device.log" | grep -E "event_dropped|test result" || status=1
 fi
 if [[ "${BENCH:-1}" == 1 ]]; then
     echo "== bench (mlp, batch 1)"

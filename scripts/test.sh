@@ -3,8 +3,13 @@
 # machine it installs what it needs: the MiniLM model (pip), then runs
 #   1. every crate's tests (release build: the model and stress tests are
 #      heavy in debug) -- GPU tests print SKIPPED lines where there is no GPU;
-#   2. every loom model (`--cfg loom`, own target dir).
-# Set BRAID_SKIP_MODEL=1 to skip the model download.
+#   2. every loom model (`--cfg loom`, own target dir);
+#   3. the data-race checks (scripts/race-check.sh: ThreadSanitizer with an
+#      instrumented std over the concurrency tests, which must report
+#      nothing; helgrind, informational). About 2 minutes once its Debian
+#      packages are installed.
+# Set BRAID_SKIP_MODEL=1 to skip the model download, BRAID_SKIP_RACE=1 to
+# skip step 3 (it is then listed as skipped).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=never
@@ -29,3 +34,10 @@ for crate in braid-runtime braid-batch; do
       cargo test --release -p "$crate" --test loom -- --nocapture --test-threads 1 2>&1 | grep -E "loom model|test result|panicked|FAILED" 
   fi
 done
+
+echo "== data-race checks (scripts/race-check.sh)"
+if [ "${BRAID_SKIP_RACE:-0}" = 1 ]; then
+  echo "SKIPPED: race checks (BRAID_SKIP_RACE=1)"
+else
+  bash scripts/race-check.sh
+fi

@@ -20,6 +20,18 @@
 //! let sub = cb.submit().unwrap();
 //! sub.on_complete(|_| {}); // no completion handler after submission
 //! ```
+//!
+//! Nothing borrowed from a buffer survives its submission, so the buffer
+//! being recorded and the one already submitted never alias:
+//!
+//! ```compile_fail
+//! # use braid_runtime::{Device, command::CommandBuffer};
+//! # let device = Device::cpu().unwrap();
+//! let mut cb = CommandBuffer::new(&device).unwrap();
+//! let stream = cb.stream();
+//! let sub = cb.submit().unwrap(); // error[E0505]: cannot move out of `cb` because it is borrowed
+//! stream.synchronize().unwrap();
+//! ```
 
 use crate::backend::BackendStream;
 use crate::device::Device;

@@ -1,6 +1,20 @@
 //! [`Event`]: a marker in a stream's order, for a thread to wait for its own
 //! work (instead of a device-wide sync) and for cross-stream dependencies.
 //! Owns only the handle; the backend owns the event itself.
+//!
+//! Events have no ids: a handle is an `Arc` of the backend event, so there is
+//! no id space to reuse or to collide, the recorded state lives as long as
+//! any handle or pending completion needs it, and a released handle cannot
+//! be used again:
+//!
+//! ```compile_fail
+//! # use braid_runtime::{Device, Event};
+//! # let device = Device::cpu().unwrap();
+//! # let stream = device.current_stream().unwrap();
+//! let event = stream.record_event().unwrap();
+//! drop(event);
+//! event.synchronize(); // error[E0382]: use of moved value: `event`
+//! ```
 
 use crate::backend::BackendEvent;
 use crate::error::{Error, Result};

@@ -713,6 +713,63 @@ fn kernel_cache_compiles_once_under_concurrency() {
     assert_eq!(be.kernel_compilations(), 1, "the Norm unit compiled exactly once");
 }
 
+/// The kernel cache has no eviction: compiled modules live in their
+/// context's `ModuleCache` until the context drops, and every stream (and
+/// graph) holds an `Arc` of the context. So a kernel in use is never freed:
+/// here the backend handle is dropped while another thread keeps launching
+/// the cached softmax kernel on its stream; every launch after the drop
+/// runs and gives the same answer as before it.
+#[test]
+fn kernel_in_use_survives_dropping_the_backend() {
+    let Some(be) = gpu("kernel_in_use_survives_dropping_the_backend") else { return };
+    let (rows, cols) = (3usize, 11usize);
+    let x: Vec<f32> = Rng::new("kernel_in_use").vec(rows * cols, 2.0);
+    let s = be.cuda_stream().unwrap();
+    let px = be.alloc(rows * cols * 4).unwrap();
+    let po = be.alloc(rows * cols * 4).unwrap();
+    let bytes: Vec<u8> = x.iter().flat_map(|v| v.to_ne_bytes()).collect();
+    let run = move |s: &CudaStream| -> Vec<f32> {
+        let mut back = vec![0u8; rows * cols * 4];
+        // SAFETY: px and po hold rows*cols f32 each and stay allocated for
+        // the test (their context is kept alive by `s`).
+        unsafe {
+            s.h2d(&vec![0xffu8; rows * cols * 4], po).unwrap();
+            s.h2d(&bytes, px).unwrap();
+            s.softmax(px, po, rows, cols, DType::F32).unwrap();
+            s.d2h(po, &mut back).unwrap();
+        }
+        back.chunks(4).map(|c| f32::from_ne_bytes([c[0], c[1], c[2], c[3]])).collect()
+    };
+    let first = run(&s);
+    let r: Vec<f64> = x
+        .chunks(cols)
+        .flat_map(|row| {
+            let m = row.iter().fold(f64::NEG_INFINITY, |a, &v| a.max(v as f64));
+            let e: Vec<f64> = row.iter().map(|&v| (v as f64 - m).exp()).collect();
+            let sum: f64 = e.iter().sum();
+            e.into_iter().map(move |v| v / sum)
+        })
+        .collect();
+    check("softmax before the drop", &first, &r, 1e-5);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let t = std::thread::spawn(move || {
+        for i in 0..200 {
+            if i == 20 {
+                tx.send(()).unwrap();
+            }
+            assert_eq!(run(&s), first, "launch {i}: kernel result changed");
+        }
+        s.synchronize().unwrap();
+    });
+    rx.recv().unwrap();
+    assert_eq!(Arc::strong_count(&be), 1, "the test must hold the only backend handle");
+    let weak = Arc::downgrade(&be);
+    drop(be);
+    assert!(weak.upgrade().is_none(), "backend handle dropped while its kernels are in use");
+    t.join().unwrap();
+    eprintln!("CHECK kernel in use after the backend handle was dropped: 180 launches, same result");
+}
+
 #[test]
 fn one_stream_from_many_threads_and_staging_pool() {
     let Some(be) = gpu("one_stream_from_many_threads_and_staging_pool") else { return };
