@@ -770,6 +770,72 @@ fn kernel_in_use_survives_dropping_the_backend() {
     eprintln!("CHECK kernel in use after the backend handle was dropped: 180 launches, same result");
 }
 
+/// Evicting a captured graph never frees one in use: the cache hands out
+/// `Arc`s, and a graph owns the buffers baked into it. One thread clears the
+/// cache over and over while another replays a graph it took from it; every
+/// replay gives the eager result, and the graph's buffers go back to the
+/// allocator only when the last holder drops it.
+#[test]
+fn graph_cache_eviction_never_frees_a_graph_in_use() {
+    if gpu("graph_cache_eviction_never_frees_a_graph_in_use").is_none() {
+        return;
+    }
+    let dev = crate::Device::cuda(0).unwrap();
+    let stream = dev.stream(1).unwrap();
+    let (rows, cols) = (4usize, 19usize);
+    let x: Vec<f32> = Rng::new("graph_cache_eviction").vec(rows * cols, 3.0);
+    let bytes: Vec<u8> = x.iter().flat_map(|v| v.to_ne_bytes()).collect();
+    let cache = Arc::new(crate::graph::GraphCache::new());
+    let (d, s) = (dev.clone(), stream.clone());
+    let g = cache
+        .get_or_capture(7, &[rows, cols], &stream, move || {
+            let px = d.alloc(rows * cols * 4, &s)?;
+            let po = d.alloc(rows * cols * 4, &s)?;
+            // SAFETY: both blocks hold rows*cols f32 and live in the graph's state.
+            unsafe { s.raw().softmax(px.ptr(), po.ptr(), rows, cols, DType::F32)? };
+            Ok((px, po))
+        })
+        .unwrap();
+    let (px, po) = g.state::<(crate::DeviceBlock, crate::DeviceBlock)>().map(|(a, b)| (a.ptr(), b.ptr())).unwrap();
+    let raw = stream.raw();
+    let read = |raw: &dyn BackendStream| {
+        let mut back = vec![0u8; rows * cols * 4];
+        // SAFETY: po holds rows*cols f32 and is kept alive by `g`.
+        unsafe { raw.d2h(po, &mut back).unwrap() };
+        back.chunks(4).map(|c| f32::from_ne_bytes([c[0], c[1], c[2], c[3]])).collect::<Vec<f32>>()
+    };
+    // SAFETY: px holds rows*cols f32, kept alive by `g`.
+    unsafe { raw.h2d(&bytes, px).unwrap() };
+    // SAFETY: as above (eager run of the captured op).
+    unsafe { raw.softmax(px, po, rows, cols, DType::F32).unwrap() };
+    let eager = read(raw);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (c2, stop2) = (cache.clone(), stop.clone());
+    let evictor = std::thread::spawn(move || {
+        let mut n = 0u64;
+        while !stop2.load(std::sync::atomic::Ordering::SeqCst) {
+            c2.clear();
+            n += 1;
+        }
+        n
+    });
+    for i in 0..200 {
+        // SAFETY: po holds rows*cols f32, kept alive by `g`.
+        unsafe { raw.h2d(&vec![0xffu8; rows * cols * 4], po).unwrap() };
+        g.launch().unwrap();
+        assert_eq!(read(raw), eager, "replay {i} after eviction differs");
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let clears = evictor.join().unwrap();
+    assert!(cache.is_empty());
+    let live = dev.memory_stats();
+    drop(g);
+    stream.synchronize().unwrap();
+    let after = dev.memory_stats();
+    eprintln!("CHECK graph in use across {clears} cache clears: 200 replays equal eager; allocated {} -> {} bytes when the last holder dropped it", live.allocated, after.allocated);
+    assert!(after.allocated < live.allocated, "the graph's buffers are freed with the graph");
+}
+
 #[test]
 fn one_stream_from_many_threads_and_staging_pool() {
     let Some(be) = gpu("one_stream_from_many_threads_and_staging_pool") else { return };
