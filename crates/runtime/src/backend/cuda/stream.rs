@@ -273,6 +273,36 @@ impl BackendStream for CudaStream {
         }
     }
 
+    fn host_fn(&self, f: Box<dyn FnOnce() + Send>) -> Result<()> {
+        type HostFn = Box<dyn FnOnce() + Send>;
+        /// Called once by a driver thread when the stream reaches the call.
+        unsafe extern "C" fn trampoline(data: *mut c_void) {
+            // SAFETY: `data` is the `Box<HostFn>` leaked by `host_fn` below;
+            // the driver calls a launched host function exactly once (it is
+            // never captured into a graph: refused while capturing), so the
+            // box is reclaimed exactly once.
+            let f = unsafe { Box::from_raw(data as *mut HostFn) };
+            // A panic must not unwind into the driver's thread.
+            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || f())).is_err() {
+                eprintln!("braid: a host function panicked on a CUDA stream");
+            }
+        }
+        // A captured host node would call the trampoline on every replay,
+        // reclaiming the box again: not allowed.
+        self.not_capturing("host function")?;
+        self.ctx.bind()?;
+        let data = Box::into_raw(Box::new(f)) as *mut c_void;
+        // SAFETY: live stream of the current context; on success the
+        // trampoline owns `data`.
+        let r = unsafe { sys::cuLaunchHostFunc(self.raw, Some(trampoline), data) };
+        if r != CUresult::CUDA_SUCCESS {
+            // SAFETY: the launch failed, so the driver never calls the
+            // trampoline; `data` is still ours to reclaim.
+            drop(unsafe { Box::from_raw(data as *mut HostFn) });
+        }
+        self.ctx.check("cuLaunchHostFunc", r)
+    }
+
     fn record(&self, event: &dyn BackendEvent) -> Result<()> {
         let e = cuda_event(&self.ctx, event)?;
         self.ctx.bind()?;

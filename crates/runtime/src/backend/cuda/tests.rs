@@ -786,14 +786,17 @@ fn graph_cache_eviction_never_frees_a_graph_in_use() {
     let x: Vec<f32> = Rng::new("graph_cache_eviction").vec(rows * cols, 3.0);
     let bytes: Vec<u8> = x.iter().flat_map(|v| v.to_ne_bytes()).collect();
     let cache = Arc::new(crate::graph::GraphCache::new());
-    let (d, s) = (dev.clone(), stream.clone());
+    // Buffers and the kernel come first: allocating or loading a module
+    // during a capture would invalidate it.
+    let (bx, bo) = (dev.alloc(rows * cols * 4, &stream).unwrap(), dev.alloc(rows * cols * 4, &stream).unwrap());
+    // SAFETY: both blocks hold rows*cols f32 (contents irrelevant: warm-up).
+    unsafe { stream.raw().softmax(bx.ptr(), bo.ptr(), rows, cols, DType::F32).unwrap() };
+    let s = stream.clone();
     let g = cache
         .get_or_capture(7, &[rows, cols], &stream, move || {
-            let px = d.alloc(rows * cols * 4, &s)?;
-            let po = d.alloc(rows * cols * 4, &s)?;
             // SAFETY: both blocks hold rows*cols f32 and live in the graph's state.
-            unsafe { s.raw().softmax(px.ptr(), po.ptr(), rows, cols, DType::F32)? };
-            Ok((px, po))
+            unsafe { s.raw().softmax(bx.ptr(), bo.ptr(), rows, cols, DType::F32)? };
+            Ok((bx, bo))
         })
         .unwrap();
     let (px, po) = g.state::<(crate::DeviceBlock, crate::DeviceBlock)>().map(|(a, b)| (a.ptr(), b.ptr())).unwrap();
