@@ -114,7 +114,9 @@ impl Device {
         // Relaxed: only uniqueness of the id matters.
         let id = NEXT_DEVICE_ID.fetch_add(1, Ordering::Relaxed);
         let pool = StreamPool::new(backend.clone(), options.pool, id)?;
-        let label = format!("{}:{}", backend.kind().name(), id);
+        // "cuda:0 (#3)": the device as a user names it, and which Device
+        // instance of this process (two instances never share memory).
+        let label = format!("{}:{} (#{id})", backend.kind().name(), backend.ordinal());
         let mem = DeviceMemory { backend: backend.clone(), pool: pool.clone(), name: label.clone() };
         let allocator = CachingAllocator::new(mem, AllocConfig { streams: options.pool.size, high_watermark: options.high_watermark })?;
         Ok(Device {

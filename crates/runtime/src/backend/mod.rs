@@ -156,6 +156,10 @@ pub struct MeanPool {
 /// all threads (`Send + Sync`); per-thread state lives in streams.
 pub trait Backend: Send + Sync + 'static {
     fn kind(&self) -> BackendKind;
+    /// Which device of its kind (CUDA ordinal; 0 for the CPU).
+    fn ordinal(&self) -> usize {
+        0
+    }
     /// Human-readable device name, e.g. "NVIDIA H100 80GB HBM3" or "cpu (16 threads)".
     fn device_name(&self) -> String;
     /// A new stream: an in-order queue of work, independent of other streams.

@@ -181,6 +181,9 @@ impl Backend for CudaBackend {
     fn kind(&self) -> BackendKind {
         BackendKind::Cuda
     }
+    fn ordinal(&self) -> usize {
+        self.ctx.ordinal
+    }
     fn device_name(&self) -> String {
         self.ctx.name.clone()
     }
