@@ -8,7 +8,7 @@
 //! counters.
 
 use crate::handle::{pair_with_deadline, Completer, Handle};
-use crate::sync::{lock, spawn, wait, wait_until, Arc, AtomicU64, AtomicUsize, Condvar, Mutex, Ordering, Workers};
+use crate::sync::{lock, wait, wait_until, Arc, AtomicU64, AtomicUsize, Condvar, Mutex, Ordering, Workers};
 use braid_runtime::{Error, Result, Throttle};
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -170,41 +170,21 @@ impl<M: BatchModel> Batcher<M> {
             histogram: (0..config.max_batch_size).map(|_| AtomicU64::new(0)).collect(),
         };
         let shared = Arc::new(Shared { model, config: config.clone(), state: Mutex::new(State { waiting: VecDeque::new(), accepting: true }), cv: Condvar::new(), counters, limit: AtomicUsize::new(config.max_batch_size) });
-        let (ready_tx, ready_rx) = crate::sync::mpsc::channel::<Result<()>>();
-        let workers = Workers::new();
-        for i in 0..config.workers {
-            let (sh, ready) = (shared.clone(), ready_tx.clone());
-            workers.push(spawn(move || {
-                let mut w = match sh.model.worker(i) {
-                    Ok(w) => {
-                        let _ = ready.send(Ok(()));
-                        w
-                    }
-                    Err(e) => {
-                        let _ = ready.send(Err(e));
-                        return;
-                    }
-                };
-                drop(ready);
-                while let Some(batch) = next_batch(&sh) {
-                    run_batch(&sh, &mut w, batch);
+        let b = Batcher { shared: shared.clone(), workers: Workers::new() };
+        let sh = shared.clone();
+        let started = b.workers.start(
+            config.workers,
+            move |i| sh.model.worker(i),
+            move |mut w| {
+                while let Some(batch) = next_batch(&shared) {
+                    run_batch(&shared, &mut w, batch);
                 }
-            }));
-        }
-        drop(ready_tx);
-        let b = Batcher { shared, workers };
-        for _ in 0..config.workers {
-            match ready_rx.recv() {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => {
-                    b.shutdown();
-                    return Err(e);
-                }
-                Err(_) => {
-                    b.shutdown();
-                    return Err(Error::JobPanicked("a batcher worker panicked while starting".into()));
-                }
-            }
+            },
+            "a batcher worker panicked while starting",
+        );
+        if let Err(e) = started {
+            b.shutdown();
+            return Err(e);
         }
         Ok(b)
     }

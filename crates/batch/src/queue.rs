@@ -10,7 +10,7 @@
 //! completed never exceeds submitted.
 
 use crate::handle::{pair, Completer, Handle};
-use crate::sync::{lock, spawn, wait, Arc, AtomicU64, Condvar, Mutex, Ordering, Workers};
+use crate::sync::{lock, wait, Arc, AtomicU64, Condvar, Mutex, Ordering, Workers};
 use braid_runtime::{Error, Result};
 use std::collections::VecDeque;
 
@@ -96,41 +96,10 @@ impl<J: Send + 'static, R: Send + 'static> BatchQueue<J, R> {
             rejected: AtomicU64::new(0),
             panicked: AtomicU64::new(0),
         });
-        let factory = Arc::new(factory);
-        let run = Arc::new(run);
-        let (ready_tx, ready_rx) = crate::sync::mpsc::channel::<Result<()>>();
-        let workers = Workers::new();
-        for i in 0..config.workers {
-            let (shared, factory, run, ready) = (shared.clone(), factory.clone(), run.clone(), ready_tx.clone());
-            workers.push(spawn(move || {
-                let mut ctx = match factory(i) {
-                    Ok(c) => {
-                        let _ = ready.send(Ok(()));
-                        c
-                    }
-                    Err(e) => {
-                        let _ = ready.send(Err(e));
-                        return;
-                    }
-                };
-                drop(ready);
-                worker_loop(&shared, &mut ctx, &*run);
-            }));
-        }
-        drop(ready_tx);
-        let q = BatchQueue { shared, workers };
-        for _ in 0..config.workers {
-            match ready_rx.recv() {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => {
-                    q.shutdown();
-                    return Err(e);
-                }
-                Err(_) => {
-                    q.shutdown();
-                    return Err(Error::JobPanicked("a worker's context factory panicked".into()));
-                }
-            }
+        let q = BatchQueue { shared: shared.clone(), workers: Workers::new() };
+        if let Err(e) = q.workers.start(config.workers, factory, move |mut ctx| worker_loop(&shared, &mut ctx, &run), "a worker's context factory panicked") {
+            q.shutdown();
+            return Err(e);
         }
         Ok(q)
     }

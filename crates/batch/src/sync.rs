@@ -84,6 +84,48 @@ impl Workers {
         lock(&self.handles).push(h);
     }
 
+    /// Start `n` workers. Worker `i` makes its state with `make(i)` on its
+    /// own thread (so a stream it binds is its own), reports whether that
+    /// worked, then runs `run(state)` until it returns. Returns once every
+    /// worker has reported: the first error, or `JobPanicked(panicked)` if a
+    /// `make` panicked. On an error the caller shuts its queue down (the
+    /// workers that did start then drain and exit).
+    pub fn start<S, M, R>(&self, n: usize, make: M, run: R, panicked: &str) -> braid_runtime::Result<()>
+    where
+        S: 'static,
+        M: Fn(usize) -> braid_runtime::Result<S> + Send + Sync + 'static,
+        R: Fn(S) + Send + Sync + 'static,
+    {
+        let (make, run) = (Arc::new(make), Arc::new(run));
+        let (ready_tx, ready_rx) = mpsc::channel::<braid_runtime::Result<()>>();
+        for i in 0..n {
+            let (make, run, ready) = (make.clone(), run.clone(), ready_tx.clone());
+            self.push(spawn(move || {
+                let state = match make(i) {
+                    Ok(s) => {
+                        let _ = ready.send(Ok(()));
+                        s
+                    }
+                    Err(e) => {
+                        let _ = ready.send(Err(e));
+                        return;
+                    }
+                };
+                drop(ready);
+                run(state);
+            }));
+        }
+        drop(ready_tx);
+        for _ in 0..n {
+            match ready_rx.recv() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(e),
+                Err(_) => return Err(braid_runtime::Error::JobPanicked(panicked.into())),
+            }
+        }
+        Ok(())
+    }
+
     /// Join every worker, unless called on one of them (then detach them).
     pub fn join(&self) {
         #[cfg(not(loom))]

@@ -319,3 +319,47 @@ fn bad_config_is_an_error() {
     assert!(Batcher::new(m.clone(), BatcherConfig { max_batch_size: 0, ..Default::default() }).is_err());
     assert!(Batcher::new(m, BatcherConfig { preferred_batch_sizes: vec![99], ..Default::default() }).is_err());
 }
+
+/// A model whose worker `fail` cannot start: with an error, or by panicking.
+struct StartFails {
+    fail: usize,
+    panic: bool,
+}
+
+impl BatchModel for StartFails {
+    type Input = u32;
+    type Output = u32;
+    type Worker = ();
+    fn worker(&self, i: usize) -> Result<()> {
+        if i == self.fail {
+            if self.panic {
+                panic!("worker {i} cannot start");
+            }
+            return Err(Error::InvalidArgument(format!("worker {i} has no stream")));
+        }
+        Ok(())
+    }
+    fn forward(&self, _: &mut (), xs: Vec<u32>) -> Result<Vec<u32>> {
+        Ok(xs)
+    }
+}
+
+/// A worker that cannot start makes `Batcher::new` return its error (or
+/// `JobPanicked` if it panicked), and the workers that did start are shut
+/// down (the call returns, nothing hangs).
+#[test]
+fn worker_start_failure_is_returned_not_hung() {
+    let config = || BatcherConfig { workers: 3, ..BatcherConfig::default() };
+    match Batcher::new(Arc::new(StartFails { fail: 1, panic: false }), config()) {
+        Err(Error::InvalidArgument(m)) => assert!(m.contains("worker 1"), "{m}"),
+        Err(e) => panic!("wrong error: {e}"),
+        Ok(_) => panic!("a worker failed to start, yet the batcher was built"),
+    }
+    match Batcher::new(Arc::new(StartFails { fail: 2, panic: true }), config()) {
+        Err(Error::JobPanicked(_)) => {}
+        Err(e) => panic!("wrong error: {e}"),
+        Ok(_) => panic!("a worker panicked while starting, yet the batcher was built"),
+    }
+    let b = Batcher::new(Arc::new(StartFails { fail: 99, panic: false }), config()).unwrap();
+    assert_eq!(b.infer(7).unwrap(), 7);
+}

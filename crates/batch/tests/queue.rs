@@ -152,6 +152,16 @@ fn factory_error_is_returned_and_worker_context_is_per_worker() {
     }
     assert!(seen.iter().all(|&i| i < 3));
     assert!(matches!(BatchQueue::<u8, u8>::new(QueueConfig { workers: 0, ..Default::default() }, |_| Ok(()), |_, x| x), Err(Error::InvalidArgument(_))));
+    // A factory that panics on one worker: `JobPanicked`, no hang.
+    let r: Result<BatchQueue<u8, u8>> = BatchQueue::new(
+        QueueConfig { workers: 3, ..Default::default() },
+        |i| -> Result<()> {
+            assert!(i != 1, "worker 1 cannot start");
+            Ok(())
+        },
+        |_, x| x,
+    );
+    assert!(matches!(r, Err(Error::JobPanicked(_))));
 }
 
 #[test]
