@@ -5,7 +5,7 @@
 use crate::report::Row;
 use crate::workloads::{EncoderBench, MiniLmBench, MlpBench};
 use braid_batch::{BatchModel, Batcher, BatcherConfig};
-use braid_nn::{workloads as wl, BertInput, Mlp, SentenceEmbedder, Tensor, TransformerEncoderLayer};
+use braid_nn::{workloads as wl, Mlp, Tensor, TransformerEncoderLayer};
 use braid_runtime::{Device, Result};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -40,28 +40,6 @@ where
         let out = (self.forward)(&Tensor::from_slice(&self.device, &flat, &shape)?)?.to_vec()?;
         let per = out.len() / n.max(1);
         Ok(out.chunks(per.max(1)).map(|c| c.to_vec()).collect())
-    }
-}
-
-/// Token ids in, one embedding out; rows are padded within each batch (the
-/// batcher buckets by length first).
-pub struct Embedder(pub Arc<SentenceEmbedder>);
-
-impl BatchModel for Embedder {
-    type Input = Vec<u32>;
-    type Output = Vec<f32>;
-    type Worker = ();
-    fn worker(&self, _: usize) -> Result<()> {
-        Ok(())
-    }
-    fn len(&self, ids: &Vec<u32>) -> usize {
-        ids.len()
-    }
-    fn forward(&self, _: &mut (), inputs: Vec<Vec<u32>>) -> Result<Vec<Vec<f32>>> {
-        let input = BertInput::from_rows(&inputs, 0);
-        let out = self.0.embed_input(&input)?.to_vec()?;
-        let dim = self.0.dim();
-        Ok(out.chunks(dim).map(|c| c.to_vec()).collect())
     }
 }
 
@@ -123,7 +101,7 @@ pub fn encoder(b: &EncoderBench, clients: &[usize], seconds: f64) -> Result<Vec<
 }
 
 pub fn minilm(b: &MiniLmBench, clients: &[usize], seconds: f64) -> Result<Vec<Row>> {
-    let model = Arc::new(Embedder(b.model.clone()));
+    let model = Arc::new(braid_serve::TokenEmbedder(b.model.clone()));
     let texts = crate::workloads::sample_texts();
     let ids: Vec<Vec<u32>> = texts.iter().map(|t| b.model.tokenizer().encode(t)).collect::<Result<_>>()?;
     measure(model, clients, seconds, |c| ids[c % ids.len()].clone())

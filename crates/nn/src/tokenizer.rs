@@ -38,6 +38,10 @@ impl TextTokenizer {
         Ok(TextTokenizer { inner, max_len, pad_id })
     }
 
+    /// The id used to pad rows to a batch's longest.
+    pub fn pad_id(&self) -> u32 {
+        self.pad_id
+    }
     pub fn max_len(&self) -> usize {
         self.max_len
     }

@@ -1,0 +1,229 @@
+//! braid-serve: an HTTP server for sentence embeddings, a thin layer over the
+//! dynamic [`Batcher`] and the model (as text-embeddings-inference is): each
+//! text of a request becomes one batcher request, so texts from many
+//! connections share forwards. Owns the routes and their JSON shapes, the
+//! mapping from braid's errors to HTTP statuses, and graceful shutdown
+//! (stop accepting connections, answer what was accepted, drain the batcher).
+//!
+//! Routes:
+//! - `POST /embed` `{"inputs": "text"}` or `{"inputs": ["a", "b"]}` →
+//!   `[[f32; dim], ...]` (L2-normalised, one per input, in order; the
+//!   text-embeddings-inference shape);
+//! - `GET /health` → `{"status": "ok", ...}`;
+//! - `GET /info` → model, device, dimension, limits, batcher settings;
+//! - `GET /metrics` → the batcher's counters (submitted, completed,
+//!   rejected, timed out, batches, queue depth, mean batch, mean wait and
+//!   compute).
+//!
+//! Errors are JSON `{"error": "...", "error_type": "..."}`: 400 for bad
+//! input, 413 for too many inputs in one request, 503 when the queue is full
+//! or the server is shutting down, 504 when a request's deadline passed,
+//! 500 for anything else.
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use braid_batch::{BatchModel, Batcher, BatcherConfig};
+use braid_nn::{BertInput, SentenceEmbedder};
+use braid_runtime::{Error, Result};
+use serde::Deserialize;
+use serde_json::json;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Token ids in, one normalised embedding out: the batcher's view of a
+/// [`SentenceEmbedder`]. Rows are padded to the longest within a batch (the
+/// batcher groups texts of similar length first).
+pub struct TokenEmbedder(pub Arc<SentenceEmbedder>);
+
+impl BatchModel for TokenEmbedder {
+    type Input = Vec<u32>;
+    type Output = Vec<f32>;
+    type Worker = ();
+    fn worker(&self, _: usize) -> Result<()> {
+        Ok(())
+    }
+    fn len(&self, ids: &Vec<u32>) -> usize {
+        ids.len()
+    }
+    fn forward(&self, _: &mut (), inputs: Vec<Vec<u32>>) -> Result<Vec<Vec<f32>>> {
+        let input = BertInput::from_rows(&inputs, self.0.tokenizer().pad_id());
+        let out = self.0.embed_input(&input)?.to_vec()?;
+        Ok(out.chunks(self.0.dim()).map(|c| c.to_vec()).collect())
+    }
+}
+
+/// Server settings.
+#[derive(Clone, Debug)]
+pub struct ServeConfig {
+    pub batcher: BatcherConfig,
+    /// Texts in one request, at most (more: 413).
+    pub max_inputs: usize,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        ServeConfig { batcher: BatcherConfig { max_batch_size: 32, max_queue_delay: std::time::Duration::from_millis(2), ..BatcherConfig::default() }, max_inputs: 256 }
+    }
+}
+
+/// What the handlers share.
+pub struct AppState {
+    embedder: Arc<SentenceEmbedder>,
+    batcher: Batcher<TokenEmbedder>,
+    config: ServeConfig,
+    device: String,
+    started: Instant,
+}
+
+impl AppState {
+    /// Start the batcher's workers over `embedder`.
+    pub fn new(embedder: Arc<SentenceEmbedder>, device: String, config: ServeConfig) -> Result<Arc<AppState>> {
+        if config.max_inputs == 0 {
+            return Err(Error::InvalidArgument("max_inputs must be at least 1".into()));
+        }
+        let batcher = Batcher::new(Arc::new(TokenEmbedder(embedder.clone())), config.batcher.clone())?;
+        Ok(Arc::new(AppState { embedder, batcher, config, device, started: Instant::now() }))
+    }
+
+    /// The batcher's counters.
+    pub fn stats(&self) -> braid_batch::BatcherStats {
+        self.batcher.stats()
+    }
+
+    /// Stop taking requests and answer every one already accepted.
+    pub fn shutdown(&self) {
+        self.batcher.shutdown();
+    }
+
+    /// Embed `texts` through the batcher (each text its own request).
+    pub async fn embed(&self, texts: &[String]) -> Result<Vec<Vec<f32>>> {
+        let mut handles = Vec::with_capacity(texts.len());
+        for t in texts {
+            let ids = self.embedder.tokenizer().encode(t)?;
+            handles.push(self.batcher.submit(ids)?);
+        }
+        let mut out = Vec::with_capacity(handles.len());
+        for h in handles {
+            out.push(h.await?);
+        }
+        Ok(out)
+    }
+}
+
+/// The HTTP status for a braid error.
+pub fn status_for(e: &Error) -> StatusCode {
+    match e {
+        Error::InvalidArgument(_) | Error::Shape { .. } => StatusCode::BAD_REQUEST,
+        Error::Overloaded { .. } | Error::ShutDown(_) | Error::DeviceShutDown(_) | Error::PoolExhausted { .. } => StatusCode::SERVICE_UNAVAILABLE,
+        Error::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+/// A JSON error response.
+struct ApiError(StatusCode, String, &'static str);
+
+impl From<Error> for ApiError {
+    fn from(e: Error) -> Self {
+        let kind = match status_for(&e) {
+            StatusCode::BAD_REQUEST => "validation",
+            StatusCode::SERVICE_UNAVAILABLE => "overloaded",
+            StatusCode::GATEWAY_TIMEOUT => "timeout",
+            _ => "backend",
+        };
+        ApiError(status_for(&e), e.to_string(), kind)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(json!({ "error": self.1, "error_type": self.2 }))).into_response()
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Inputs {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Deserialize)]
+struct EmbedRequest {
+    inputs: Inputs,
+}
+
+async fn embed(State(st): State<Arc<AppState>>, body: std::result::Result<Json<EmbedRequest>, JsonRejection>) -> std::result::Result<Json<Vec<Vec<f32>>>, ApiError> {
+    let Json(req) = body.map_err(|r| ApiError(StatusCode::BAD_REQUEST, format!("expected {{\"inputs\": \"text\" | [\"text\", ...]}}: {}", r.body_text()), "validation"))?;
+    let texts = match req.inputs {
+        Inputs::One(t) => vec![t],
+        Inputs::Many(v) => v,
+    };
+    if texts.is_empty() {
+        return Err(ApiError(StatusCode::BAD_REQUEST, "inputs is empty".into(), "validation"));
+    }
+    if texts.len() > st.config.max_inputs {
+        return Err(ApiError(StatusCode::PAYLOAD_TOO_LARGE, format!("{} inputs in one request; at most {} (--max-inputs)", texts.len(), st.config.max_inputs), "validation"));
+    }
+    Ok(Json(st.embed(&texts).await?))
+}
+
+async fn health(State(st): State<Arc<AppState>>) -> Json<serde_json::Value> {
+    Json(json!({ "status": "ok", "device": st.device, "uptime_s": st.started.elapsed().as_secs_f64() }))
+}
+
+async fn info(State(st): State<Arc<AppState>>) -> Json<serde_json::Value> {
+    let b = &st.config.batcher;
+    Json(json!({
+        "model": st.embedder.dir().display().to_string(),
+        "device": st.device,
+        "dim": st.embedder.dim(),
+        "max_seq_length": st.embedder.max_seq_length(),
+        "max_inputs": st.config.max_inputs,
+        "max_batch_size": b.max_batch_size,
+        "max_queue_delay_ms": b.max_queue_delay.as_secs_f64() * 1e3,
+        "workers": b.workers,
+        "capacity": b.capacity,
+    }))
+}
+
+async fn metrics(State(st): State<Arc<AppState>>) -> Json<serde_json::Value> {
+    let s = st.batcher.stats();
+    Json(json!({
+        "submitted": s.submitted,
+        "completed": s.completed,
+        "rejected": s.rejected,
+        "timed_out": s.timed_out,
+        "batches": s.batches,
+        "queue_depth": s.queue_depth,
+        "mean_batch_size": s.mean_batch_size,
+        "mean_queue_wait_ms": s.mean_queue_wait.as_secs_f64() * 1e3,
+        "mean_compute_ms": s.mean_compute.as_secs_f64() * 1e3,
+    }))
+}
+
+/// The routes over `state`.
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/embed", post(embed))
+        .route("/health", get(health))
+        .route("/info", get(info))
+        .route("/metrics", get(metrics))
+        .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such route: POST /embed, GET /health, /info, /metrics".into(), "validation") })
+        .with_state(state)
+}
+
+/// Serve on `listener` until `shutdown` resolves; then finish the requests
+/// in flight and drain the batcher.
+pub async fn serve(listener: tokio::net::TcpListener, state: Arc<AppState>, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+    let r = axum::serve(listener, router(state.clone())).with_graceful_shutdown(shutdown).await;
+    // The batcher's shutdown joins its workers: off the async threads.
+    let st = state.clone();
+    let _ = tokio::task::spawn_blocking(move || st.shutdown()).await;
+    r
+}

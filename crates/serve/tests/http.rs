@@ -1,0 +1,215 @@
+//! braid-serve over real sockets: embeddings equal the model's own (within
+//! 1e-5 relative), texts from 16 concurrent connections each get their own
+//! embedding and share batches, bad requests get clear JSON errors with the
+//! right status, and graceful shutdown answers what it accepted. Needs
+//! all-MiniLM-L6-v2 (scripts/get-minilm.sh); without it each test prints
+//! SKIPPED and returns. Runs on the CPU device.
+
+use braid_nn::SentenceEmbedder;
+use braid_runtime::{Device, Error};
+use braid_serve::{status_for, AppState, ServeConfig};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+fn embedder(test: &str) -> Option<Arc<SentenceEmbedder>> {
+    let dir = std::env::var_os("BRAID_MINILM_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/all-MiniLM-L6-v2"));
+    if !dir.join("model.safetensors").exists() {
+        eprintln!("{test}: SKIPPED (model not found at models/all-MiniLM-L6-v2: run scripts/get-minilm.sh)");
+        return None;
+    }
+    Some(Arc::new(SentenceEmbedder::load(&dir, &Device::cpu().unwrap()).unwrap()))
+}
+
+/// A server on an ephemeral port, on its own runtime thread; dropping the
+/// returned sender shuts it down (the join handle then returns).
+struct Server {
+    addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<std::io::Result<()>>>,
+    state: Arc<AppState>,
+}
+
+impl Server {
+    fn start(e: Arc<SentenceEmbedder>, config: ServeConfig) -> Server {
+        let state = AppState::new(e, "cpu".into(), config).unwrap();
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let st = state.clone();
+        let thread = std::thread::spawn(move || {
+            rt.block_on(braid_serve::serve(listener, st, async {
+                let _ = rx.await;
+            }))
+        });
+        Server { addr, stop: Some(tx), thread: Some(thread), state }
+    }
+
+    fn stop(&mut self) -> std::io::Result<()> {
+        drop(self.stop.take());
+        self.thread.take().map(|t| t.join().unwrap()).unwrap_or(Ok(()))
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.stop();
+    }
+}
+
+/// One HTTP/1.1 request (Connection: close); the status and the body.
+fn request(addr: SocketAddr, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+    let body = body.unwrap_or("");
+    let ct = if body.is_empty() { "" } else { "Content-Type: application/json\r\n" };
+    write!(s, "{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n{ct}Content-Length: {}\r\n\r\n{body}", body.len()).unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    let status: u16 = resp.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or_else(|| panic!("no status line in {resp:?}"));
+    let body = resp.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (status, body)
+}
+
+fn rel_err(a: &[f32], b: &[f32]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    let num: f64 = a.iter().zip(b).map(|(x, y)| (*x as f64 - *y as f64).powi(2)).sum();
+    let den: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
+    assert!(num.is_finite() && den > 0.0, "NaN or zero embedding");
+    (num / den).sqrt()
+}
+
+const TEXTS: [&str; 4] = ["The cat sat on the mat.", "A quick brown fox jumps over the lazy dog near the river bank.", "braid", "Many threads, one GPU: every thread gets its own stream."];
+
+#[test]
+fn embeddings_equal_the_models_own() {
+    let Some(e) = embedder("embeddings_equal_the_models_own") else { return };
+    let want = e.embed(&TEXTS).unwrap();
+    let mut srv = Server::start(e.clone(), ServeConfig::default());
+    let body = serde_json::json!({ "inputs": TEXTS }).to_string();
+    let (status, resp) = request(srv.addr, "POST", "/embed", Some(&body));
+    assert_eq!(status, 200, "{resp}");
+    let got: Vec<Vec<f32>> = serde_json::from_str(&resp).unwrap();
+    assert_eq!(got.len(), TEXTS.len());
+    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+        let err = rel_err(g, w);
+        assert!(err < 1e-5, "text {i}: rel err {err:e}");
+    }
+    // A single string is one input.
+    let (status, resp) = request(srv.addr, "POST", "/embed", Some(r#"{"inputs": "braid"}"#));
+    assert_eq!(status, 200, "{resp}");
+    let one: Vec<Vec<f32>> = serde_json::from_str(&resp).unwrap();
+    assert!(rel_err(&one[0], &want[2]) < 1e-5);
+    let (status, resp) = request(srv.addr, "GET", "/info", None);
+    assert_eq!(status, 200);
+    let info: serde_json::Value = serde_json::from_str(&resp).unwrap();
+    assert_eq!(info["dim"], 384);
+    srv.stop().unwrap();
+}
+
+#[test]
+fn concurrent_clients_get_their_own_embeddings_and_share_batches() {
+    let Some(e) = embedder("concurrent_clients_get_their_own_embeddings_and_share_batches") else { return };
+    let want = e.embed(&TEXTS).unwrap();
+    let config = ServeConfig { batcher: braid_batch::BatcherConfig { max_batch_size: 16, max_queue_delay: Duration::from_millis(20), workers: 2, bucket_by_length: false, ..Default::default() }, max_inputs: 8 };
+    let mut srv = Server::start(e, config);
+    let addr = srv.addr;
+    std::thread::scope(|s| {
+        for c in 0..16 {
+            let want = &want;
+            s.spawn(move || {
+                for r in 0..4 {
+                    let i = (c + r) % TEXTS.len();
+                    let body = serde_json::json!({ "inputs": [TEXTS[i]] }).to_string();
+                    let (status, resp) = request(addr, "POST", "/embed", Some(&body));
+                    assert_eq!(status, 200, "{resp}");
+                    let got: Vec<Vec<f32>> = serde_json::from_str(&resp).unwrap();
+                    let err = rel_err(&got[0], &want[i]);
+                    assert!(err < 1e-5, "client {c} request {r}: rel err {err:e}");
+                }
+            });
+        }
+    });
+    let (status, resp) = request(addr, "GET", "/metrics", None);
+    assert_eq!(status, 200);
+    let m: serde_json::Value = serde_json::from_str(&resp).unwrap();
+    assert_eq!(m["completed"], 64, "{m}");
+    assert_eq!(m["submitted"], 64, "{m}");
+    let mean = m["mean_batch_size"].as_f64().unwrap();
+    eprintln!("16 clients x 4 requests: {} batches, mean batch {mean:.2}", m["batches"]);
+    assert!(mean > 1.0, "16 concurrent clients never shared a batch: {m}");
+    srv.stop().unwrap();
+}
+
+#[test]
+fn bad_requests_get_clear_errors() {
+    let Some(e) = embedder("bad_requests_get_clear_errors") else { return };
+    let mut srv = Server::start(e, ServeConfig { max_inputs: 2, ..ServeConfig::default() });
+    let a = srv.addr;
+    for (method, path, body, want) in [
+        ("POST", "/embed", Some("not json"), 400),
+        ("POST", "/embed", Some(r#"{"input": "x"}"#), 400),
+        ("POST", "/embed", Some(r#"{"inputs": 7}"#), 400),
+        ("POST", "/embed", Some(r#"{"inputs": []}"#), 400),
+        ("POST", "/embed", Some(r#"{"inputs": ["a", "b", "c"]}"#), 413),
+        ("GET", "/nowhere", None, 404),
+    ] {
+        let (status, resp) = request(a, method, path, body);
+        assert_eq!(status, want, "{method} {path} {body:?}: {resp}");
+        let v: serde_json::Value = serde_json::from_str(&resp).unwrap_or_else(|_| panic!("error body is not JSON: {resp}"));
+        assert!(v["error"].as_str().is_some_and(|m| !m.is_empty()), "{resp}");
+    }
+    let (status, _) = request(a, "GET", "/health", None);
+    assert_eq!(status, 200, "the server still answers after bad requests");
+    srv.stop().unwrap();
+}
+
+#[test]
+fn errors_map_to_statuses() {
+    assert_eq!(status_for(&Error::Overloaded { capacity: 1 }).as_u16(), 503);
+    assert_eq!(status_for(&Error::ShutDown("x".into())).as_u16(), 503);
+    assert_eq!(status_for(&Error::Timeout(Duration::from_millis(5))).as_u16(), 504);
+    assert_eq!(status_for(&Error::InvalidArgument("x".into())).as_u16(), 400);
+    assert_eq!(status_for(&Error::Model("x".into())).as_u16(), 500);
+}
+
+#[test]
+fn graceful_shutdown_answers_what_it_accepted() {
+    let Some(e) = embedder("graceful_shutdown_answers_what_it_accepted") else { return };
+    // A long gathering delay keeps the accepted texts waiting in the batcher
+    // while the server is told to stop.
+    let config = ServeConfig { batcher: braid_batch::BatcherConfig { max_batch_size: 64, max_queue_delay: Duration::from_millis(500), ..Default::default() }, max_inputs: 8 };
+    let mut srv = Server::start(e, config);
+    let addr = srv.addr;
+    let clients: Vec<_> = (0..8)
+        .map(|i| {
+            std::thread::spawn(move || {
+                let body = serde_json::json!({ "inputs": [TEXTS[i % 4], TEXTS[(i + 1) % 4]] }).to_string();
+                request(addr, "POST", "/embed", Some(&body))
+            })
+        })
+        .collect();
+    // Every request accepted (its texts submitted to the batcher), then stop.
+    let t0 = std::time::Instant::now();
+    while srv.state.stats().submitted < 16 {
+        assert!(t0.elapsed() < Duration::from_secs(60), "requests never reached the batcher");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let answered_before_stop = srv.state.stats().completed;
+    srv.stop().unwrap();
+    eprintln!("graceful shutdown: 16 texts accepted, {answered_before_stop} answered before the stop");
+    for c in clients {
+        let (status, resp) = c.join().unwrap();
+        assert_eq!(status, 200, "{resp}");
+        let got: Vec<Vec<f32>> = serde_json::from_str(&resp).unwrap();
+        assert_eq!(got.len(), 2);
+    }
+    let st = srv.state.clone();
+    assert!(TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_err(), "still listening after shutdown");
+    // The batcher was drained and refuses new work.
+    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    assert!(matches!(rt.block_on(st.embed(&["late".to_string()])), Err(Error::ShutDown(_))));
+}
