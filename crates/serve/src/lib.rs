@@ -159,7 +159,10 @@ struct EmbedRequest {
 }
 
 async fn embed(State(st): State<Arc<AppState>>, body: std::result::Result<Json<EmbedRequest>, JsonRejection>) -> std::result::Result<Json<Vec<Vec<f32>>>, ApiError> {
-    let Json(req) = body.map_err(|r| ApiError(StatusCode::BAD_REQUEST, format!("expected {{\"inputs\": \"text\" | [\"text\", ...]}}: {}", r.body_text()), "validation"))?;
+    // The rejection's own status: 400 for bad JSON or a missing content
+    // type (axum says 415/422; one status for "fix your body" is simpler
+    // for clients), 413 for a body over the limit.
+    let Json(req) = body.map_err(|r| ApiError(if r.status() == StatusCode::PAYLOAD_TOO_LARGE { StatusCode::PAYLOAD_TOO_LARGE } else { StatusCode::BAD_REQUEST }, format!("expected {{\"inputs\": \"text\" | [\"text\", ...]}}: {}", r.body_text()), "validation"))?;
     let texts = match req.inputs {
         Inputs::One(t) => vec![t],
         Inputs::Many(v) => v,
