@@ -2,6 +2,7 @@
 //! `embed`, `soak`, `serve`. Owns argument parsing and exit codes; each subcommand lives in its
 //! own module.
 
+mod chart;
 mod check;
 mod compare;
 mod dynamic;
@@ -143,6 +144,9 @@ enum BenchCmd {
         ours: String,
         /// The peer's JSON report (`bench/peers/torch_story.py --json`).
         peer: String,
+        /// Also draw thread scaling and batching, braid solid and the peer dashed, as SVG here.
+        #[arg(long)]
+        svg: Option<String>,
     },
 }
 
@@ -165,9 +169,13 @@ fn main() -> ExitCode {
         Cmd::Soak { minutes, device, threads, model, json } => Device::parse(&device).and_then(|d| soak::run(&d, minutes, threads, &model, json.as_deref())),
         Cmd::Check { device, threads, iters, model } => Device::parse(&device).and_then(|d| check::run(&d, threads, iters, &model)),
         Cmd::Bench { cmd: BenchCmd::Story { device, workload, quick, json, model } } => story_cmd(&device, &workload, quick, json.as_deref(), &model),
-        Cmd::Bench { cmd: BenchCmd::Compare { ours, peer } } => compare::load(&ours).and_then(|a| {
+        Cmd::Bench { cmd: BenchCmd::Compare { ours, peer, svg } } => compare::load(&ours).and_then(|a| {
             let b = compare::load(&peer)?;
             print!("{}", compare::compare(&a, &b));
+            if let Some(path) = svg {
+                std::fs::write(&path, chart::svg(&a, &b)).map_err(|e| braid_runtime::Error::Io { path: path.clone(), message: e.to_string() })?;
+                eprintln!("chart written to {path}");
+            }
             Ok(ExitCode::SUCCESS)
         }),
     };
