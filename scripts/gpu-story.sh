@@ -40,7 +40,7 @@ for w in ${WORKLOADS:-mlp encoder minilm}; do
   echo "== $w: torch" >&2
   PYTHONUNBUFFERED=1 python3 bench/peers/torch_story.py --workload "$w" $quick --json "$out/torch-$w.json" 2> "$out/torch-$w.log" || { rc=1; tail -5 "$out/torch-$w.log"; }
   if [ -f "$out/braid-$w.json" ] && [ -f "$out/torch-$w.json" ]; then
-    "$braid" bench compare "$out/braid-$w.json" "$out/torch-$w.json" > "$out/compare-$w.md"
+    "$braid" bench compare "$out/braid-$w.json" "$out/torch-$w.json" --svg "$out/chart-$w.svg" > "$out/compare-$w.md"
     cat "$out/compare-$w.md"
   fi
 done
