@@ -9,6 +9,8 @@
 //! - `POST /embed` `{"inputs": "text"}` or `{"inputs": ["a", "b"]}` →
 //!   `[[f32; dim], ...]` (L2-normalised, one per input, in order; the
 //!   text-embeddings-inference shape);
+//! - `POST /v1/embeddings` `{"input": "text" | [..]}` → the OpenAI shape
+//!   (`data[i].embedding`, `usage.prompt_tokens`);
 //! - `GET /health` → `{"status": "ok", ...}`;
 //! - `GET /info` → model, device, dimension, limits, batcher settings;
 //! - `GET /metrics` → the batcher's counters (submitted, completed,
@@ -100,18 +102,33 @@ impl AppState {
         self.batcher.shutdown();
     }
 
-    /// Embed `texts` through the batcher (each text its own request).
-    pub async fn embed(&self, texts: &[String]) -> Result<Vec<Vec<f32>>> {
-        let mut handles = Vec::with_capacity(texts.len());
-        for t in texts {
-            let ids = self.embedder.tokenizer().encode(t)?;
-            handles.push(self.batcher.submit(ids)?);
+    /// Token ids of `texts` (truncated to the model's length). Tokenizing a
+    /// long text takes a while, so it runs on tokio's blocking pool, not on
+    /// the threads that drive connections.
+    pub async fn tokenize(&self, texts: Vec<String>) -> Result<Vec<Vec<u32>>> {
+        let e = self.embedder.clone();
+        tokio::task::spawn_blocking(move || texts.iter().map(|t| e.tokenizer().encode(t)).collect::<Result<Vec<_>>>())
+            .await
+            .map_err(|j| Error::JobPanicked(format!("tokenizer: {j}")))?
+    }
+
+    /// Embed token ids through the batcher (each text its own request).
+    pub async fn embed_ids(&self, ids: Vec<Vec<u32>>) -> Result<Vec<Vec<f32>>> {
+        let mut handles = Vec::with_capacity(ids.len());
+        for row in ids {
+            handles.push(self.batcher.submit(row)?);
         }
         let mut out = Vec::with_capacity(handles.len());
         for h in handles {
             out.push(h.await?);
         }
         Ok(out)
+    }
+
+    /// Tokenize and embed `texts`.
+    pub async fn embed(&self, texts: &[String]) -> Result<Vec<Vec<f32>>> {
+        let ids = self.tokenize(texts.to_vec()).await?;
+        self.embed_ids(ids).await
     }
 }
 
@@ -167,13 +184,49 @@ async fn embed(State(st): State<Arc<AppState>>, body: std::result::Result<Json<E
         Inputs::One(t) => vec![t],
         Inputs::Many(v) => v,
     };
-    if texts.is_empty() {
-        return Err(ApiError(StatusCode::BAD_REQUEST, "inputs is empty".into(), "validation"));
-    }
-    if texts.len() > st.config.max_inputs {
-        return Err(ApiError(StatusCode::PAYLOAD_TOO_LARGE, format!("{} inputs in one request; at most {} (--max-inputs)", texts.len(), st.config.max_inputs), "validation"));
-    }
+    check_count(&st, texts.len())?;
     Ok(Json(st.embed(&texts).await?))
+}
+
+#[derive(Deserialize)]
+struct OpenAiRequest {
+    input: Inputs,
+    #[serde(default)]
+    model: Option<String>,
+    #[serde(default)]
+    encoding_format: Option<String>,
+}
+
+/// `POST /v1/embeddings`, the OpenAI shape (as text-embeddings-inference
+/// also offers): `{"input": "text" | [..], "model"?: ".."}` →
+/// `{"object": "list", "data": [{"object": "embedding", "index", "embedding"}], "model", "usage"}`.
+async fn openai_embeddings(State(st): State<Arc<AppState>>, body: std::result::Result<Json<OpenAiRequest>, JsonRejection>) -> std::result::Result<Json<serde_json::Value>, ApiError> {
+    let Json(req) = body.map_err(|r| ApiError(if r.status() == StatusCode::PAYLOAD_TOO_LARGE { StatusCode::PAYLOAD_TOO_LARGE } else { StatusCode::BAD_REQUEST }, format!("expected {{\"input\": \"text\" | [\"text\", ...]}}: {}", r.body_text()), "validation"))?;
+    if let Some(f) = req.encoding_format.as_deref().filter(|f| *f != "float") {
+        return Err(ApiError(StatusCode::BAD_REQUEST, format!("encoding_format {f:?} is not supported (only \"float\")"), "validation"));
+    }
+    let texts = match req.input {
+        Inputs::One(t) => vec![t],
+        Inputs::Many(v) => v,
+    };
+    check_count(&st, texts.len())?;
+    let ids = st.tokenize(texts).await?;
+    let tokens: usize = ids.iter().map(|r| r.len()).sum();
+    let embeddings = st.embed_ids(ids).await?;
+    let data: Vec<serde_json::Value> = embeddings.into_iter().enumerate().map(|(i, e)| json!({ "object": "embedding", "index": i, "embedding": e })).collect();
+    let model = req.model.unwrap_or_else(|| st.embedder.dir().display().to_string());
+    Ok(Json(json!({ "object": "list", "data": data, "model": model, "usage": { "prompt_tokens": tokens, "total_tokens": tokens } })))
+}
+
+/// 400 for no inputs, 413 for more than `max_inputs`.
+fn check_count(st: &AppState, n: usize) -> std::result::Result<(), ApiError> {
+    if n == 0 {
+        return Err(ApiError(StatusCode::BAD_REQUEST, "no inputs".into(), "validation"));
+    }
+    if n > st.config.max_inputs {
+        return Err(ApiError(StatusCode::PAYLOAD_TOO_LARGE, format!("{n} inputs in one request; at most {} (--max-inputs)", st.config.max_inputs), "validation"));
+    }
+    Ok(())
 }
 
 async fn health(State(st): State<Arc<AppState>>) -> Json<serde_json::Value> {
@@ -214,10 +267,11 @@ async fn metrics(State(st): State<Arc<AppState>>) -> Json<serde_json::Value> {
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/embed", post(embed))
+        .route("/v1/embeddings", post(openai_embeddings))
         .route("/health", get(health))
         .route("/info", get(info))
         .route("/metrics", get(metrics))
-        .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such route: POST /embed, GET /health, /info, /metrics".into(), "validation") })
+        .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such route: POST /embed, POST /v1/embeddings, GET /health, /info, /metrics".into(), "validation") })
         .with_state(state)
 }
 

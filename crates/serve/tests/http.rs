@@ -1,5 +1,5 @@
 //! braid-serve over real sockets: embeddings equal the model's own (within
-//! 1e-5 relative), texts from 16 concurrent connections each get their own
+//! 1e-5 relative), on `/embed` and the OpenAI-shaped `/v1/embeddings`, texts from 16 concurrent connections each get their own
 //! embedding and share batches, bad requests get clear JSON errors with the
 //! right status, and graceful shutdown answers what it accepted. Needs
 //! all-MiniLM-L6-v2 (scripts/get-minilm.sh); without it each test prints
@@ -110,6 +110,32 @@ fn embeddings_equal_the_models_own() {
     assert_eq!(status, 200);
     let info: serde_json::Value = serde_json::from_str(&resp).unwrap();
     assert_eq!(info["dim"], 384);
+    srv.stop().unwrap();
+}
+
+#[test]
+fn openai_shaped_endpoint() {
+    let Some(e) = embedder("openai_shaped_endpoint") else { return };
+    let want = e.embed(&TEXTS[..2]).unwrap();
+    let tokens: usize = TEXTS[..2].iter().map(|t| e.tokenizer().encode(t).unwrap().len()).sum();
+    let mut srv = Server::start(e, ServeConfig::default());
+    let body = serde_json::json!({ "input": &TEXTS[..2], "model": "all-MiniLM-L6-v2" }).to_string();
+    let (status, resp) = request(srv.addr, "POST", "/v1/embeddings", Some(&body));
+    assert_eq!(status, 200, "{resp}");
+    let v: serde_json::Value = serde_json::from_str(&resp).unwrap();
+    assert_eq!(v["object"], "list");
+    assert_eq!(v["model"], "all-MiniLM-L6-v2");
+    assert_eq!(v["usage"]["prompt_tokens"], tokens);
+    let data = v["data"].as_array().unwrap();
+    assert_eq!(data.len(), 2);
+    for (i, d) in data.iter().enumerate() {
+        assert_eq!(d["index"], i);
+        let got: Vec<f32> = serde_json::from_value(d["embedding"].clone()).unwrap();
+        assert!(rel_err(&got, &want[i]) < 1e-5);
+    }
+    let (status, resp) = request(srv.addr, "POST", "/v1/embeddings", Some(r#"{"input": "x", "encoding_format": "base64"}"#));
+    assert_eq!(status, 400, "{resp}");
+    assert!(resp.contains("base64"), "{resp}");
     srv.stop().unwrap();
 }
 
