@@ -251,6 +251,8 @@ impl BatchModel for Times10 {
     fn forward(&self, _: &mut (), inputs: Vec<usize>) -> braid_runtime::Result<Vec<usize>> {
         let b = power_of_two_bucket(inputs[0]);
         assert!(inputs.iter().all(|&x| power_of_two_bucket(x) == b), "a batch mixed length buckets: {inputs:?}");
+        // SeqCst: a test counter read after the workers are joined (the join
+        // orders it anyway); the strongest ordering keeps the model simple.
         self.ran.fetch_add(inputs.len(), Ordering::SeqCst);
         self.sizes_seen.lock().unwrap().insert(inputs.len());
         Ok(inputs.iter().map(|x| x * 10).collect())

@@ -12,7 +12,9 @@ fn cpu() -> Device {
     Device::cpu_with(DeviceOptions::default()).unwrap()
 }
 
-/// Hold `stream` up until `gate` opens (a slow kernel).
+/// Hold `stream` up until `gate` opens (a slow kernel). SeqCst on the gate:
+/// a go/no-go flag only; what the tests assert afterwards is ordered by the
+/// stream's own completion (event waits), not by the flag.
 fn block_stream(stream: &braid_runtime::Stream, gate: &Arc<AtomicBool>) {
     let g = gate.clone();
     stream
@@ -100,6 +102,9 @@ fn consecutive_command_buffers_do_not_alias() {
     block_stream(&stream, &gate);
     let (kept1, kept2) = (Arc::new(1u32), Arc::new(2u32));
     let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    // The gates (SeqCst, as `block_stream`): plain go/no-go flags polled by the
+    // stream's work; the assertions that follow synchronise through
+    // `wait()`/`query()` (event completion), not through these flags.
     let second_may_run = Arc::new(AtomicBool::new(false));
     let mut cb1 = CommandBuffer::on(&dev, stream.clone());
     let s1 = seen.clone();

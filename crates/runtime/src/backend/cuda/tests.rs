@@ -812,6 +812,8 @@ fn graph_cache_eviction_never_frees_a_graph_in_use() {
     // SAFETY: as above (eager run of the captured op).
     unsafe { raw.softmax(px, po, rows, cols, DType::F32).unwrap() };
     let eager = read(raw);
+    // SeqCst stop flag: only tells the evictor when to end; the join after
+    // the store is what orders its work with this thread.
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let (c2, stop2) = (cache.clone(), stop.clone());
     let evictor = std::thread::spawn(move || {
