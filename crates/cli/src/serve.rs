@@ -24,16 +24,14 @@ pub struct Options {
 }
 
 pub fn run(device: &Device, o: &Options) -> Result<ExitCode> {
-    if !(o.max_delay_ms.is_finite() && o.max_delay_ms >= 0.0) {
-        return Err(Error::InvalidArgument(format!("--max-delay-ms must be a non-negative number (got {})", o.max_delay_ms)));
-    }
+    let max_delay = Duration::try_from_secs_f64(o.max_delay_ms / 1e3).map_err(|_| Error::InvalidArgument(format!("--max-delay-ms must be a non-negative number of milliseconds a Duration can hold (got {})", o.max_delay_ms)))?;
     let io = |e: std::io::Error| Error::Io { path: format!("{}:{}", o.host, o.port), message: e.to_string() };
     eprintln!("serve: loading {} on {}", o.model, device.name());
     let embedder = Arc::new(SentenceEmbedder::load(&o.model, device)?);
     let config = ServeConfig {
         batcher: BatcherConfig {
             max_batch_size: o.max_batch,
-            max_queue_delay: Duration::from_secs_f64(o.max_delay_ms / 1e3),
+            max_queue_delay: max_delay,
             workers: o.workers,
             capacity: o.capacity,
             default_deadline: (o.deadline_ms > 0).then(|| Duration::from_millis(o.deadline_ms)),

@@ -73,8 +73,9 @@ impl Models {
 }
 
 pub fn run(device: &Device, minutes: f64, threads: usize, model_dir: &str, json: Option<&str>) -> Result<std::process::ExitCode> {
-    if !(minutes > 0.0) || threads == 0 {
-        return Err(Error::InvalidArgument("soak needs --minutes > 0 and --threads ≥ 1".into()));
+    // At most a year: beyond that `Instant + Duration` could overflow.
+    if !(minutes > 0.0 && minutes <= 525_600.0) || threads == 0 {
+        return Err(Error::InvalidArgument(format!("soak needs 0 < --minutes ≤ 525600 (a year) and --threads ≥ 1 (got {minutes:?} minutes, {threads} threads)")));
     }
     let minilm = match SentenceEmbedder::load(model_dir, device) {
         Ok(m) => Some(m),

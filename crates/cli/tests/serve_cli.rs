@@ -1,6 +1,7 @@
 //! `braid serve` end to end as a user runs it: the binary on an ephemeral
 //! port, one embedding request over HTTP, then SIGTERM: it must stop by
-//! itself with exit status 0 after saying it drained. Also: a bad option is
+//! itself with exit status 0 after saying it drained. Also: a bad option (to
+//! serve, or a soak duration) is
 //! a clear error, not a panic. Needs all-MiniLM-L6-v2 for the first test
 //! (SKIPPED without it).
 
@@ -80,8 +81,22 @@ fn serve_rejects_bad_options_clearly() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("max-delay-ms") && !err.contains("panicked"), "{err}");
+    let out = Command::new(env!("CARGO_BIN_EXE_braid")).args(["serve", "--device", "cpu", "--max-delay-ms=1e300", "--model", "/nonexistent"]).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("max-delay-ms") && !err.contains("panicked"), "{err}");
     let out = Command::new(env!("CARGO_BIN_EXE_braid")).args(["serve", "--device", "cpu", "--model", "/nonexistent"]).output().unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("/nonexistent") && !err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn soak_rejects_bad_durations_clearly() {
+    for minutes in ["--minutes=1e300", "--minutes=nan", "--minutes=-1"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_braid")).args(["soak", "--device", "cpu", minutes]).output().unwrap();
+        assert!(!out.status.success(), "{minutes} accepted");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("--minutes") && !err.contains("panicked"), "{minutes}: {err}");
+    }
 }

@@ -126,8 +126,8 @@ impl AppState {
     }
 
     /// Tokenize and embed `texts`.
-    pub async fn embed(&self, texts: &[String]) -> Result<Vec<Vec<f32>>> {
-        let ids = self.tokenize(texts.to_vec()).await?;
+    pub async fn embed(&self, texts: Vec<String>) -> Result<Vec<Vec<f32>>> {
+        let ids = self.tokenize(texts).await?;
         self.embed_ids(ids).await
     }
 }
@@ -163,6 +163,15 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// A body axum could not read as the expected JSON. The rejection's own
+/// status where it is 413 (body over the limit); 400 otherwise (axum says
+/// 415 or 422 for some; one status for "fix your body" is simpler for
+/// clients).
+fn body_error(r: JsonRejection, expected: &str) -> ApiError {
+    let status = if r.status() == StatusCode::PAYLOAD_TOO_LARGE { StatusCode::PAYLOAD_TOO_LARGE } else { StatusCode::BAD_REQUEST };
+    ApiError(status, format!("expected {expected}: {}", r.body_text()), "validation")
+}
+
 #[derive(Deserialize)]
 #[serde(untagged)]
 enum Inputs {
@@ -176,16 +185,13 @@ struct EmbedRequest {
 }
 
 async fn embed(State(st): State<Arc<AppState>>, body: std::result::Result<Json<EmbedRequest>, JsonRejection>) -> std::result::Result<Json<Vec<Vec<f32>>>, ApiError> {
-    // The rejection's own status: 400 for bad JSON or a missing content
-    // type (axum says 415/422; one status for "fix your body" is simpler
-    // for clients), 413 for a body over the limit.
-    let Json(req) = body.map_err(|r| ApiError(if r.status() == StatusCode::PAYLOAD_TOO_LARGE { StatusCode::PAYLOAD_TOO_LARGE } else { StatusCode::BAD_REQUEST }, format!("expected {{\"inputs\": \"text\" | [\"text\", ...]}}: {}", r.body_text()), "validation"))?;
+    let Json(req) = body.map_err(|r| body_error(r, r#"{"inputs": "text" | ["text", ...]}"#))?;
     let texts = match req.inputs {
         Inputs::One(t) => vec![t],
         Inputs::Many(v) => v,
     };
     check_count(&st, texts.len())?;
-    Ok(Json(st.embed(&texts).await?))
+    Ok(Json(st.embed(texts).await?))
 }
 
 #[derive(Deserialize)]
@@ -201,7 +207,7 @@ struct OpenAiRequest {
 /// also offers): `{"input": "text" | [..], "model"?: ".."}` →
 /// `{"object": "list", "data": [{"object": "embedding", "index", "embedding"}], "model", "usage"}`.
 async fn openai_embeddings(State(st): State<Arc<AppState>>, body: std::result::Result<Json<OpenAiRequest>, JsonRejection>) -> std::result::Result<Json<serde_json::Value>, ApiError> {
-    let Json(req) = body.map_err(|r| ApiError(if r.status() == StatusCode::PAYLOAD_TOO_LARGE { StatusCode::PAYLOAD_TOO_LARGE } else { StatusCode::BAD_REQUEST }, format!("expected {{\"input\": \"text\" | [\"text\", ...]}}: {}", r.body_text()), "validation"))?;
+    let Json(req) = body.map_err(|r| body_error(r, r#"{"input": "text" | ["text", ...]}"#))?;
     if let Some(f) = req.encoding_format.as_deref().filter(|f| *f != "float") {
         return Err(ApiError(StatusCode::BAD_REQUEST, format!("encoding_format {f:?} is not supported (only \"float\")"), "validation"));
     }

@@ -247,5 +247,5 @@ fn graceful_shutdown_answers_what_it_accepted() {
     assert!(TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_err(), "still listening after shutdown");
     // The batcher was drained and refuses new work.
     let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
-    assert!(matches!(rt.block_on(st.embed(&["late".to_string()])), Err(Error::ShutDown(_))));
+    assert!(matches!(rt.block_on(st.embed(vec!["late".to_string()])), Err(Error::ShutDown(_))));
 }
