@@ -159,18 +159,70 @@ impl Device {
         }
     }
 
-    /// By name: `auto`, `cpu`, `cuda`, `cuda:N`.
+    /// One device by name: `auto`, `cpu`, `cpu:N`, `cuda`, `cuda:N`. A name
+    /// of several devices (`cuda:all`, `cuda:0,1`) is an error here; see
+    /// [`Device::parse_many`].
     pub fn parse(name: &str) -> Result<Device> {
-        match name.trim() {
-            "auto" => Self::auto(),
-            "cpu" => Self::cpu(),
-            "cuda" => Self::cuda(0),
-            s if s.starts_with("cuda:") => {
-                let n = s[5..].parse().map_err(|_| Error::InvalidArgument(format!("bad device {name:?}: expected cuda:N")))?;
-                Self::cuda(n)
-            }
-            _ => Err(Error::InvalidArgument(format!("unknown device {name:?}: expected auto, cpu, cuda or cuda:N (wgpu is not built yet)"))),
+        let mut all = Self::parse_many(name)?;
+        if all.len() != 1 {
+            return Err(Error::InvalidArgument(format!("{name:?} names {} devices where one is expected", all.len())));
         }
+        Ok(all.remove(0))
+    }
+
+    /// One or more devices by name: `auto`, `cpu`, `cuda`, or a kind with a
+    /// list of ordinals (`cuda:0,1`, `cpu:0,1`) or `all` (`cuda:all`: every
+    /// CUDA device the driver sees; `cpu:all` is one CPU device). Several
+    /// CPU devices in one process share the cores and nothing else: each has
+    /// its own stream pool, allocator and events, as two GPUs would, which is
+    /// how the multi-device paths are tested without GPUs. Ordinals must be
+    /// distinct; settings come from the environment.
+    pub fn parse_many(name: &str) -> Result<Vec<Device>> {
+        let options = DeviceOptions::from_env()?;
+        let bad = |why: String| Error::InvalidArgument(format!("bad device {name:?}: {why}; expected auto, cpu, cpu:N[,M..], cuda, cuda:N[,M..] or cuda:all (wgpu is not built yet)"));
+        let s = name.trim();
+        let (kind, list) = match s.split_once(':') {
+            Some((k, l)) => (k, Some(l)),
+            None => (s, None),
+        };
+        let ordinals = |count: Option<usize>| -> Result<Vec<usize>> {
+            let Some(list) = list else { return Ok(vec![0]) };
+            if list.trim() == "all" {
+                return Ok((0..count.unwrap_or(1)).collect());
+            }
+            let mut v = Vec::new();
+            for part in list.split(',') {
+                let n: usize = part.trim().parse().map_err(|_| bad(format!("{part:?} is not a device ordinal")))?;
+                if v.contains(&n) {
+                    return Err(bad(format!("ordinal {n} is named twice")));
+                }
+                v.push(n);
+            }
+            Ok(v)
+        };
+        match kind {
+            "auto" if list.is_none() => Ok(vec![Self::auto()?]),
+            "cpu" => ordinals(None)?.into_iter().map(|i| Self::with_backend(Arc::new(CpuBackend::with_ordinal(i)), options.clone())).collect(),
+            "cuda" => {
+                let count = if list.map(str::trim) == Some("all") { Some(Self::cuda_count()?) } else { None };
+                let ids = ordinals(count)?;
+                if ids.is_empty() {
+                    return Err(Error::Unavailable { backend: "cuda", reason: "cuda:all: the driver sees no CUDA device".into() });
+                }
+                ids.into_iter().map(|i| Self::cuda_with(i, options.clone())).collect()
+            }
+            _ => Err(bad("unknown device".into())),
+        }
+    }
+
+    /// How many CUDA devices there are ([`Error::Unavailable`] without a driver).
+    pub fn cuda_count() -> Result<usize> {
+        #[cfg(all(feature = "cuda", not(loom)))]
+        {
+            crate::backend::cuda::device_count()
+        }
+        #[cfg(not(all(feature = "cuda", not(loom))))]
+        Err(Error::Unavailable { backend: "cuda", reason: "braid was built without the `cuda` feature".into() })
     }
 
     pub fn id(&self) -> u64 {

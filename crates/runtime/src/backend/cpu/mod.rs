@@ -23,6 +23,9 @@ const ALIGN: usize = 64;
 pub struct CpuBackend {
     /// Every stream created, so `synchronize` can wait for all of them.
     streams: Mutex<Vec<Weak<CpuStream>>>,
+    /// Which CPU device of the process this is (`cpu:N`): several CPU
+    /// devices share the cores but nothing else (streams, memory, events).
+    ordinal: usize,
 }
 
 impl Default for CpuBackend {
@@ -33,7 +36,12 @@ impl Default for CpuBackend {
 
 impl CpuBackend {
     pub fn new() -> Self {
-        CpuBackend { streams: Mutex::new(Vec::new()) }
+        Self::with_ordinal(0)
+    }
+
+    /// CPU device `cpu:ordinal` (a label: every CPU device runs on the same cores).
+    pub fn with_ordinal(ordinal: usize) -> Self {
+        CpuBackend { streams: Mutex::new(Vec::new()), ordinal }
     }
 }
 
@@ -52,6 +60,9 @@ fn f32_only(dtype: DType) -> Result<()> {
 impl Backend for CpuBackend {
     fn kind(&self) -> BackendKind {
         BackendKind::Cpu
+    }
+    fn ordinal(&self) -> usize {
+        self.ordinal
     }
     fn device_name(&self) -> String {
         let n = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);

@@ -139,6 +139,31 @@ pub fn try_new(ordinal: usize) -> Result<Arc<CudaBackend>> {
     }
 }
 
+/// How many CUDA devices the driver sees; [`Error::Unavailable`] where
+/// there is no driver (never panics).
+pub fn device_count() -> Result<usize> {
+    let count = || -> Result<usize> {
+        // SAFETY: as in `open_device`.
+        require_lib(unsafe { sys::is_culib_present() }, "libcuda (the NVIDIA driver)")?;
+        // SAFETY: cuInit may be called any number of times from any thread.
+        let r = unsafe { sys::cuInit(0) };
+        if r != CUresult::CUDA_SUCCESS {
+            return Err(unavailable(driver_reason("cuInit", r)));
+        }
+        let mut n = 0i32;
+        // SAFETY: the driver is initialised.
+        let r = unsafe { sys::cuDeviceGetCount(&mut n) };
+        if r != CUresult::CUDA_SUCCESS {
+            return Err(unavailable(driver_reason("cuDeviceGetCount", r)));
+        }
+        Ok(n.max(0) as usize)
+    };
+    match std::panic::catch_unwind(count) {
+        Ok(r) => r,
+        Err(p) => Err(unavailable(format!("loading CUDA failed: {}", crate::panic_message(&p)))),
+    }
+}
+
 /// For `braid info`: the name of CUDA device 0, or why there is none.
 pub fn probe() -> std::result::Result<String, String> {
     match std::panic::catch_unwind(|| open_device(0)) {
