@@ -29,10 +29,11 @@ grep -h "SKIPPED" target/test.log | sed 's/^ *//' | sort | uniq -c || true
 
 echo "== loom models"
 for crate in braid-runtime braid-batch; do
-  if ls crates/${crate#braid-}/tests/loom*.rs >/dev/null 2>&1; then
+  for model in crates/${crate#braid-}/tests/loom*.rs; do
+    [ -f "$model" ] || continue
     RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom LOOM_MAX_PREEMPTIONS=${LOOM_MAX_PREEMPTIONS:-3} \
-      cargo test --release -p "$crate" --test loom -- --nocapture --test-threads 1 2>&1 | grep -E "loom model|test result|panicked|FAILED" 
-  fi
+      cargo test --release -p "$crate" --test "$(basename "$model" .rs)" -- --nocapture --test-threads 1 2>&1 | grep -E "loom model|test result|panicked|FAILED"
+  done
 done
 
 echo "== data-race checks (scripts/race-check.sh)"

@@ -67,6 +67,9 @@ struct DeviceInner {
     allocator: CachingAllocator<DeviceMemory>,
     throttle: Throttle,
     shut_down: AtomicBool,
+    /// Set by [`Device::inject_fault`]: the device then fails every call as
+    /// a poisoned CUDA context does.
+    fault: std::sync::OnceLock<String>,
     label: String,
 }
 
@@ -120,7 +123,7 @@ impl Device {
         let mem = DeviceMemory { backend: backend.clone(), pool: pool.clone(), name: label.clone() };
         let allocator = CachingAllocator::new(mem, AllocConfig { streams: options.pool.size, high_watermark: options.high_watermark })?;
         Ok(Device {
-            inner: Arc::new(DeviceInner { id, backend, pool, allocator, throttle: Throttle::new(options.max_inflight), shut_down: AtomicBool::new(false), label }),
+            inner: Arc::new(DeviceInner { id, backend, pool, allocator, throttle: Throttle::new(options.max_inflight), shut_down: AtomicBool::new(false), fault: std::sync::OnceLock::new(), label }),
         })
     }
 
@@ -258,6 +261,9 @@ impl Device {
 
     fn check_live(&self) -> Result<()> {
         crate::fork::check()?;
+        if let Some(cause) = self.inner.fault.get() {
+            return Err(Error::DevicePoisoned { device: self.inner.label.clone(), cause: cause.clone() });
+        }
         // Acquire pairs with the Release store in `shutdown`.
         if self.inner.shut_down.load(Ordering::Acquire) {
             return Err(Error::DeviceShutDown(self.inner.label.clone()));
@@ -315,6 +321,20 @@ impl Device {
         // Release: later `check_live` loads see the flag.
         self.inner.shut_down.store(true, Ordering::Release);
         self.inner.pool.synchronize()
+    }
+
+    /// Fault injection, for failover tests and drills: from now on every
+    /// call that takes a stream, memory or an event on this device fails
+    /// with [`Error::DevicePoisoned`] naming `cause`, as after a sticky CUDA
+    /// error. Work already enqueued completes. It cannot be undone (neither
+    /// can a real poisoning); the first cause is kept.
+    pub fn inject_fault(&self, cause: &str) {
+        let _ = self.inner.fault.set(cause.to_string());
+    }
+
+    /// The injected fault, if any.
+    pub fn fault(&self) -> Option<&str> {
+        self.inner.fault.get().map(String::as_str)
     }
 
     pub fn is_shut_down(&self) -> bool {
