@@ -198,13 +198,14 @@ where
 
     fn forward(&self, w: &mut Self::Worker, inputs: Vec<Self::Input>) -> Result<Vec<Self::Output>> {
         let Some(first) = self.choose(w.home, None) else { return Err(self.all_out()) };
-        // Kept for the one retry: token ids, small next to a forward.
-        let again = inputs.clone();
+        // Kept for the one retry (token ids, small next to a forward); with
+        // one replica there is nowhere to retry, and nothing is copied.
+        let again = (self.replicas.len() > 1).then(|| inputs.clone());
         match self.run_on(first, w, inputs) {
             Err(e) if condemns_device(&e) => {
                 self.take_out(first, e.to_string());
                 self.replicas[first].retried.fetch_add(1, Ordering::Relaxed);
-                let Some(second) = self.choose(first, Some(first)) else { return Err(self.all_out()) };
+                let (Some(second), Some(again)) = (self.choose(first, Some(first)), again) else { return Err(self.all_out()) };
                 // Once only: a second failure is returned (after taking
                 // that device out too), so one bad batch cannot walk the
                 // whole machine.

@@ -145,7 +145,7 @@ mod tests {
         for b in [1usize, 8, 64, 256] {
             results.push(Row::Batching { batch: b, latency_ms: 0.1, samples_per_s: 500.0 * b as f64 * scale });
         }
-        Report { tool: tool.into(), device: "dev <1>".into(), backend: "cpu".into(), workload: "mlp".into(), date: None, quick: true, results }
+        Report { tool: tool.into(), device: "dev <1>".into(), backend: "cpu".into(), workload: "mlp".into(), date: None, quick: true, dynamic_devices: None, results }
     }
 
     #[test]

@@ -1,10 +1,12 @@
 //! The "dynamic" rows of the story: `clients` threads each sending single
 //! samples through braid-batch's dynamic [`Batcher`], for a fixed time;
-//! requests/s, p50 and p99 latency, mean batch size.
+//! requests/s, p50 and p99 latency, mean batch size. Over several devices
+//! (`--device cuda:all`, `cpu:0,1`) the batcher feeds one replica per device
+//! through `braid_batch::Replicas`, with one worker per device.
 
 use crate::report::Row;
 use crate::workloads::{EncoderBench, MiniLmBench, MlpBench};
-use braid_batch::{BatchModel, Batcher, BatcherConfig};
+use braid_batch::{BatchModel, Batcher, BatcherConfig, Replicas};
 use braid_nn::{workloads as wl, Mlp, Tensor, TransformerEncoderLayer};
 use braid_runtime::{Device, Result};
 use std::sync::Arc;
@@ -43,10 +45,24 @@ where
     }
 }
 
-fn measure<M: BatchModel>(model: Arc<M>, clients: &[usize], seconds: f64, sample: impl Fn(usize) -> M::Input + Sync) -> Result<Vec<Row>> {
+/// The rows for `models` (one per device; see the module docs).
+fn over<M: BatchModel>(mut models: Vec<(String, M)>, replicated: bool, clients: &[usize], seconds: f64, sample: impl Fn(usize) -> M::Input + Sync) -> Result<Vec<Row>>
+where
+    M::Input: Clone,
+{
+    if replicated {
+        let workers = models.len();
+        measure(Arc::new(Replicas::new(models)?), workers, clients, seconds, sample)
+    } else {
+        let (_, m) = models.swap_remove(0);
+        measure(Arc::new(m), 1, clients, seconds, sample)
+    }
+}
+
+fn measure<M: BatchModel>(model: Arc<M>, workers: usize, clients: &[usize], seconds: f64, sample: impl Fn(usize) -> M::Input + Sync) -> Result<Vec<Row>> {
     let mut rows = Vec::new();
     for &n in clients {
-        let batcher = Batcher::new(model.clone(), BatcherConfig { max_batch_size: MAX_BATCH, max_queue_delay: MAX_DELAY, capacity: 1 << 16, ..Default::default() })?;
+        let batcher = Batcher::new(model.clone(), BatcherConfig { max_batch_size: MAX_BATCH, max_queue_delay: MAX_DELAY, capacity: 1 << 16, workers, ..Default::default() })?;
         // Warm-up: one batch through the worker's stream.
         batcher.infer(sample(0))?;
         let end = Instant::now() + Duration::from_secs_f64(seconds);
@@ -86,23 +102,33 @@ fn measure<M: BatchModel>(model: Arc<M>, clients: &[usize], seconds: f64, sample
     Ok(rows)
 }
 
-pub fn mlp(b: &MlpBench, clients: &[usize], seconds: f64) -> Result<Vec<Row>> {
-    let m: Arc<Mlp> = b.model.clone();
-    let model = Arc::new(Dense { device: b.device.clone(), in_shape: vec![wl::MLP_DIMS[0]], forward: move |x: &Tensor| m.forward(x) });
+pub fn mlp(all: &[MlpBench], replicated: bool, clients: &[usize], seconds: f64) -> Result<Vec<Row>> {
+    let models = all
+        .iter()
+        .map(|b| {
+            let m: Arc<Mlp> = b.model.clone();
+            (b.device.label().to_string(), Dense { device: b.device.clone(), in_shape: vec![wl::MLP_DIMS[0]], forward: move |x: &Tensor| m.forward(x) })
+        })
+        .collect();
     let inputs: Vec<Vec<f32>> = (0..16).map(|i| wl::mlp_input(1, i)).collect();
-    measure(model, clients, seconds, |c| inputs[c % inputs.len()].clone())
+    over(models, replicated, clients, seconds, |c| inputs[c % inputs.len()].clone())
 }
 
-pub fn encoder(b: &EncoderBench, clients: &[usize], seconds: f64) -> Result<Vec<Row>> {
-    let m: Arc<TransformerEncoderLayer> = b.model.clone();
-    let model = Arc::new(Dense { device: b.device.clone(), in_shape: vec![wl::ENCODER_SEQ, wl::ENCODER_DIM], forward: move |x: &Tensor| m.forward(x, None) });
+pub fn encoder(all: &[EncoderBench], replicated: bool, clients: &[usize], seconds: f64) -> Result<Vec<Row>> {
+    let models = all
+        .iter()
+        .map(|b| {
+            let m: Arc<TransformerEncoderLayer> = b.model.clone();
+            (b.device.label().to_string(), Dense { device: b.device.clone(), in_shape: vec![wl::ENCODER_SEQ, wl::ENCODER_DIM], forward: move |x: &Tensor| m.forward(x, None) })
+        })
+        .collect();
     let inputs: Vec<Vec<f32>> = (0..16).map(|i| wl::encoder_input(1, i)).collect();
-    measure(model, clients, seconds, |c| inputs[c % inputs.len()].clone())
+    over(models, replicated, clients, seconds, |c| inputs[c % inputs.len()].clone())
 }
 
-pub fn minilm(b: &MiniLmBench, clients: &[usize], seconds: f64) -> Result<Vec<Row>> {
-    let model = Arc::new(braid_serve::TokenEmbedder(b.model.clone()));
+pub fn minilm(all: &[MiniLmBench], replicated: bool, clients: &[usize], seconds: f64) -> Result<Vec<Row>> {
+    let models = all.iter().map(|b| (format!("replica {}", b.model.dir().display()), braid_serve::TokenEmbedder(b.model.clone()))).collect();
     let texts = crate::workloads::sample_texts();
-    let ids: Vec<Vec<u32>> = texts.iter().map(|t| b.model.tokenizer().encode(t)).collect::<Result<_>>()?;
-    measure(model, clients, seconds, |c| ids[c % ids.len()].clone())
+    let ids: Vec<Vec<u32>> = texts.iter().map(|t| all[0].model.tokenizer().encode(t)).collect::<Result<_>>()?;
+    over(models, replicated, clients, seconds, |c| ids[c % ids.len()].clone())
 }

@@ -189,13 +189,18 @@ fn main() -> ExitCode {
 }
 
 fn story_cmd(device: &str, workload: &str, quick: bool, json: Option<&str>, model: &str) -> braid_runtime::Result<ExitCode> {
-    let device = Device::parse(device)?;
+    let devices = Device::parse_many(device)?;
+    // A list (`cuda:all`, `cpu:0,1`) runs the dynamic rows over a replica
+    // per device, even where the list has one device; a single name runs
+    // them on that device directly.
+    let replicated = device.contains(',') || device.trim().ends_with(":all");
     let settings = story::Settings::new(quick);
-    eprintln!("braid bench story: workload {workload} on {} ({}){}", device.name(), device.kind().name(), if quick { ", quick" } else { "" });
+    let d0 = &devices[0];
+    eprintln!("braid bench story: workload {workload} on {} ({}){}{}", d0.name(), d0.kind().name(), if quick { ", quick" } else { "" }, if replicated { format!(", dynamic rows over {} device(s)", devices.len()) } else { String::new() });
     let report = match workload {
-        "mlp" => story::run(&device, &workloads::MlpBench::new(&device)?, &settings)?,
-        "encoder" => story::run(&device, &workloads::EncoderBench::new(&device)?, &settings)?,
-        "minilm" => story::run(&device, &workloads::MiniLmBench::new(&device, model)?, &settings)?,
+        "mlp" => story::run(&devices, &devices.iter().map(workloads::MlpBench::new).collect::<braid_runtime::Result<Vec<_>>>()?, replicated, &settings)?,
+        "encoder" => story::run(&devices, &devices.iter().map(workloads::EncoderBench::new).collect::<braid_runtime::Result<Vec<_>>>()?, replicated, &settings)?,
+        "minilm" => story::run(&devices, &devices.iter().map(|d| workloads::MiniLmBench::new(d, model)).collect::<braid_runtime::Result<Vec<_>>>()?, replicated, &settings)?,
         other => return Err(braid_runtime::Error::InvalidArgument(format!("unknown workload {other:?}: expected mlp, encoder or minilm"))),
     };
     if let Some(path) = json {

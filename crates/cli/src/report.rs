@@ -14,6 +14,10 @@ pub struct Report {
     pub date: Option<String>,
     #[serde(default)]
     pub quick: bool,
+    /// Devices the dynamic rows ran over, where that was a replicated list
+    /// (`--device cuda:all`, `cpu:0,1`); absent for a single device.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dynamic_devices: Option<Vec<String>>,
     pub results: Vec<Row>,
 }
 

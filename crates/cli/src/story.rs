@@ -25,8 +25,15 @@ pub trait Bench: Send + Sync {
     fn forward(&self, x: &Self::Input) -> Result<Self::Output>;
     /// Correctness rows: (name, relative error vs a CPU f64 reference).
     fn correctness(&self) -> Result<Vec<(String, f64)>>;
-    /// Dynamic-batching rows for these client counts (None: not supported).
-    fn dynamic(&self, clients: &[usize], seconds: f64) -> Result<Vec<Row>>;
+    /// Dynamic-batching rows for these client counts, over `all` (one bench
+    /// per device, the first being the one the other sections use). With
+    /// `replicated`, one batcher feeds a replica per device
+    /// (`braid_batch::Replicas`, as `serve --device cuda:all` does), even
+    /// for a single device; otherwise `all` has one bench and the batcher
+    /// feeds it directly.
+    fn dynamic(all: &[Self], replicated: bool, clients: &[usize], seconds: f64) -> Result<Vec<Row>>
+    where
+        Self: Sized;
     /// Whether graph capture of a forward works on this device and workload.
     fn graphs(&self) -> bool;
 }
@@ -118,7 +125,10 @@ fn forward_wait<B: Bench>(b: &B, stream: &Stream, x: &B::Input) -> Result<()> {
     Ok(())
 }
 
-pub fn run<B: Bench>(device: &Device, bench: &B, s: &Settings) -> Result<Report> {
+/// The story of `benches[0]` on `devices[0]`; the dynamic rows run over
+/// every device (see [`Bench::dynamic`]).
+pub fn run<B: Bench>(devices: &[Device], benches: &[B], replicated: bool, s: &Settings) -> Result<Report> {
+    let (device, bench) = (&devices[0], &benches[0]);
     let mut rows = Vec::new();
     let n_sections = 6;
     let progress = |i: usize, what: &str| eprintln!("[{i}/{n_sections}] {what} ({} on {})", bench.name(), device.name());
@@ -254,9 +264,13 @@ pub fn run<B: Bench>(device: &Device, bench: &B, s: &Settings) -> Result<Report>
         rows.push(Row::Pipeline { depth, ops_per_s: ops });
     }
 
-    progress(6, "dynamic batching (clients send single samples)");
+    if replicated {
+        progress(6, &format!("dynamic batching (clients send single samples) over {} device(s): {}", devices.len(), devices.iter().map(|d| d.label().to_string()).collect::<Vec<_>>().join(", ")));
+    } else {
+        progress(6, "dynamic batching (clients send single samples)");
+    }
     println!("\n## dynamic batching\n\n| clients | req/s | p50 ms | p99 ms | mean batch |\n| ---: | ---: | ---: | ---: | ---: |");
-    for r in bench.dynamic(&s.clients, s.seconds.max(0.3) * 2.0)? {
+    for r in B::dynamic(benches, replicated, &s.clients, s.seconds.max(0.3) * 2.0)? {
         if let Row::Dynamic { clients, requests_per_s, p50_ms, p99_ms, mean_batch } = &r {
             println!("| {clients} | {requests_per_s:.0} | {p50_ms:.3} | {p99_ms:.3} | {mean_batch:.1} |");
         }
@@ -270,6 +284,7 @@ pub fn run<B: Bench>(device: &Device, bench: &B, s: &Settings) -> Result<Report>
         workload: bench.name().into(),
         date: Some(today()),
         quick: s.seconds < 0.5,
+        dynamic_devices: replicated.then(|| devices.iter().map(|d| d.label().to_string()).collect()),
         results: rows,
     })
 }

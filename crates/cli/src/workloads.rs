@@ -45,8 +45,8 @@ impl Bench for MlpBench {
         }
         Ok(rows)
     }
-    fn dynamic(&self, clients: &[usize], seconds: f64) -> Result<Vec<Row>> {
-        crate::dynamic::mlp(self, clients, seconds)
+    fn dynamic(all: &[Self], replicated: bool, clients: &[usize], seconds: f64) -> Result<Vec<Row>> {
+        crate::dynamic::mlp(all, replicated, clients, seconds)
     }
     fn graphs(&self) -> bool {
         self.device.kind() == braid_runtime::BackendKind::Cuda
@@ -87,8 +87,8 @@ impl Bench for EncoderBench {
         let reference = refops::encoder_layer(&wl::encoder_weights()?, "", wl::ENCODER_DIM, wl::ENCODER_HEADS, wl::ENCODER_FF, Activation::Relu, wl::ENCODER_EPS as f64, &x64, None, batch, wl::ENCODER_SEQ)?;
         Ok(vec![(format!("encoder f32 batch {batch} vs f64"), rel_err(&out, &reference))])
     }
-    fn dynamic(&self, clients: &[usize], seconds: f64) -> Result<Vec<Row>> {
-        crate::dynamic::encoder(self, clients, seconds)
+    fn dynamic(all: &[Self], replicated: bool, clients: &[usize], seconds: f64) -> Result<Vec<Row>> {
+        crate::dynamic::encoder(all, replicated, clients, seconds)
     }
     fn graphs(&self) -> bool {
         self.device.kind() == braid_runtime::BackendKind::Cuda
@@ -159,8 +159,8 @@ impl Bench for MiniLmBench {
         }
         Ok(vec![(format!("minilm f32 vs sentence-transformers ({n} sentences)"), rel_err(&out, &reference))])
     }
-    fn dynamic(&self, clients: &[usize], seconds: f64) -> Result<Vec<Row>> {
-        crate::dynamic::minilm(self, clients, seconds)
+    fn dynamic(all: &[Self], replicated: bool, clients: &[usize], seconds: f64) -> Result<Vec<Row>> {
+        crate::dynamic::minilm(all, replicated, clients, seconds)
     }
     fn graphs(&self) -> bool {
         false
