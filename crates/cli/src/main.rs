@@ -166,7 +166,7 @@ fn main() -> ExitCode {
             let opts = serve::Options { model, host, port, max_batch, max_delay_ms, workers, capacity, max_inputs, deadline_ms };
             serve::run(&d, &opts)
         }),
-        Cmd::Soak { minutes, device, threads, model, json } => Device::parse(&device).and_then(|d| soak::run(&d, minutes, threads, &model, json.as_deref())),
+        Cmd::Soak { minutes, device, threads, model, json } => Device::parse_many(&device).and_then(|d| soak::run(&d, minutes, threads, &model, json.as_deref())),
         Cmd::Check { device, threads, iters, model } => Device::parse(&device).and_then(|d| check::run(&d, threads, iters, &model)),
         Cmd::Bench { cmd: BenchCmd::Story { device, workload, quick, json, model } } => story_cmd(&device, &workload, quick, json.as_deref(), &model),
         Cmd::Bench { cmd: BenchCmd::Compare { ours, peer, svg } } => compare::load(&ours).and_then(|a| {

@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 #[derive(Serialize, Debug)]
 pub struct SoakReport {
     pub device: String,
+    /// Every device soaked (labels), summed in the memory figures.
+    pub devices: Vec<String>,
     pub backend: String,
     pub date: String,
     pub minutes: f64,
@@ -72,11 +74,8 @@ impl Models {
     }
 }
 
-pub fn run(device: &Device, minutes: f64, threads: usize, model_dir: &str, json: Option<&str>) -> Result<std::process::ExitCode> {
-    // At most a year: beyond that `Instant + Duration` could overflow.
-    if !(minutes > 0.0 && minutes <= 525_600.0) || threads == 0 {
-        return Err(Error::InvalidArgument(format!("soak needs 0 < --minutes ≤ 525600 (a year) and --threads ≥ 1 (got {minutes:?} minutes, {threads} threads)")));
-    }
+/// Each device's models and the serial results on that device.
+fn prepare(device: &Device, model_dir: &str) -> Result<Models> {
     let minilm = match SentenceEmbedder::load(model_dir, device) {
         Ok(m) => Some(m),
         Err(e) => {
@@ -104,11 +103,28 @@ pub fn run(device: &Device, minutes: f64, threads: usize, model_dir: &str, json:
         let out = models.run(device, i)?;
         models.expected[i].3 = out;
     }
+    Ok(models)
+}
+
+/// Sum of a per-device figure over the devices (None if any lacks it).
+fn total(devices: &[Device], f: impl Fn(&Device) -> Option<f64>) -> Option<f64> {
+    devices.iter().map(f).sum()
+}
+
+/// Soak `devices` (several with `--device cpu:0,1` or `cuda:all`: each
+/// gets its own models, and threads are spread over them in turn).
+pub fn run(devices: &[Device], minutes: f64, threads: usize, model_dir: &str, json: Option<&str>) -> Result<std::process::ExitCode> {
+    // At most a year: beyond that `Instant + Duration` could overflow.
+    if !(minutes > 0.0 && minutes <= 525_600.0) || threads == 0 {
+        return Err(Error::InvalidArgument(format!("soak needs 0 < --minutes ≤ 525600 (a year) and --threads ≥ 1 (got {minutes:?} minutes, {threads} threads)")));
+    }
+    let device = &devices[0];
+    let per_device: Vec<Arc<Models>> = devices.iter().map(|d| prepare(d, model_dir).map(Arc::new)).collect::<Result<_>>()?;
+    let models = &per_device[0];
     let mut names = vec!["mlp".to_string(), "encoder".to_string()];
     if models.minilm.is_some() {
         names.push("minilm".into());
     }
-    let models = Arc::new(models);
     let ops = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
     let mismatches = Arc::new(AtomicU64::new(0));
@@ -122,11 +138,15 @@ pub fn run(device: &Device, minutes: f64, threads: usize, model_dir: &str, json:
     let mut live: Vec<std::thread::JoinHandle<()>> = Vec::new();
     let mut seed = Rng::new(crate::fresh_seed());
     let mut last_report = Instant::now();
-    eprintln!("soak: {minutes} min on {} with {threads} threads, workloads {names:?}", device.name());
+    let reserved_mb = || devices.iter().map(|d| d.memory_stats().reserved as f64).sum::<f64>() / (1 << 20) as f64;
+    let labels: Vec<String> = devices.iter().map(|d| d.label().to_string()).collect();
+    eprintln!("soak: {minutes} min on {} ({}) with {threads} threads, workloads {names:?}", device.name(), labels.join(", "));
     while Instant::now() < end {
         live.retain(|h| !h.is_finished());
         while live.len() < threads {
-            let (device, models, ops, errors, mismatches, first_error, stop) = (device.clone(), models.clone(), ops.clone(), errors.clone(), mismatches.clone(), first_error.clone(), stop.clone());
+            // Threads take the devices in turn.
+            let k = started.load(Ordering::Relaxed) as usize % devices.len();
+            let (device, models, ops, errors, mismatches, first_error, stop) = (devices[k].clone(), per_device[k].clone(), ops.clone(), errors.clone(), mismatches.clone(), first_error.clone(), stop.clone());
             let lifetime = 20 + seed.below(400);
             let mut rng = Rng::new(seed.next_u64());
             started.fetch_add(1, Ordering::Relaxed);
@@ -153,7 +173,7 @@ pub fn run(device: &Device, minutes: f64, threads: usize, model_dir: &str, json:
         }
         std::thread::sleep(Duration::from_millis(20));
         if baseline.is_none() && t0.elapsed() >= warmup {
-            baseline = Some((rss_mb(), device.memory_stats().reserved as f64 / (1 << 20) as f64, device_used_mb(device)));
+            baseline = Some((rss_mb(), reserved_mb(), total(devices, device_used_mb)));
         }
         if last_report.elapsed() >= Duration::from_secs(10) {
             last_report = Instant::now();
@@ -165,8 +185,8 @@ pub fn run(device: &Device, minutes: f64, threads: usize, model_dir: &str, json:
                 mismatches.load(Ordering::Relaxed),
                 started.load(Ordering::Relaxed),
                 rss_mb(),
-                device.memory_stats().reserved as f64 / (1 << 20) as f64,
-                device_used_mb(device).map(|m| format!("  device used {m:.0} MiB")).unwrap_or_default()
+                reserved_mb(),
+                total(devices, device_used_mb).map(|m| format!("  device used {m:.0} MiB")).unwrap_or_default()
             );
         }
     }
@@ -180,6 +200,7 @@ pub fn run(device: &Device, minutes: f64, threads: usize, model_dir: &str, json:
     let hours_after_warmup = (elapsed_h - warmup.as_secs_f64() / 3600.0).max(1e-9);
     let report = SoakReport {
         device: device.name(),
+        devices: labels.clone(),
         backend: device.kind().name().into(),
         date: crate::story::today(),
         minutes,
@@ -193,9 +214,9 @@ pub fn run(device: &Device, minutes: f64, threads: usize, model_dir: &str, json:
         rss_mb_end: rss1,
         rss_growth_mb_per_hour: (rss1 - rss0) / hours_after_warmup,
         device_reserved_mb_after_warmup: res0,
-        device_reserved_mb_end: device.memory_stats().reserved as f64 / (1 << 20) as f64,
+        device_reserved_mb_end: reserved_mb(),
         device_used_mb_after_warmup: used0,
-        device_used_mb_end: device_used_mb(device),
+        device_used_mb_end: total(devices, device_used_mb),
         first_error: first_error.lock().unwrap_or_else(|p| p.into_inner()).clone(),
     };
     let text = serde_json::to_string_pretty(&report).map_err(|e| Error::InvalidArgument(e.to_string()))?;
