@@ -161,13 +161,23 @@ impl Device {
 
     /// By name: `auto`, `cpu`, `cuda`, `cuda:N`.
     pub fn parse(name: &str) -> Result<Device> {
+        Self::parse_with(name, DeviceOptions::from_env()?)
+    }
+
+    /// By name, with these options (e.g. a cache budget in
+    /// `high_watermark`).
+    pub fn parse_with(name: &str, options: DeviceOptions) -> Result<Device> {
         match name.trim() {
-            "auto" => Self::auto(),
-            "cpu" => Self::cpu(),
-            "cuda" => Self::cuda(0),
+            "auto" => match Self::cuda_with(0, options.clone()) {
+                Ok(d) => Ok(d),
+                Err(Error::Unavailable { .. }) => Self::cpu_with(options),
+                Err(e) => Err(e),
+            },
+            "cpu" => Self::cpu_with(options),
+            "cuda" => Self::cuda_with(0, options),
             s if s.starts_with("cuda:") => {
                 let n = s[5..].parse().map_err(|_| Error::InvalidArgument(format!("bad device {name:?}: expected cuda:N")))?;
-                Self::cuda(n)
+                Self::cuda_with(n, options)
             }
             _ => Err(Error::InvalidArgument(format!("unknown device {name:?}: expected auto, cpu, cuda or cuda:N (wgpu is not built yet)"))),
         }
