@@ -172,7 +172,7 @@ pub fn run(o: &Options) -> Result<ExitCode> {
     // timeout) are not waited for.
     rt.shutdown_background();
     served?;
-    eprintln!("serve: stopped");
+    eprintln!("serve: stopped (requests in flight answered, batcher drained, unless said otherwise above)");
     Ok(ExitCode::SUCCESS)
 }
 

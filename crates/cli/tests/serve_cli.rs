@@ -48,7 +48,7 @@ fn serve_answers_then_stops_on_sigterm() {
     };
     let body = r#"{"inputs": ["hello from the CLI test"]}"#;
     let mut s = TcpStream::connect(&addr).unwrap();
-    write!(s, "POST /embed HTTP/1.1\r\nHost: t\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len()).unwrap();
+    write!(s, "POST /embed HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len()).unwrap();
     let mut resp = String::new();
     s.read_to_string(&mut resp).unwrap();
     assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
@@ -85,7 +85,7 @@ fn serve_rejects_bad_options_clearly() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("max-delay-ms") && !err.contains("panicked"), "{err}");
-    let out = Command::new(env!("CARGO_BIN_EXE_braid")).args(["serve", "--device", "cpu", "--model", "/nonexistent"]).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_braid")).args(["serve", "--device", "cpu", "--port", "0", "--model", "/nonexistent"]).output().unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("/nonexistent") && !err.contains("panicked"), "{err}");

@@ -377,15 +377,13 @@ async fn connection(stream: TcpStream, front: Front, config: Arc<ConnConfig>, mu
     if stopping {
         conn.as_mut().graceful_shutdown();
     }
+    // The watchdog looks at least this often: the connection's state
+    // changes inside the hyper future without waking this loop, so a
+    // deadline computed earlier may have moved.
+    let tick = (config.header_read_timeout.min(config.keep_alive_timeout) / 4).clamp(Duration::from_millis(10), Duration::from_millis(500));
     loop {
-        let wake = act.deadline(&config);
-        let sleep = async {
-            match wake {
-                Some(at) => tokio::time::sleep_until(tokio::time::Instant::from_std(act.start + at)).await,
-                // Running a request: look again a little later.
-                None => tokio::time::sleep(Duration::from_millis(250)).await,
-            }
-        };
+        let wake = act.deadline(&config).map(|at| at.saturating_sub(act.start.elapsed())).unwrap_or(tick).min(tick);
+        let sleep = tokio::time::sleep(wake);
         tokio::select! {
             _ = conn.as_mut() => return,
             _ = sleep => {

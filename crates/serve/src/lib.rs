@@ -35,7 +35,7 @@ mod routes;
 pub mod state;
 
 pub use conn::ConnConfig;
-pub use error::status_for;
+pub use error::{client_message, status_for};
 pub use routes::router;
 pub use state::{AppState, ServeConfig, TokenEmbedder};
 
