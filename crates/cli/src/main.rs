@@ -123,8 +123,8 @@ enum Cmd {
         /// Open connections, at most; above it a new connection gets a fast 503. Default: 1024, or less to fit the open-file limit (ulimit -n).
         #[arg(long, env = "BRAID_MAX_CONNECTIONS")]
         max_connections: Option<usize>,
-        /// Bytes the device's memory cache may hold (free blocks above it go back to the device/OS): a number with an optional K/M/G/T suffix, or `unlimited`.
-        #[arg(long, env = "BRAID_MAX_CACHE_BYTES", default_value = "1G")]
+        /// Bytes the device's memory cache may hold (free blocks above it go back to the device/OS): a number with an optional K/M/G/T suffix, `auto` (256M on the CPU, 2G on a GPU) or `unlimited`.
+        #[arg(long, env = "BRAID_MAX_CACHE_BYTES", default_value = "auto")]
         max_cache_bytes: String,
         /// Tokenizations running at once, at most (1..=256). Default: the number of cores.
         #[arg(long, env = "BRAID_TOKENIZE_CONCURRENCY")]
