@@ -308,7 +308,7 @@ fn device_cache_keeps_to_its_budget() {
     std::thread::scope(|s| {
         for c in 0..4 {
             s.spawn(move || {
-                for r in 0..6 {
+                for r in 0..4 {
                     let words = 1 + (c * 37 + r * 53) % 250;
                     let n = 1 + (c + r) % 8;
                     let texts: Vec<String> = (0..n).map(|i| "word ".repeat(words + i * 7)).collect();
