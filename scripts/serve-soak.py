@@ -8,8 +8,9 @@ wrong shape, a 3 MB body, a foreign Host) and must get its JSON 4xx. Samples
 the server's RSS (/proc/PID/status) and, where nvidia-smi sees the process,
 its device memory, every SAMPLE seconds into a CSV, draws both against time
 as an SVG, and prints a summary. Exits 1 when an accepted request failed,
-or when RSS after warm-up moved more than TOLERANCE (fraction) from its
-value at the end of warm-up.
+or when RSS after warm-up grew more than TOLERANCE (fraction) above its
+value at the end of warm-up (falling is memory given back, not a failure;
+both directions are printed).
 """
 
 import argparse
@@ -168,12 +169,13 @@ def main():
     base = warm[0][1]
     hi = max(r[1] for r in warm)
     lo = min(r[1] for r in warm)
-    drift = max(abs(hi - base), abs(lo - base)) / base if base else float("nan")
+    growth = (hi - base) / base if base else float("nan")
+    fall = (base - lo) / base if base else float("nan")
     dev = [r[2] for r in rows if r[2] is not None]
     print(f"serve soak: {a.seconds:.0f} s, {a.clients} clients: {counts.ok} requests answered ({counts.texts} texts), "
           f"{counts.bad_ok} bad requests answered with their JSON 4xx, {counts.errors} errors")
     print(f"host RSS: start {rows[0][1]:.0f} MB, end of warm-up ({a.warmup:.0f} s) {base:.0f} MB, end {rows[-1][1]:.0f} MB, "
-          f"after warm-up min {lo:.0f} / max {hi:.0f} MB: drift {drift*100:.1f}% (tolerance {a.tolerance*100:.0f}%)")
+          f"after warm-up min {lo:.0f} / max {hi:.0f} MB: growth {growth*100:+.1f}%, fall {fall*100:.1f}% (growth tolerance {a.tolerance*100:.0f}%)")
     if dev:
         print(f"device memory: start {dev[0]:.0f} MB, end {dev[-1]:.0f} MB, max {max(dev):.0f} MB")
     else:
@@ -181,7 +183,7 @@ def main():
     print(f"written: {a.out}/memory.csv, {a.out}/memory.svg")
     for e in counts.first_errors:
         print("  error:", e)
-    bad = counts.errors > 0 or counts.ok == 0 or drift > a.tolerance
+    bad = counts.errors > 0 or counts.ok == 0 or growth > a.tolerance
     sys.exit(1 if bad else 0)
 
 

@@ -3,7 +3,7 @@
 # loopback, drive it with 8 keep-alive clients (1-8 texts of 1-400 words, a
 # few deliberately bad requests) for SECONDS, sample host RSS and (on CUDA)
 # device memory, and fail if an accepted request failed or RSS after the
-# warm-up drifts more than 15%. Writes target/serve-soak/{memory.csv,
+# warm-up grows more than 15%. Writes target/serve-soak/{memory.csv,
 # memory.svg,serve.log}. Not part of CI (it runs for minutes).
 #
 #   scripts/serve-soak.sh                       # 3 minutes on the CPU
