@@ -152,8 +152,11 @@ def main():
         stop(p)
     except SystemExit as e:
         print(f"5 BRAID_STREAM_POOL_SIZE=2 --workers 1: did not start ({e})")
-    out = subprocess.run([b, "serve", "--device", "cpu", "--port", "0", "--model", MODEL, "--workers", "2"], env={**os.environ, "BRAID_STREAM_POOL_SIZE": "2"}, capture_output=True, text=True, timeout=120)
-    print(f"5 BRAID_STREAM_POOL_SIZE=2 --workers 2: exit {out.returncode}: {out.stderr.strip().splitlines()[-1][:200] if out.stderr.strip() else ''}")
+    try:
+        out = subprocess.run([b, "serve", "--device", "cpu", "--port", "0", "--model", MODEL, "--workers", "2"], env={**os.environ, "BRAID_STREAM_POOL_SIZE": "2"}, capture_output=True, text=True, timeout=60)
+        print(f"5 BRAID_STREAM_POOL_SIZE=2 --workers 2: exit {out.returncode}: {out.stderr.strip().splitlines()[-1][:200] if out.stderr.strip() else ''}")
+    except subprocess.TimeoutExpired:
+        print("5 BRAID_STREAM_POOL_SIZE=2 --workers 2: started and still serving after 60 s (no start-up check)")
 
     # 6: start-up limits.
     for args in (["--max-batch", "18446744073709551615"], ["--workers", "100000"]):
