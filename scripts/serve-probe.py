@@ -21,8 +21,11 @@ import time
 MODEL = os.path.join(os.path.dirname(__file__), "..", "models", "all-MiniLM-L6-v2")
 
 
-def start(braid, extra=(), env=None):
-    p = subprocess.Popen([braid, "serve", "--device", "cpu", "--port", "0", "--model", MODEL, *extra], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env={**os.environ, **(env or {})})
+def start(braid, extra=(), env=None, nofile=None):
+    cmd = [braid, "serve", "--device", "cpu", "--port", "0", "--model", MODEL, *extra]
+    if nofile:
+        cmd = ["bash", "-c", f'ulimit -n {nofile} && exec "$@"', "bash", *cmd]
+    p = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env={**os.environ, **(env or {})})
     t0 = time.time()
     while time.time() - t0 < 120:
         line = p.stderr.readline()
@@ -88,8 +91,33 @@ def req(method, path, host="localhost", body=b"", extra=b""):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--braid", required=True)
+    ap.add_argument("--only-fd", action="store_true", help="only the fd-limit item")
     a = ap.parse_args()
     b = a.braid
+
+    # 2: fd limit 256, 300 silent sockets, then /health on a new connection.
+    p, addr = start(b, nofile=256)
+    silent = []
+    for _ in range(300):
+        try:
+            silent.append(socket.create_connection(addr, timeout=5))
+        except OSError:
+            break
+    time.sleep(1)
+    t0 = time.time()
+    try:
+        st, bd = status_body(raw(addr, req("GET", "/health"), timeout=10))
+    except OSError as e:
+        st, bd = f"connect failed ({e})", ""
+    took = time.time() - t0
+    for s in silent:
+        s.close()
+    time.sleep(1)
+    st2, _ = status_body(raw(addr, req("GET", "/health"), timeout=10))
+    print(f"2 ulimit -n 256, {len(silent)} silent sockets: /health on a new connection: {st} after {took:.2f} s {bd[:60]!r}; after closing them: {st2}")
+    stop(p)
+    if a.only_fd:
+        return
 
     # 1: SIGTERM with a half-sent request open.
     p, addr = start(b)
