@@ -81,7 +81,9 @@ pub struct BatcherStats {
     pub batches: u64,
     /// Requests waiting now.
     pub queue_depth: usize,
-    /// `histogram[i]` = batches of size i+1.
+    /// `histogram[i]` = batches of size i+1, up to the largest batch run
+    /// so far (it grows as batches do: nothing is allocated for a
+    /// `max_batch_size` never reached).
     pub batch_size_histogram: Vec<u64>,
     pub mean_batch_size: f64,
     /// Mean time from submit to the start of the request's batch.
@@ -117,7 +119,9 @@ struct Counters {
     batches: AtomicU64,
     wait_ns: AtomicU64,
     compute_ns: AtomicU64,
-    histogram: Vec<AtomicU64>,
+    /// Grown on demand to the largest batch run (not allocated up front:
+    /// `max_batch_size` may be large and never reached).
+    histogram: Mutex<Vec<u64>>,
 }
 
 struct Shared<M: BatchModel> {
@@ -167,7 +171,7 @@ impl<M: BatchModel> Batcher<M> {
             batches: AtomicU64::new(0),
             wait_ns: AtomicU64::new(0),
             compute_ns: AtomicU64::new(0),
-            histogram: (0..config.max_batch_size).map(|_| AtomicU64::new(0)).collect(),
+            histogram: Mutex::new(Vec::new()),
         };
         let shared = Arc::new(Shared { model, config: config.clone(), state: Mutex::new(State { waiting: VecDeque::new(), accepting: true }), cv: Condvar::new(), counters, limit: AtomicUsize::new(config.max_batch_size) });
         let b = Batcher { shared: shared.clone(), workers: Workers::new() };
@@ -245,7 +249,7 @@ impl<M: BatchModel> Batcher<M> {
         // synchronisation point (counters may be from slightly different
         // moments while requests are in flight).
         let batches = c.batches.load(Ordering::Relaxed);
-        let hist: Vec<u64> = c.histogram.iter().map(|h| h.load(Ordering::Relaxed)).collect();
+        let hist: Vec<u64> = lock(&c.histogram).clone();
         let in_batches: u64 = hist.iter().enumerate().map(|(i, n)| (i as u64 + 1) * n).sum();
         BatcherStats {
             submitted: c.submitted.load(Ordering::Relaxed),
@@ -386,7 +390,13 @@ fn run_batch<M: BatchModel>(sh: &Shared<M>, w: &mut M::Worker, batch: Vec<Reques
     drop(permit);
     c.compute_ns.fetch_add(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
     c.batches.fetch_add(1, Ordering::Relaxed);
-    c.histogram[n - 1].fetch_add(1, Ordering::Relaxed);
+    {
+        let mut h = lock(&c.histogram);
+        if h.len() < n {
+            h.resize(n, 0);
+        }
+        h[n - 1] += 1;
+    }
     c.completed.fetch_add(n as u64, Ordering::Relaxed);
     match out {
         Ok(Ok(outs)) if outs.len() == n => {

@@ -48,7 +48,7 @@ fn serve_answers_then_stops_on_sigterm() {
     };
     let body = r#"{"inputs": ["hello from the CLI test"]}"#;
     let mut s = TcpStream::connect(&addr).unwrap();
-    write!(s, "POST /embed HTTP/1.1\r\nHost: t\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len()).unwrap();
+    write!(s, "POST /embed HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len()).unwrap();
     let mut resp = String::new();
     s.read_to_string(&mut resp).unwrap();
     assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
@@ -85,7 +85,7 @@ fn serve_rejects_bad_options_clearly() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("max-delay-ms") && !err.contains("panicked"), "{err}");
-    let out = Command::new(env!("CARGO_BIN_EXE_braid")).args(["serve", "--device", "cpu", "--model", "/nonexistent"]).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_braid")).args(["serve", "--device", "cpu", "--port", "0", "--model", "/nonexistent"]).output().unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("/nonexistent") && !err.contains("panicked"), "{err}");
@@ -99,4 +99,164 @@ fn soak_rejects_bad_durations_clearly() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains("--minutes") && !err.contains("panicked"), "{minutes}: {err}");
     }
+}
+
+/// Start `braid serve` on an ephemeral port with `extra` options; the child
+/// and the address it listens on (None, with its stderr so far, if it never
+/// says).
+fn start_serve(extra: &[&str], envs: &[(&str, &str)]) -> Option<(std::process::Child, String, BufReader<std::process::ChildStderr>)> {
+    let dir = model_dir();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_braid")).envs(envs.iter().copied()).args(["serve", "--device", "cpu", "--port", "0", "--model"]).arg(&dir).args(extra).stderr(Stdio::piped()).stdout(Stdio::null()).spawn().unwrap();
+    let mut err = BufReader::new(child.stderr.take().unwrap());
+    let t0 = Instant::now();
+    let mut seen = String::new();
+    while t0.elapsed() < Duration::from_secs(120) {
+        let mut line = String::new();
+        if err.read_line(&mut line).unwrap() == 0 {
+            break;
+        }
+        seen.push_str(&line);
+        if let Some(addr) = line.split("http://").nth(1).and_then(|r| r.split_whitespace().next()) {
+            return Some((child, addr.to_string(), err));
+        }
+    }
+    let _ = child.kill();
+    panic!("braid serve never said where it listens: {seen}");
+}
+
+fn signal(child: &std::process::Child, sig: libc::c_int) {
+    // SAFETY: kill(2) on our own child's pid, which has not been waited for
+    // (so the pid cannot have been reused).
+    assert_eq!(unsafe { libc::kill(child.id() as libc::pid_t, sig) }, 0);
+}
+
+/// The child's exit status if it exits within `bound` (killed otherwise).
+fn exit_within(child: &mut std::process::Child, bound: Duration) -> Option<std::process::ExitStatus> {
+    let t0 = Instant::now();
+    loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            return Some(st);
+        }
+        if t0.elapsed() > bound {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn have_model(test: &str) -> bool {
+    let ok = model_dir().join("model.safetensors").exists();
+    if !ok {
+        eprintln!("{test}: SKIPPED (model not found at models/all-MiniLM-L6-v2: run scripts/get-minilm.sh)");
+    }
+    ok
+}
+
+// Issue 16 item 1: SIGTERM with a half-sent request open: the server exits
+// (the shutdown timeout bounds it) instead of waiting for that client.
+#[test]
+fn sigterm_with_a_half_sent_request_exits() {
+    if !have_model("sigterm_with_a_half_sent_request_exits") {
+        return;
+    }
+    let (mut child, addr, _err) = start_serve(&["--header-read-timeout", "600", "--shutdown-timeout", "1"], &[]).unwrap();
+    let mut half = TcpStream::connect(&addr).unwrap();
+    half.write_all(b"GET /health HTTP/1.1\r\nHo").unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    signal(&child, libc::SIGTERM);
+    let st = exit_within(&mut child, Duration::from_secs(30));
+    assert!(st.is_some(), "braid serve still running 30 s after SIGTERM (shutdown timeout 1 s) with a half-sent request open");
+}
+
+// Issue 16 item 1: a second signal forces exit while the first shutdown
+// waits (a long shutdown timeout and a half-sent request).
+#[test]
+fn second_signal_forces_exit() {
+    if !have_model("second_signal_forces_exit") {
+        return;
+    }
+    let (mut child, addr, _err) = start_serve(&["--header-read-timeout", "600", "--shutdown-timeout", "600"], &[]).unwrap();
+    let mut half = TcpStream::connect(&addr).unwrap();
+    half.write_all(b"GET /health HTTP/1.1\r\nHo").unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    signal(&child, libc::SIGINT);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(child.try_wait().unwrap().is_none(), "exited on the first signal although a request was half-sent and the shutdown timeout is 600 s");
+    signal(&child, libc::SIGINT);
+    let st = exit_within(&mut child, Duration::from_secs(30)).expect("a second SIGINT did not end braid serve");
+    assert_eq!(st.code(), Some(130), "{st:?}");
+}
+
+// Issue 16 item 11 (this part): a port in use is reported before the model
+// loads (here: the model path does not even exist).
+#[test]
+fn port_in_use_is_reported_before_loading() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let out = Command::new(env!("CARGO_BIN_EXE_braid")).args(["serve", "--device", "cpu", "--port", &port, "--model", "/nonexistent"]).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&port) && err.to_lowercase().contains("in use"), "{err}");
+    assert!(!err.contains("loading") && !err.contains("/nonexistent"), "the model was looked at before the port: {err}");
+}
+
+// Issue 16 item 6: every numeric option is bounded, with a clear error and
+// no panic or huge allocation (before the model or the port is touched).
+#[test]
+fn numeric_options_are_bounded() {
+    for args in [
+        &["--max-batch", "18446744073709551615"][..],
+        &["--max-batch", "100000000000"],
+        &["--max-batch", "100000000"],
+        &["--max-batch", "0"],
+        &["--workers", "100000"],
+        &["--workers", "0"],
+        &["--capacity", "0"],
+        &["--capacity", "18446744073709551615"],
+        &["--max-inputs", "100000000"],
+        &["--max-inputs", "8192", "--capacity", "4096"],
+        &["--deadline-ms", "18446744073709551615"],
+        &["--header-read-timeout", "0"],
+        &["--header-read-timeout", "inf"],
+        &["--keep-alive-timeout=-1"],
+        &["--shutdown-timeout", "1e300"],
+        &["--max-connections", "0"],
+        &["--max-connections", "100000000"],
+        &["--max-cache-bytes", "12Q"],
+        &["--max-cache-bytes", "99999999999T"],
+        &["--tokenize-concurrency", "0"],
+    ] {
+        let t0 = Instant::now();
+        let out = Command::new(env!("CARGO_BIN_EXE_braid")).args(["serve", "--device", "cpu", "--port", "0", "--model", "/nonexistent"]).args(args).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        let flag = args[0].split('=').next().unwrap();
+        assert!(err.contains(flag) && !err.contains("panicked") && !err.contains("/nonexistent"), "{args:?}: {err}");
+        eprintln!("{args:?} -> {} ({:?})", err.trim(), t0.elapsed());
+    }
+}
+
+// Issue 16 item 5: workers that do not fit the stream pool stop braid serve
+// at start-up with an error naming the setting; with a pool of 2 (one
+// worker stream), one worker serves.
+#[test]
+fn workers_that_do_not_fit_the_pool_stop_start_up() {
+    if !have_model("workers_that_do_not_fit_the_pool_stop_start_up") {
+        return;
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_braid")).env("BRAID_STREAM_POOL_SIZE", "2").args(["serve", "--device", "cpu", "--port", "0", "--workers", "2", "--model"]).arg(model_dir()).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("--workers") && err.contains("BRAID_STREAM_POOL_SIZE"), "{err}");
+    let (mut child, addr, _err) = start_serve(&["--workers", "1"], &[("BRAID_STREAM_POOL_SIZE", "2")]).unwrap();
+    let body = r#"{"inputs": ["one worker, one stream"]}"#;
+    let mut s = TcpStream::connect(&addr).unwrap();
+    write!(s, "POST /embed HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len()).unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    signal(&child, libc::SIGTERM);
+    let _ = exit_within(&mut child, Duration::from_secs(60));
+    assert!(resp.starts_with("HTTP/1.1 200"), "pool 2, --workers 1: {resp}");
 }

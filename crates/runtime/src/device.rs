@@ -166,7 +166,13 @@ impl Device {
     /// of several devices (`cuda:all`, `cuda:0,1`) is an error here; see
     /// [`Device::parse_many`].
     pub fn parse(name: &str) -> Result<Device> {
-        let mut all = Self::parse_many(name)?;
+        Self::parse_with(name, DeviceOptions::from_env()?)
+    }
+
+    /// As [`Device::parse`], with these options (e.g. a cache budget in
+    /// `high_watermark`).
+    pub fn parse_with(name: &str, options: DeviceOptions) -> Result<Device> {
+        let mut all = Self::parse_many_with(name, options)?;
         if all.len() != 1 {
             return Err(Error::InvalidArgument(format!("{name:?} names {} devices where one is expected", all.len())));
         }
@@ -181,7 +187,11 @@ impl Device {
     /// how the multi-device paths are tested without GPUs. Ordinals must be
     /// distinct; settings come from the environment.
     pub fn parse_many(name: &str) -> Result<Vec<Device>> {
-        let options = DeviceOptions::from_env()?;
+        Self::parse_many_with(name, DeviceOptions::from_env()?)
+    }
+
+    /// As [`Device::parse_many`], every device with these options.
+    pub fn parse_many_with(name: &str, options: DeviceOptions) -> Result<Vec<Device>> {
         let bad = |why: String| Error::InvalidArgument(format!("bad device {name:?}: {why}; expected auto, cpu, cpu:N[,M..], cuda, cuda:N[,M..] or cuda:all (wgpu is not built yet)"));
         let s = name.trim();
         let (kind, list) = match s.split_once(':') {
@@ -204,7 +214,11 @@ impl Device {
             Ok(v)
         };
         match kind {
-            "auto" if list.is_none() => Ok(vec![Self::auto()?]),
+            "auto" if list.is_none() => match Self::cuda_with(0, options.clone()) {
+                Ok(d) => Ok(vec![d]),
+                Err(Error::Unavailable { .. }) => Ok(vec![Self::cpu_with(options)?]),
+                Err(e) => Err(e),
+            },
             "cpu" => ordinals(None)?.into_iter().map(|i| Self::with_backend(Arc::new(CpuBackend::with_ordinal(i)), options.clone())).collect(),
             "cuda" => {
                 let count = if list.map(str::trim) == Some("all") { Some(Self::cuda_count()?) } else { None };

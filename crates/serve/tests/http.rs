@@ -68,7 +68,7 @@ fn request(addr: SocketAddr, method: &str, path: &str, body: Option<&str>) -> (u
     let ct = if body.is_empty() { "" } else { "Content-Type: application/json\r\n" };
     // A server may answer (413) and close before reading all of a large
     // body: a failed write is not the test's failure; the answer is.
-    let _ = write!(s, "{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n{ct}Content-Length: {}\r\n\r\n{body}", body.len());
+    let _ = write!(s, "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n{ct}Content-Length: {}\r\n\r\n{body}", body.len());
     let mut raw = Vec::new();
     let _ = s.read_to_end(&mut raw);
     let resp = String::from_utf8_lossy(&raw).into_owned();
@@ -143,7 +143,7 @@ fn openai_shaped_endpoint() {
 fn concurrent_clients_get_their_own_embeddings_and_share_batches() {
     let Some(e) = embedder("concurrent_clients_get_their_own_embeddings_and_share_batches") else { return };
     let want = e.embed(&TEXTS).unwrap();
-    let config = ServeConfig { batcher: braid_batch::BatcherConfig { max_batch_size: 16, max_queue_delay: Duration::from_millis(20), workers: 2, bucket_by_length: false, ..Default::default() }, max_inputs: 8 };
+    let config = ServeConfig { batcher: braid_batch::BatcherConfig { max_batch_size: 16, max_queue_delay: Duration::from_millis(20), workers: 2, bucket_by_length: false, ..Default::default() }, max_inputs: 8, ..ServeConfig::default() };
     let mut srv = Server::start(e, config);
     let addr = srv.addr;
     std::thread::scope(|s| {
@@ -217,7 +217,7 @@ fn graceful_shutdown_answers_what_it_accepted() {
     let Some(e) = embedder("graceful_shutdown_answers_what_it_accepted") else { return };
     // A long gathering delay keeps the accepted texts waiting in the batcher
     // while the server is told to stop.
-    let config = ServeConfig { batcher: braid_batch::BatcherConfig { max_batch_size: 64, max_queue_delay: Duration::from_millis(500), ..Default::default() }, max_inputs: 8 };
+    let config = ServeConfig { batcher: braid_batch::BatcherConfig { max_batch_size: 64, max_queue_delay: Duration::from_millis(500), ..Default::default() }, max_inputs: 8, ..ServeConfig::default() };
     let mut srv = Server::start(e, config);
     let addr = srv.addr;
     let clients: Vec<_> = (0..8)
