@@ -80,37 +80,8 @@ enum Cmd {
         #[arg(long)]
         json: Option<String>,
     },
-    /// HTTP server for sentence embeddings (POST /embed, GET /health, /info, /metrics) over the dynamic batcher.
-    Serve {
-        /// The model directory (scripts/get-minilm.sh puts it in models/all-MiniLM-L6-v2).
-        #[arg(long, default_value = "models/all-MiniLM-L6-v2")]
-        model: String,
-        /// auto, cpu, cuda or cuda:N.
-        #[arg(long, default_value = "auto")]
-        device: String,
-        #[arg(long, default_value = "127.0.0.1")]
-        host: String,
-        #[arg(long, default_value_t = 8080)]
-        port: u16,
-        /// Largest batch the batcher forms.
-        #[arg(long, default_value_t = 32)]
-        max_batch: usize,
-        /// How long the oldest waiting text waits for others (milliseconds).
-        #[arg(long, default_value_t = 2.0)]
-        max_delay_ms: f64,
-        /// Batcher worker threads (each runs whole batches on its own stream).
-        #[arg(long, default_value_t = 2)]
-        workers: usize,
-        /// Texts waiting, at most; beyond it requests get 503.
-        #[arg(long, default_value_t = 4096)]
-        capacity: usize,
-        /// Texts in one request, at most; beyond it 413.
-        #[arg(long, default_value_t = 256)]
-        max_inputs: usize,
-        /// A text not started within this many milliseconds gets 504 (0: no deadline).
-        #[arg(long, default_value_t = 0)]
-        deadline_ms: u64,
-    },
+    /// HTTP server for sentence embeddings: text-embeddings-inference's and OpenAI's embeddings APIs over the dynamic batcher. Every option can also be set from its BRAID_* environment variable.
+    Serve(serve::Options),
     /// Benchmarks.
     Bench {
         #[command(subcommand)]
@@ -162,10 +133,7 @@ fn main() -> ExitCode {
     let r = match cli.cmd {
         Cmd::Info => info::run(),
         Cmd::Embed { model, device, json, texts } => Device::parse(&device).and_then(|d| embed::run(&d, &model, &texts, json)),
-        Cmd::Serve { model, device, host, port, max_batch, max_delay_ms, workers, capacity, max_inputs, deadline_ms } => Device::parse(&device).and_then(|d| {
-            let opts = serve::Options { model, host, port, max_batch, max_delay_ms, workers, capacity, max_inputs, deadline_ms };
-            serve::run(&d, &opts)
-        }),
+        Cmd::Serve(opts) => Device::parse(&opts.device).and_then(|d| serve::run(&d, &opts)),
         Cmd::Soak { minutes, device, threads, model, json } => Device::parse(&device).and_then(|d| soak::run(&d, minutes, threads, &model, json.as_deref())),
         Cmd::Check { device, threads, iters, model } => Device::parse(&device).and_then(|d| check::run(&d, threads, iters, &model)),
         Cmd::Bench { cmd: BenchCmd::Story { device, workload, quick, json, model } } => story_cmd(&device, &workload, quick, json.as_deref(), &model),
