@@ -1,6 +1,6 @@
 //! The operator's routes: `GET /health` (a one-token forward within a
 //! timeout; 503 when it fails or the device is poisoned), `GET /info`
-//! (TEI's fields next to braid's own), `GET /metrics` (Prometheus text) and
+//! (TEI's fields next to braid's own), `GET /metrics` (Prometheus, OpenMetrics text format) and
 //! `GET /metrics/json` (the batcher's counters as JSON). Owns what the
 //! server says about itself.
 
@@ -57,7 +57,10 @@ async fn info(State(st): State<Arc<AppState>>) -> Json<serde_json::Value> {
 
 async fn metrics(State(st): State<Arc<AppState>>) -> impl IntoResponse {
     let text = st.metrics.render(&st.batcher.stats(), Some(st.allocator_bytes()));
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text)
+    // The OpenMetrics text format (what prometheus-client writes: counter
+    // families named without `_total`, `# EOF` at the end); Prometheus
+    // scrapes it by this content type.
+    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text)
 }
 
 async fn metrics_json(State(st): State<Arc<AppState>>) -> Json<serde_json::Value> {

@@ -120,7 +120,7 @@ def main():
     import openai
     from huggingface_hub import InferenceClient
     from langchain_openai import OpenAIEmbeddings
-    from prometheus_client.parser import text_string_to_metric_families
+    from prometheus_client.openmetrics.parser import text_string_to_metric_families
 
     ref = braid_embed(a.braid, a.model, TEXTS)
     srv = Server(a.braid, a.model)
@@ -273,10 +273,10 @@ def main():
             close(r.data[0].embedding, ref[0], "after bad input")
         _()
 
-        @check("/metrics parses with prometheus_client and has every family")
+        @check("/metrics parses with prometheus_client's OpenMetrics parser and has every family")
         def _():
             s, h, raw = srv.request("GET", "/metrics")
-            assert s == 200 and h.get("content-type", h.get("Content-Type", "")).startswith("text/plain"), h
+            assert s == 200 and h.get("content-type", h.get("Content-Type", "")).startswith("application/openmetrics-text"), h
             fams = {f.name: f for f in text_string_to_metric_families(raw.decode())}
             for name in ["braid_requests", "braid_request_duration_seconds", "braid_tokenization_seconds", "braid_queue_wait_seconds", "braid_inference_seconds", "braid_batch_size_texts", "braid_batch_size_tokens", "braid_queue_depth", "braid_texts_cancelled", "braid_texts_rejected", "braid_allocator_allocated_bytes"]:
                 assert name in fams, f"{name} missing; have {sorted(fams)}"
