@@ -35,8 +35,10 @@ echo "== HTTP client libraries against a real braid serve (crates/serve/tests/cl
 # and exits non-zero if any check fails, which fails this script.
 python3 -m pip install --quiet --disable-pip-version-check openai huggingface_hub langchain-openai prometheus_client numpy 2>&1 | grep -v "Running pip as the 'root' user" || true
 cargo build --release -p braid 2>&1 | tail -1
-python3 crates/serve/tests/clients/test_clients.py --braid target/release/braid 2>&1 | tee target/clients.log
-[ "${PIPESTATUS[0]}" = 0 ] || { echo "FAILED: HTTP client tests"; exit 1; }
+if ! python3 crates/serve/tests/clients/test_clients.py --braid target/release/braid 2>&1 | tee target/clients.log; then
+  echo "FAILED: HTTP client tests (target/clients.log)"
+  exit 1
+fi
 
 echo "== loom models"
 for crate in braid-runtime braid-batch; do
