@@ -16,7 +16,9 @@
 #
 # Needs a prebuilt braid (BRAID, default .bin/braid; no cargo here), python3
 # (standard library only) and models/all-MiniLM-L6-v2. SECONDS_PER_STEP
-# (default 10) and CLIENTS (default "1 4 16 64 256") override the load.
+# (default 10) and CLIENTS (default "1 4 16 64 256") override the load;
+# DEVICE (default cuda) and STORY_ARGS (e.g. --quick) are for a CPU smoke
+# run (DEVICE=cpu SECONDS_PER_STEP=2 CLIENTS="1 4 16 64" STORY_ARGS=--quick).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${1:?usage: scripts/gpu-serve-bench.sh OUTDIR}
@@ -24,6 +26,7 @@ braid=${BRAID:-.bin/braid}
 secs=${SECONDS_PER_STEP:-10}
 clients=${CLIENTS:-1 4 16 64 256}
 model=models/all-MiniLM-L6-v2
+device=${DEVICE:-cuda}
 mkdir -p "$out"
 [ -x "$braid" ] || { echo "no braid binary at $braid (set BRAID=...)"; exit 1; }
 [ -f $model/model.safetensors ] || { echo "no model at $model (scripts/get-minilm.sh)"; exit 1; }
@@ -31,12 +34,12 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader > 
 "$braid" info > "$out/braid-info.txt" 2>&1 || true
 
 echo "== 1. in-process: braid bench story --workload minilm"
-"$braid" bench story --device cuda --workload minilm --model $model --json "$out/story-minilm.json" > "$out/story-minilm.md" 2>"$out/story-minilm.err"
+"$braid" bench story --device "$device" --workload minilm --model $model ${STORY_ARGS:-} --json "$out/story-minilm.json" > "$out/story-minilm.md" 2>"$out/story-minilm.err"
 echo "story exit $?"
 
 echo "== 2. braid serve + bench/serve_load.py"
 log="$out/serve.log"
-"$braid" serve --device cuda --model $model --host 127.0.0.1 --port 0 --max-batch 256 --max-delay-ms 1 --workers 1 \
+"$braid" serve --device "$device" --model $model --host 127.0.0.1 --port 0 --max-batch 256 --max-delay-ms 1 --workers 1 \
   --capacity 65536 --log-requests false > /dev/null 2> "$log" &
 pid=$!
 port=

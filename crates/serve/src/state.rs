@@ -6,8 +6,9 @@
 //! request's texts (all admitted or none), the per-request timings the
 //! response headers report, and the health probe.
 
+use crate::error::ApiError;
 use crate::metrics::Metrics;
-use crate::tokens::ServeTokenizer;
+use crate::tokens::{Direction, ServeTokenizer};
 use braid_batch::{BatchModel, Batcher, BatcherConfig};
 use braid_nn::{ops, BertInput, SentenceEmbedder};
 use braid_runtime::{Error, Result};
@@ -227,6 +228,29 @@ impl AppState {
         tokio::task::spawn_blocking(move || texts.iter().map(|t| e.tokenizer().encode(t)).collect::<Result<Vec<_>>>())
             .await
             .map_err(|j| Error::JobPanicked(format!("tokenizer: {j}")))?
+    }
+
+    /// The embedding routes' tokenizer: `prompt` prepended, special tokens
+    /// added, cut to the model's length from `dir` when `truncate` (else a
+    /// text over it is a 413). On tokio's blocking pool, like [`tokenize`](Self::tokenize);
+    /// records the tokenization time.
+    pub(crate) async fn tokenize_request(&self, texts: Vec<String>, prompt: Option<String>, truncate: bool, dir: Direction, t: &mut Timings) -> std::result::Result<Vec<Vec<u32>>, ApiError> {
+        let t0 = Instant::now();
+        let tok = self.tokenizer.clone();
+        let ids = tokio::task::spawn_blocking(move || {
+            texts
+                .iter()
+                .map(|s| match &prompt {
+                    Some(p) => tok.encode_ids(&format!("{p}{s}"), true, truncate, dir),
+                    None => tok.encode_ids(s, true, truncate, dir),
+                })
+                .collect::<std::result::Result<Vec<_>, _>>()
+        })
+        .await
+        .map_err(|j| ApiError::from(Error::JobPanicked(format!("tokenizer: {j}"))))??;
+        t.tokenization = t0.elapsed();
+        self.metrics.tokenization.observe(t.tokenization.as_secs_f64());
+        Ok(ids)
     }
 
     /// Run `jobs` through the batcher, all admitted or none (`Overloaded`).

@@ -105,8 +105,8 @@ pub(crate) async fn run(st: &Arc<AppState>, ask: Ask, t: &mut Timings) -> std::r
         }
         Inputs::Ids(v) => vec![st.tokenizer.check_ids(v, truncate, ask.direction)?],
         Inputs::ManyIds(v) => v.into_iter().map(|r| st.tokenizer.check_ids(r, truncate, ask.direction)).collect::<std::result::Result<_, _>>()?,
-        Inputs::One(s) => tokenize(st, vec![s], prompt, truncate, ask.direction, t).await?,
-        Inputs::Many(v) => tokenize(st, v, prompt, truncate, ask.direction, t).await?,
+        Inputs::One(s) => st.tokenize_request(vec![s], prompt, truncate, ask.direction, t).await?,
+        Inputs::Many(v) => st.tokenize_request(v, prompt, truncate, ask.direction, t).await?,
     };
     let jobs = ids.into_iter().map(|ids| Job { ids, want: ask.want }).collect();
     let mut out = st.run_jobs(jobs, t).await?;
@@ -117,26 +117,6 @@ pub(crate) async fn run(st: &Arc<AppState>, ask: Ask, t: &mut Timings) -> std::r
         }
     }
     Ok(out)
-}
-
-/// Tokenize on the blocking pool (a long text takes a while).
-async fn tokenize(st: &Arc<AppState>, texts: Vec<String>, prompt: Option<String>, truncate: bool, dir: Direction, t: &mut Timings) -> std::result::Result<Vec<Vec<u32>>, ApiError> {
-    let t0 = Instant::now();
-    let tok = st.tokenizer.clone();
-    let ids = tokio::task::spawn_blocking(move || {
-        texts
-            .iter()
-            .map(|s| match &prompt {
-                Some(p) => tok.encode_ids(&format!("{p}{s}"), true, truncate, dir),
-                None => tok.encode_ids(s, true, truncate, dir),
-            })
-            .collect::<std::result::Result<Vec<_>, _>>()
-    })
-    .await
-    .map_err(|j| ApiError::from(braid_runtime::Error::JobPanicked(format!("tokenizer: {j}"))))??;
-    t.tokenization = t0.elapsed();
-    st.metrics.tokenization.observe(t.tokenization.as_secs_f64());
-    Ok(ids)
 }
 
 /// TEI's timing headers (milliseconds) and the token count.
