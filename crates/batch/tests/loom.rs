@@ -398,11 +398,14 @@ fn batcher_dropped_handle_is_skipped_or_run_never_lost() {
 /// All-or-nothing admission: a group of 4 against capacity 4 racing a
 /// single submit: every accepted request runs and reaches its caller; the
 /// group is accepted whole or refused whole (`Overloaded`, all counted
-/// rejected), never split.
+/// rejected), never split. Both outcomes must occur across the explored
+/// executions.
 #[test]
 fn batcher_group_admitted_whole_or_not_at_all() {
     let seen: Seen = Default::default();
     let s = seen.clone();
+    let outcomes: std::sync::Arc<std::sync::Mutex<std::collections::BTreeSet<usize>>> = Default::default();
+    let o = outcomes.clone();
     explore("batcher: group admission vs single submit", 2, move || {
         let (b, ran) = batcher(1, 4, &s);
         let b2 = b.clone();
@@ -428,5 +431,8 @@ fn batcher_group_admitted_whole_or_not_at_all() {
         let st = b.stats();
         assert_eq!(ran.load(Ordering::SeqCst), group + single);
         assert_eq!((st.submitted, st.completed, st.rejected), ((group + single) as u64, (group + single) as u64, (5 - group - single) as u64));
+        o.lock().unwrap().insert(group);
     });
+    let outcomes = outcomes.lock().unwrap();
+    assert!(outcomes.contains(&0) && outcomes.contains(&4), "explored group outcomes {outcomes:?}");
 }

@@ -123,7 +123,7 @@ def main():
     from prometheus_client.openmetrics.parser import text_string_to_metric_families
 
     ref = braid_embed(a.braid, a.model, TEXTS)
-    srv = Server(a.braid, a.model)
+    srv = Server(a.braid, a.model, "--cors-allow-origin", "http://app.example", "--json-output")
     try:
         client = openai.OpenAI(base_url=srv.url + "/v1", api_key="unused", max_retries=0)
 
@@ -230,6 +230,17 @@ def main():
             assert s == 200 and dec[0] == TEXTS[0].lower(), dec
             s, _, info = srv.json("GET", "/info")
             assert info["model_id"] == MODEL_ID and info["max_input_length"] == 256 and info["max_client_batch_size"] == 256, info
+        _()
+
+        @check("CORS: a preflight from the allowed origin is answered; the request log is one JSON line per request")
+        def _():
+            s, h, _ = srv.request("OPTIONS", "/v1/embeddings", headers={"Origin": "http://app.example", "Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "content-type,authorization"})
+            lh = {k.lower(): v for k, v in h.items()}
+            assert s == 200 and lh.get("access-control-allow-origin") == "http://app.example", (s, h)
+            s, h, _ = srv.request("GET", "/info", headers={"Origin": "http://evil.example"})
+            assert "access-control-allow-origin" not in {k.lower() for k in h}, h
+            lines = [json.loads(l) for l in srv.log if l.startswith("{")]
+            assert any(l["path"] == "/v1/embeddings" and l["status"] == 200 and l["tokens"] > 0 for l in lines), srv.log[-5:]
         _()
 
         bad = [
