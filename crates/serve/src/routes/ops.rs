@@ -27,7 +27,10 @@ async fn info(State(st): State<Arc<AppState>>) -> Json<serde_json::Value> {
         // text-embeddings-inference's fields.
         "model_id": st.model_id,
         "model_sha": null,
-        "model_dtype": "float32",
+        "model_dtype": match st.embedder.model().dtype() {
+            braid_runtime::DType::F32 => "float32",
+            braid_runtime::DType::BF16 => "bfloat16",
+        },
         "model_type": { "embedding": { "pooling": "mean" } },
         "max_concurrent_requests": b.capacity,
         "max_input_length": st.embedder.max_seq_length(),
