@@ -215,6 +215,10 @@ def main():
             s, _, right = srv.json("POST", "/embed", {"inputs": long + "tail", "truncate": True})
             s2, _, left = srv.json("POST", "/embed", {"inputs": "head " + long, "truncate": True, "truncation_direction": "Left"})
             assert s == 200 and s2 == 200
+            # Both keep [CLS] word x 254 [SEP]: "tail" is cut from the right, "head" from the left.
+            close(left[0], right[0], "Left truncation drops the head")
+            s, _, head_right = srv.json("POST", "/embed", {"inputs": "head " + long, "truncate": True})
+            assert rel_err(head_right[0], left[0]) > 1e-4, "Right truncation of 'head ...' kept the same tokens as Left"
             s, _, d = srv.json("POST", "/embed", {"inputs": TEXTS[0], "dimensions": 64})
             assert len(d[0]) == 64
             close(d[0], renorm(ref[0], 64), "tei dimensions")
