@@ -1,69 +1,129 @@
 #!/usr/bin/env python3
-"""Load for `braid serve`: C client threads, each sending one-text POST /embed
-requests back to back for S seconds over keep-alive connections. Prints
-requests/s, p50 and p99 latency per client count, and the server's mean batch
-(from /metrics) for that step. Standard library only.
+"""Load for `braid serve`: C keep-alive clients, each sending one-text
+requests back to back for S seconds, spread over P processes (so the
+Python client is not the bottleneck). For each text length (about 50 and
+about 500 tokens by default; the server cuts a text to the model's maximum,
+256 for all-MiniLM-L6-v2, and the tokens counted are those the server
+reports in `x-compute-tokens`) and each client count, prints requests/s,
+tokens/s, p50 and p99 latency, and the server's mean batch over that step
+(from /metrics/json). Standard library only; every step is bounded by
+--seconds.
 
-    braid serve --port 8080 &
-    python3 bench/serve_load.py --url http://127.0.0.1:8080 --clients 1 4 16 64 --seconds 5
+    braid serve --port 8080 --log-requests false &
+    python3 bench/serve_load.py --url http://127.0.0.1:8080 --clients 1 4 16 64 256 --tokens 50 500 --seconds 10 [--json out.json]
 """
-import argparse, http.client, json, threading, time, urllib.parse
+import argparse, http.client, json, multiprocessing as mp, os, threading, time, urllib.parse
 
-TEXTS = ["The cat sat on the mat.", "A quick brown fox jumps over the lazy dog.", "Many threads, one GPU.", "braid serves embeddings."]
+# Common words: about one token each for a BERT WordPiece vocabulary.
+WORDS = ("the of and to in is was for on that with as by at from his an were are which this be or had not first one their its new after who they have her she two been other when there all during into school time may years more most only over city some world would where later up such used many can state about national out known university united then made").split()
 
 
-def metrics(host, port):
+def text_of(tokens, i):
+    """About `tokens` tokens ([CLS] and [SEP] included), different per i."""
+    words = [WORDS[(i * 7 + k * 13) % len(WORDS)] for k in range(max(1, tokens - 2))]
+    return f"{i} " + " ".join(words)
+
+
+def get_json(host, port, path, headers):
     c = http.client.HTTPConnection(host, port, timeout=30)
-    c.request("GET", "/metrics")
-    m = json.loads(c.getresponse().read())
+    c.request("GET", path, headers=headers)
+    r = c.getresponse()
+    body = r.read()
     c.close()
-    return m
+    if r.status != 200:
+        raise SystemExit(f"GET {path}: {r.status} {body[:200]!r}")
+    return json.loads(body)
 
 
-def client(host, port, end, lat, errors, i):
-    c = http.client.HTTPConnection(host, port, timeout=60)
-    n = 0
+def client(host, port, path, openai, tokens, end, headers, seed, out):
+    c = http.client.HTTPConnection(host, port, timeout=120)
+    lat, toks, errors, n = [], 0, 0, 0
     while time.perf_counter() < end:
-        body = json.dumps({"inputs": [TEXTS[(i + n) % len(TEXTS)]]})
-        t = time.perf_counter()
-        c.request("POST", "/embed", body, {"Content-Type": "application/json"})
-        r = c.getresponse()
-        data = r.read()
-        if r.status != 200 or len(json.loads(data)[0]) == 0:
-            errors.append(r.status)
-        lat.append(time.perf_counter() - t)
+        t = text_of(tokens, seed * 1000 + n % 64)
+        body = json.dumps({"input": [t], "encoding_format": "float"} if openai else {"inputs": [t]})
+        t0 = time.perf_counter()
+        try:
+            c.request("POST", path, body, {"Content-Type": "application/json", **headers})
+            r = c.getresponse()
+            r.read()
+            ok = r.status == 200
+            toks += int(r.getheader("x-compute-tokens") or 0) if ok else 0
+        except (OSError, http.client.HTTPException):
+            ok = False
+            c.close()
+            c = http.client.HTTPConnection(host, port, timeout=120)
+        if ok:
+            lat.append(time.perf_counter() - t0)
+        else:
+            errors += 1
         n += 1
     c.close()
+    out.append((lat, toks, errors))
+
+
+def proc(host, port, path, openai, tokens, end, headers, seeds, q):
+    out = []
+    ts = [threading.Thread(target=client, args=(host, port, path, openai, tokens, end, headers, s, out)) for s in seeds]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    q.put(out)
+
+
+def step(host, port, path, openai, tokens, n, seconds, procs, headers):
+    before = get_json(host, port, "/metrics/json", headers)
+    p = max(1, min(procs, n))
+    q = mp.Queue()
+    t0 = time.perf_counter()
+    end = t0 + seconds
+    ps = [mp.Process(target=proc, args=(host, port, path, openai, tokens, end, headers, list(range(i, n, p)), q)) for i in range(p)]
+    for x in ps:
+        x.start()
+    results = [r for _ in ps for r in q.get(timeout=seconds + 300)]
+    for x in ps:
+        x.join(60)
+    wall = time.perf_counter() - t0
+    after = get_json(host, port, "/metrics/json", headers)
+    lat = sorted(x for l, _, _ in results for x in l)
+    toks = sum(t for _, t, _ in results)
+    errors = sum(e for _, _, e in results)
+    batches = after["batches"] - before["batches"]
+    done = after["completed"] - before["completed"]
+    pct = lambda q: lat[min(len(lat) - 1, int(q * len(lat)))] * 1e3 if lat else float("nan")
+    return {"clients": n, "target_tokens": tokens, "requests": len(lat), "seconds": wall, "req_s": len(lat) / wall, "tokens_s": toks / wall, "tokens_per_text": toks / max(1, len(lat)),
+            "p50_ms": pct(0.5), "p99_ms": pct(0.99), "mean_batch": done / batches if batches else 0.0, "errors": errors}
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--url", default="http://127.0.0.1:8080")
     ap.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16, 64])
+    ap.add_argument("--tokens", type=int, nargs="+", default=[50], help="approximate tokens per text (50, 500, ...)")
     ap.add_argument("--seconds", type=float, default=5.0)
+    ap.add_argument("--procs", type=int, default=max(1, (os.cpu_count() or 2) // 2), help="client processes")
+    ap.add_argument("--openai", action="store_true", help="POST /v1/embeddings instead of /embed")
+    ap.add_argument("--api-key")
+    ap.add_argument("--json", help="write the rows here too")
     a = ap.parse_args()
+    if a.seconds <= 0 or a.seconds > 600 or any(c < 1 or c > 4096 for c in a.clients):
+        raise SystemExit("--seconds must be in (0, 600] and --clients in 1..4096")
     u = urllib.parse.urlparse(a.url)
     host, port = u.hostname, u.port or 80
-    print("| clients | req/s | p50 ms | p99 ms | mean batch | errors |")
-    print("| ---: | ---: | ---: | ---: | ---: | ---: |")
-    for n in a.clients:
-        before = metrics(host, port)
-        lats, errors = [[] for _ in range(n)], []
-        end = time.perf_counter() + a.seconds
-        t0 = time.perf_counter()
-        ts = [threading.Thread(target=client, args=(host, port, end, lats[i], errors, i)) for i in range(n)]
-        for t in ts:
-            t.start()
-        for t in ts:
-            t.join()
-        wall = time.perf_counter() - t0
-        after = metrics(host, port)
-        lat = sorted(x for l in lats for x in l)
-        batches = after["batches"] - before["batches"]
-        done = after["completed"] - before["completed"]
-        mean_batch = done / batches if batches else 0.0
-        p = lambda q: lat[min(len(lat) - 1, int(q * len(lat)))] * 1e3
-        print(f"| {n} | {len(lat) / wall:.0f} | {p(0.5):.2f} | {p(0.99):.2f} | {mean_batch:.1f} | {len(errors)} |")
+    headers = {"Authorization": f"Bearer {a.api_key}"} if a.api_key else {}
+    path = "/v1/embeddings" if a.openai else "/embed"
+    rows = []
+    print(f"| route | ~tokens/text | clients | req/s | tokens/s | p50 ms | p99 ms | mean batch | errors |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for tokens in a.tokens:
+        for n in a.clients:
+            r = step(host, port, path, a.openai, tokens, n, a.seconds, a.procs, headers)
+            r["route"] = path
+            rows.append(r)
+            print(f"| {path} | {r['tokens_per_text']:.0f} | {n} | {r['req_s']:.0f} | {r['tokens_s']:.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['mean_batch']:.1f} | {r['errors']} |", flush=True)
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump({"url": a.url, "seconds": a.seconds, "procs": a.procs, "rows": rows}, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,8 @@
 # machine it installs what it needs: the MiniLM model (pip), then runs
 #   1. every crate's tests (release build: the model and stress tests are
 #      heavy in debug) -- GPU tests print SKIPPED lines where there is no GPU;
+#   1b. the HTTP client libraries (openai, huggingface_hub, langchain-openai,
+#      prometheus_client; pip) against a real `braid serve` on loopback;
 #   2. every loom model (`--cfg loom`, own target dir);
 #   3. the data-race checks (scripts/race-check.sh: ThreadSanitizer with an
 #      instrumented std over the concurrency tests, which must report
@@ -26,6 +28,17 @@ mkdir -p target
 cargo test --workspace --release -- --nocapture 2>&1 | tee target/test.log
 echo "== skipped (what needs a GPU or the model and did not run here):"
 grep -h "SKIPPED" target/test.log | sed 's/^ *//' | sort | uniq -c || true
+
+echo "== HTTP client libraries against a real braid serve (crates/serve/tests/clients/test_clients.py)"
+# The real clients (openai, huggingface_hub, langchain-openai,
+# prometheus_client) from PyPI; the script prints SKIPPED without the model
+# and exits non-zero if any check fails, which fails this script.
+python3 -m pip install --quiet --disable-pip-version-check openai huggingface_hub langchain-openai prometheus_client numpy 2>&1 | grep -v "Running pip as the 'root' user" || true
+cargo build --release -p braid 2>&1 | tail -1
+if ! python3 crates/serve/tests/clients/test_clients.py --braid target/release/braid 2>&1 | tee target/clients.log; then
+  echo "FAILED: HTTP client tests (target/clients.log)"
+  exit 1
+fi
 
 echo "== loom models"
 for crate in braid-runtime braid-batch; do

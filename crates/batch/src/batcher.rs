@@ -4,8 +4,11 @@
 //! a short text does not pay for a long one), runs one forward and hands
 //! each caller its own output. Owns the waiting queue, the gathering policy,
 //! per-request deadlines (`Error::Timeout`, never silence), overload
-//! (`Error::Overloaded`), shutdown (drains what was accepted) and the
-//! counters.
+//! (`Error::Overloaded`), all-or-nothing admission of a group
+//! ([`Batcher::submit_all`]), cancellation (a request whose [`Handle`] was
+//! dropped before its batch started is skipped and counted `cancelled`,
+//! never computed), the token budget of a batch (`max_batch_tokens`),
+//! shutdown (drains what was accepted) and the counters.
 
 use crate::handle::{pair_with_deadline, Completer, Handle};
 use crate::sync::{lock, wait, wait_until, Arc, AtomicU64, AtomicUsize, Condvar, Mutex, Ordering, Workers};
@@ -51,6 +54,11 @@ pub struct BatcherConfig {
     /// If set, each forward holds a permit of this throttle (for instance
     /// `device.throttle().clone()`, or a `Throttle::new(Some(2))` of its own).
     pub throttle: Option<Throttle>,
+    /// If set, a batch holds at most this many tokens, counted as the
+    /// forward computes them: requests × the longest length in the batch
+    /// (rows are padded). A single request longer than the budget still
+    /// runs alone.
+    pub max_batch_tokens: Option<usize>,
 }
 
 /// The original's adaptive mode: after each batch is taken, the limit is
@@ -67,7 +75,7 @@ pub struct Adaptive {
 impl Default for BatcherConfig {
     /// The original's defaults: batch 8, 10 ms, one worker.
     fn default() -> Self {
-        BatcherConfig { max_batch_size: 8, max_queue_delay: Duration::from_millis(10), capacity: 4096, workers: 1, bucket_by_length: true, preferred_batch_sizes: Vec::new(), default_deadline: None, adaptive: None, throttle: None }
+        BatcherConfig { max_batch_size: 8, max_queue_delay: Duration::from_millis(10), capacity: 4096, workers: 1, bucket_by_length: true, preferred_batch_sizes: Vec::new(), default_deadline: None, adaptive: None, throttle: None, max_batch_tokens: None }
     }
 }
 
@@ -78,6 +86,9 @@ pub struct BatcherStats {
     pub completed: u64,
     pub rejected: u64,
     pub timed_out: u64,
+    /// Requests whose handle was dropped before their batch started: never
+    /// computed, not counted in `completed`.
+    pub cancelled: u64,
     pub batches: u64,
     /// Requests waiting now.
     pub queue_depth: usize,
@@ -116,6 +127,7 @@ struct Counters {
     completed: AtomicU64,
     rejected: AtomicU64,
     timed_out: AtomicU64,
+    cancelled: AtomicU64,
     batches: AtomicU64,
     wait_ns: AtomicU64,
     compute_ns: AtomicU64,
@@ -158,6 +170,9 @@ impl<M: BatchModel> Batcher<M> {
         if config.preferred_batch_sizes.iter().any(|&p| p == 0 || p > config.max_batch_size) {
             return Err(Error::InvalidArgument(format!("preferred batch sizes must be in 1..={}", config.max_batch_size)));
         }
+        if config.max_batch_tokens == Some(0) {
+            return Err(Error::InvalidArgument("max_batch_tokens must be at least 1".into()));
+        }
         if let Some(a) = &config.adaptive {
             if a.min_batch_size == 0 || a.min_batch_size > config.max_batch_size {
                 return Err(Error::InvalidArgument(format!("adaptive min_batch_size must be in 1..={}", config.max_batch_size)));
@@ -168,6 +183,7 @@ impl<M: BatchModel> Batcher<M> {
             completed: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
             timed_out: AtomicU64::new(0),
+            cancelled: AtomicU64::new(0),
             batches: AtomicU64::new(0),
             wait_ns: AtomicU64::new(0),
             compute_ns: AtomicU64::new(0),
@@ -217,12 +233,50 @@ impl<M: BatchModel> Batcher<M> {
         // whenever a bucket may have become full.
         // (Relaxed limit: see `Shared::limit`; a stale value costs at most
         // one extra or one late wake-up, and the delay timer still runs.)
-        let wake = st.waiting.len() == 1 || st.waiting.len() >= sh.limit.load(Ordering::Relaxed);
+        let wake = st.waiting.len() == 1 || st.waiting.len() >= sh.limit.load(Ordering::Relaxed) || sh.config.max_batch_tokens.is_some();
         drop(st);
         if wake {
             sh.cv.notify_all();
         }
         Ok(handle)
+    }
+
+    /// Queue every input of `inputs` or none: if they do not all fit in the
+    /// queue, none is queued and the answer is `Overloaded` (all of them are
+    /// counted as rejected). The default deadline applies to each.
+    pub fn submit_all(&self, inputs: Vec<M::Input>) -> Result<Vec<Handle<M::Output>>> {
+        let sh = &self.shared;
+        let n = inputs.len();
+        let lens: Vec<usize> = inputs.iter().map(|i| sh.model.len(i)).collect();
+        let now = Instant::now();
+        let after = sh.config.default_deadline;
+        let deadline = after.map(|d| now + d);
+        let mut st = lock(&sh.state);
+        if !st.accepting {
+            return Err(Error::ShutDown("the batcher is shut down".into()));
+        }
+        if st.waiting.len().saturating_add(n) > sh.config.capacity {
+            // Relaxed: statistics.
+            sh.counters.rejected.fetch_add(n as u64, Ordering::Relaxed);
+            return Err(Error::Overloaded { capacity: sh.config.capacity });
+        }
+        let was = st.waiting.len();
+        let mut handles = Vec::with_capacity(n);
+        for (input, len) in inputs.into_iter().zip(lens) {
+            let (done, handle) = pair_with_deadline(deadline.zip(after));
+            st.waiting.push_back(Request { input, len, arrived: now, deadline, done });
+            handles.push(handle);
+        }
+        // Relaxed: statistics, counted under the lock before any worker can
+        // complete these requests (as in `submit_with_deadline`).
+        sh.counters.submitted.fetch_add(n as u64, Ordering::Relaxed);
+        // Relaxed limit: see `submit_with_deadline`.
+        let wake = n > 0 && (was == 0 || st.waiting.len() >= sh.limit.load(Ordering::Relaxed) || sh.config.max_batch_tokens.is_some());
+        drop(st);
+        if wake {
+            sh.cv.notify_all();
+        }
+        Ok(handles)
     }
 
     pub fn submit(&self, input: M::Input) -> Result<Handle<M::Output>> {
@@ -256,6 +310,7 @@ impl<M: BatchModel> Batcher<M> {
             completed: c.completed.load(Ordering::Relaxed),
             rejected: c.rejected.load(Ordering::Relaxed),
             timed_out: c.timed_out.load(Ordering::Relaxed),
+            cancelled: c.cancelled.load(Ordering::Relaxed),
             batches,
             queue_depth: lock(&self.shared.state).waiting.len(),
             mean_batch_size: if batches > 0 { in_batches as f64 / batches as f64 } else { 0.0 },
@@ -291,6 +346,19 @@ fn next_batch<M: BatchModel>(sh: &Shared<M>) -> Option<Vec<Request<M::Input, M::
         let mut earliest_deadline: Option<Instant> = None;
         let mut i = 0;
         while i < st.waiting.len() {
+            // An expired request counts as timed out even if its caller
+            // has gone (a blocking `wait` gives up at the deadline and
+            // drops its handle); otherwise a gone caller's request is
+            // cancelled.
+            let expired = st.waiting[i].deadline.is_some_and(|d| d <= now);
+            if !expired && st.waiting[i].done.is_cancelled() {
+                if let Some(r) = st.waiting.remove(i) {
+                    // Relaxed: statistics. Not `completed`: never computed.
+                    sh.counters.cancelled.fetch_add(1, Ordering::Relaxed);
+                    drop(r);
+                }
+                continue;
+            }
             match st.waiting[i].deadline {
                 Some(d) if d <= now => {
                     if let Some(r) = st.waiting.remove(i) {
@@ -321,10 +389,14 @@ fn next_batch<M: BatchModel>(sh: &Shared<M>) -> Option<Vec<Request<M::Input, M::
         // Relaxed: see `Shared::limit` (written only under this lock anyway).
         let limit = sh.limit.load(Ordering::Relaxed).clamp(1, cfg.max_batch_size);
         let mut counts = [0usize; BUCKETS];
+        // Per bucket: requests × longest, what a batch of all of them costs.
+        let mut longest = [0usize; BUCKETS];
         for r in &st.waiting {
             counts[key(r)] += 1;
+            longest[key(r)] = longest[key(r)].max(r.len);
         }
-        let full = st.waiting.iter().map(key).find(|&k| counts[k] >= limit);
+        let budget = cfg.max_batch_tokens.unwrap_or(usize::MAX);
+        let full = st.waiting.iter().map(key).find(|&k| counts[k] >= limit || counts[k].saturating_mul(longest[k]) >= budget);
         let full_at = oldest.arrived + cfg.max_queue_delay;
         let chosen = match full {
             Some(k) => Some(k),
@@ -336,10 +408,18 @@ fn next_batch<M: BatchModel>(sh: &Shared<M>) -> Option<Vec<Request<M::Input, M::
             if let Some(&p) = cfg.preferred_batch_sizes.iter().filter(|&&p| p <= n).max() {
                 n = p;
             }
-            let mut batch = Vec::with_capacity(n);
+            let mut batch: Vec<Request<M::Input, M::Output>> = Vec::with_capacity(n);
+            let mut batch_longest = 0usize;
             let mut j = 0;
             while batch.len() < n && j < st.waiting.len() {
                 if key(&st.waiting[j]) == k {
+                    // The token budget: stop before the request that would
+                    // take the padded batch over it (the first always goes).
+                    let l = batch_longest.max(st.waiting[j].len);
+                    if !batch.is_empty() && (batch.len() + 1).saturating_mul(l) > budget {
+                        break;
+                    }
+                    batch_longest = l;
                     if let Some(r) = st.waiting.remove(j) {
                         batch.push(r);
                     }

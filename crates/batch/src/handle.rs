@@ -3,10 +3,15 @@
 //! worker's side). Owns the rule that every accepted request gets exactly
 //! one answer: a `Completer` dropped without answering answers with an error
 //! (NoStuckFutures), and a dropped `Handle` simply discards the answer.
+//! A handle dropped before its answer arrives marks the request cancelled:
+//! the [`Batcher`](crate::Batcher) then skips it if it has not started (and
+//! counts it as cancelled); one already running finishes and its answer is
+//! discarded.
 //! A handle may carry its request's deadline: a blocking wait then answers
 //! `Error::Timeout` at the deadline even if every worker is busy (the
-//! request is still expired or run by its worker later; that answer is
-//! discarded).
+//! request is then answered `Timeout` by its worker too, never run; one
+//! given up by `wait_timeout` before its own deadline is cancelled, or run
+//! if its batch had started, that answer discarded).
 
 use crate::sync::{lock, wait, wait_until, Arc, Condvar, Mutex};
 use braid_runtime::{Error, Result};
@@ -19,6 +24,8 @@ struct State<R> {
     result: Option<Result<R>>,
     /// The answer was given (and possibly already taken).
     done: bool,
+    /// The handle was dropped before the answer came.
+    cancelled: bool,
     waker: Option<Waker>,
 }
 
@@ -42,7 +49,7 @@ pub struct Completer<R> {
 
 /// A connected pair.
 pub fn pair<R>() -> (Completer<R>, Handle<R>) {
-    let slot = Arc::new(Slot { state: Mutex::new(State { result: None, done: false, waker: None }), cv: Condvar::new() });
+    let slot = Arc::new(Slot { state: Mutex::new(State { result: None, done: false, cancelled: false, waker: None }), cv: Condvar::new() });
     (Completer { slot: Some(slot.clone()) }, Handle { slot, deadline: None })
 }
 
@@ -70,6 +77,24 @@ impl<R> Completer<R> {
         slot.cv.notify_all();
         if let Some(w) = waker {
             w.wake();
+        }
+    }
+}
+
+impl<R> Completer<R> {
+    /// Was the caller's handle dropped before an answer came?
+    pub(crate) fn is_cancelled(&self) -> bool {
+        self.slot.as_ref().is_some_and(|s| lock(&s.state).cancelled)
+    }
+}
+
+impl<R> Drop for Handle<R> {
+    fn drop(&mut self) {
+        // Under the slot's lock, so a worker's `is_cancelled` sees either
+        // the flag or a request it may still run (its answer is then dropped).
+        let mut s = lock(&self.slot.state);
+        if !s.done {
+            s.cancelled = true;
         }
     }
 }

@@ -363,3 +363,82 @@ fn worker_start_failure_is_returned_not_hung() {
     let b = Batcher::new(Arc::new(StartFails { fail: 99, panic: false }), config()).unwrap();
     assert_eq!(b.infer(7).unwrap(), 7);
 }
+
+/// Cancellation: requests whose handles are dropped while they wait behind
+/// a busy worker are skipped (counted `cancelled`, never computed); the
+/// kept ones run; submitted == completed + cancelled.
+#[test]
+fn dropped_handles_are_cancelled_never_computed() {
+    let model = Arc::new(Sum::default());
+    let b = Batcher::new(model.clone(), BatcherConfig { max_batch_size: 4, max_queue_delay: Duration::from_millis(1), ..Default::default() }).unwrap();
+    let busy = b.submit(vec![GATE]).unwrap();
+    model.gate.wait_entered();
+    // 40 queued behind the gate; every other one's caller goes away.
+    let mut kept = Vec::new();
+    for i in 0..40 {
+        let h = b.submit(vec![1000.0 + i as f32]).unwrap();
+        if i % 2 == 0 {
+            kept.push((i, h));
+        } else {
+            drop(h);
+        }
+    }
+    model.gate.open();
+    busy.wait().unwrap();
+    for (i, h) in kept {
+        assert_eq!(h.wait().unwrap().0, 1000.0 + i as f32);
+    }
+    b.shutdown();
+    let st = b.stats();
+    assert_eq!((st.submitted, st.completed, st.cancelled), (41, 21, 20), "{st:?}");
+    let computed: usize = model.batches.lock().unwrap().iter().map(|&(n, _, _)| n).sum();
+    assert_eq!(computed, 21, "a cancelled request was computed");
+}
+
+/// `submit_all`: a group that does not fit is refused whole (nothing of it
+/// queued, all of it counted rejected); one that fits is queued whole.
+#[test]
+fn submit_all_admits_a_group_whole_or_not_at_all() {
+    let model = Arc::new(Sum::default());
+    let b = Batcher::new(model.clone(), BatcherConfig { max_batch_size: 8, capacity: 5, max_queue_delay: Duration::from_millis(1), ..Default::default() }).unwrap();
+    let busy = b.submit(vec![GATE]).unwrap();
+    model.gate.wait_entered();
+    let three = b.submit_all(vec![vec![1.0], vec![2.0], vec![3.0]]).unwrap();
+    assert!(matches!(b.submit_all(vec![vec![4.0], vec![5.0], vec![6.0]]), Err(Error::Overloaded { capacity: 5 })));
+    assert_eq!(b.stats().queue_depth, 3, "a refused group left texts in the queue");
+    let two = b.submit_all(vec![vec![7.0], vec![8.0]]).unwrap();
+    model.gate.open();
+    busy.wait().unwrap();
+    let got: Vec<f32> = three.into_iter().chain(two).map(|h| h.wait().unwrap().0).collect();
+    assert_eq!(got, vec![1.0, 2.0, 3.0, 7.0, 8.0]);
+    let st = b.stats();
+    assert_eq!((st.submitted, st.completed, st.rejected), (6, 6, 3));
+}
+
+/// `max_batch_tokens`: no batch holds more than the budget in padded
+/// tokens (texts × longest), except a single request longer than it; every
+/// caller still gets its own answer.
+#[test]
+fn batches_stay_within_the_token_budget() {
+    let model = Arc::new(Sum::default());
+    let budget = 64;
+    let b = Batcher::new(model.clone(), BatcherConfig { max_batch_size: 64, max_batch_tokens: Some(budget), max_queue_delay: Duration::from_millis(5), ..Default::default() }).unwrap();
+    std::thread::scope(|s| {
+        for c in 0..32 {
+            let b = &b;
+            s.spawn(move || {
+                for i in 0..8 {
+                    let x = input(c, i);
+                    let want: f32 = x.iter().sum();
+                    assert_eq!(b.infer(x).unwrap().0.to_bits(), want.to_bits());
+                }
+            });
+        }
+        // One over the budget on its own.
+        assert_eq!(b.infer(vec![1.0; 100]).unwrap().1, 100);
+    });
+    for &(n, longest, _) in model.batches.lock().unwrap().iter() {
+        assert!(n * longest <= budget || n == 1, "a batch of {n} x {longest} tokens is over the budget {budget}");
+    }
+    assert!(Batcher::new(Arc::new(Sum::default()), BatcherConfig { max_batch_tokens: Some(0), ..Default::default() }).is_err());
+}

@@ -364,3 +364,75 @@ fn batcher_expired_request_gets_timeout_never_runs() {
         assert_eq!((st.submitted, st.completed, st.timed_out), (2, 2, 1));
     });
 }
+
+/// Cancellation: a caller drops its handle while another caller's request
+/// is gathered. The dropped request is either skipped (counted
+/// `cancelled`, never run) or, if its batch had already started, run with
+/// its answer discarded; never both, never lost: submitted == completed +
+/// cancelled, and runs == 1 (the live one) + (1 − cancelled). The live
+/// caller always gets its own output. Across the explored executions both
+/// outcomes must occur.
+#[test]
+fn batcher_dropped_handle_is_skipped_or_run_never_lost() {
+    let seen: Seen = Default::default();
+    let s = seen.clone();
+    let outcomes: std::sync::Arc<std::sync::Mutex<std::collections::BTreeSet<u64>>> = Default::default();
+    let o = outcomes.clone();
+    explore("batcher: dropped handle vs gathering", 3, move || {
+        let (b, ran) = batcher(1, 2, &s);
+        let b2 = b.clone();
+        let t = thread::spawn(move || drop(b2.submit(2).unwrap()));
+        assert_eq!(b.infer(3).unwrap(), 30);
+        t.join().unwrap();
+        b.shutdown();
+        let st = b.stats();
+        assert!(st.cancelled <= 1);
+        assert_eq!(st.submitted, st.completed + st.cancelled, "a request was lost: {st:?}");
+        assert_eq!(ran.load(Ordering::SeqCst) as u64, 2 - st.cancelled, "a cancelled request ran, or a kept one did not");
+        o.lock().unwrap().insert(st.cancelled);
+    });
+    let outcomes = outcomes.lock().unwrap();
+    assert!(outcomes.contains(&0) && outcomes.contains(&1), "explored outcomes {outcomes:?}");
+}
+
+/// All-or-nothing admission: a group of 4 against capacity 4 racing a
+/// single submit: every accepted request runs and reaches its caller; the
+/// group is accepted whole or refused whole (`Overloaded`, all counted
+/// rejected), never split. Both outcomes must occur across the explored
+/// executions.
+#[test]
+fn batcher_group_admitted_whole_or_not_at_all() {
+    let seen: Seen = Default::default();
+    let s = seen.clone();
+    let outcomes: std::sync::Arc<std::sync::Mutex<std::collections::BTreeSet<usize>>> = Default::default();
+    let o = outcomes.clone();
+    explore("batcher: group admission vs single submit", 2, move || {
+        let (b, ran) = batcher(1, 4, &s);
+        let b2 = b.clone();
+        let t = thread::spawn(move || b2.submit(1).map(|h| h.wait().unwrap()));
+        let group = match b.submit_all(vec![2, 3, 4, 4]) {
+            Ok(hs) => {
+                let outs: Vec<usize> = hs.into_iter().map(|h| h.wait().unwrap()).collect();
+                assert_eq!(outs, vec![20, 30, 40, 40]);
+                4
+            }
+            Err(Error::Overloaded { .. }) => 0,
+            Err(e) => panic!("{e}"),
+        };
+        let single = match t.join().unwrap() {
+            Ok(v) => {
+                assert_eq!(v, 10);
+                1
+            }
+            Err(Error::Overloaded { .. }) => 0,
+            Err(e) => panic!("{e}"),
+        };
+        b.shutdown();
+        let st = b.stats();
+        assert_eq!(ran.load(Ordering::SeqCst), group + single);
+        assert_eq!((st.submitted, st.completed, st.rejected), ((group + single) as u64, (group + single) as u64, (5 - group - single) as u64));
+        o.lock().unwrap().insert(group);
+    });
+    let outcomes = outcomes.lock().unwrap();
+    assert!(outcomes.contains(&0) && outcomes.contains(&4), "explored group outcomes {outcomes:?}");
+}

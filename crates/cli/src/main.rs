@@ -80,56 +80,8 @@ enum Cmd {
         #[arg(long)]
         json: Option<String>,
     },
-    /// HTTP server for sentence embeddings (POST /embed, POST /v1/embeddings, GET /health, /info, /metrics) over the dynamic batcher.
-    /// Every option can also be set by the environment variable named in its help.
-    Serve {
-        /// The model directory (scripts/get-minilm.sh puts it in models/all-MiniLM-L6-v2).
-        #[arg(long, env = "BRAID_MODEL", default_value = "models/all-MiniLM-L6-v2")]
-        model: String,
-        /// auto, cpu, cuda or cuda:N.
-        #[arg(long, env = "BRAID_DEVICE", default_value = "auto")]
-        device: String,
-        #[arg(long, env = "BRAID_HOST", default_value = "127.0.0.1")]
-        host: String,
-        #[arg(long, env = "BRAID_PORT", default_value_t = 8080)]
-        port: u16,
-        /// Largest batch the batcher forms (1..=4096).
-        #[arg(long, env = "BRAID_MAX_BATCH", default_value_t = 32)]
-        max_batch: usize,
-        /// How long the oldest waiting text waits for others (milliseconds, 0..=60000).
-        #[arg(long, env = "BRAID_MAX_DELAY_MS", default_value_t = 2.0)]
-        max_delay_ms: f64,
-        /// Batcher worker threads, each running whole batches on its own stream of the device's pool (1..=64, and no more than the pool's worker streams).
-        #[arg(long, env = "BRAID_WORKERS", default_value_t = 2)]
-        workers: usize,
-        /// Texts waiting, at most (1..=1000000); beyond it requests get 503.
-        #[arg(long, env = "BRAID_CAPACITY", default_value_t = 4096)]
-        capacity: usize,
-        /// Texts in one request, at most (1..=65536, and at most --capacity); beyond it 413.
-        #[arg(long, env = "BRAID_MAX_INPUTS", default_value_t = 256)]
-        max_inputs: usize,
-        /// A text not started within this many milliseconds gets 504 (0: no deadline; at most 3600000).
-        #[arg(long, env = "BRAID_DEADLINE_MS", default_value_t = 0)]
-        deadline_ms: u64,
-        /// Seconds a request's head (request line and headers) may take to arrive, from its first byte (and a new connection, to send its first request); then the connection is closed.
-        #[arg(long, env = "BRAID_HEADER_READ_TIMEOUT", default_value_t = 10.0)]
-        header_read_timeout: f64,
-        /// Seconds a keep-alive connection may sit idle between requests before it is closed.
-        #[arg(long, env = "BRAID_KEEP_ALIVE_TIMEOUT", default_value_t = 30.0)]
-        keep_alive_timeout: f64,
-        /// Seconds a graceful shutdown may take; then open connections are closed and the process exits anyway. A second SIGINT/SIGTERM exits at once.
-        #[arg(long, env = "BRAID_SHUTDOWN_TIMEOUT", default_value_t = 30.0)]
-        shutdown_timeout: f64,
-        /// Open connections, at most; above it a new connection gets a fast 503. Default: 1024, or less to fit the open-file limit (ulimit -n).
-        #[arg(long, env = "BRAID_MAX_CONNECTIONS")]
-        max_connections: Option<usize>,
-        /// Bytes the device's memory cache may hold (free blocks above it go back to the device/OS): a number with an optional K/M/G/T suffix, `auto` (256M on the CPU, 2G on a GPU) or `unlimited`.
-        #[arg(long, env = "BRAID_MAX_CACHE_BYTES", default_value = "auto")]
-        max_cache_bytes: String,
-        /// Tokenizations running at once, at most (1..=256). Default: the number of cores.
-        #[arg(long, env = "BRAID_TOKENIZE_CONCURRENCY")]
-        tokenize_concurrency: Option<usize>,
-    },
+    /// HTTP server for sentence embeddings: text-embeddings-inference's and OpenAI's embeddings APIs over the dynamic batcher. Every option can also be set from its BRAID_* environment variable.
+    Serve(serve::Options),
     /// Benchmarks.
     Bench {
         #[command(subcommand)]
@@ -181,10 +133,7 @@ fn main() -> ExitCode {
     let r = match cli.cmd {
         Cmd::Info => info::run(),
         Cmd::Embed { model, device, json, texts } => Device::parse(&device).and_then(|d| embed::run(&d, &model, &texts, json)),
-        Cmd::Serve { model, device, host, port, max_batch, max_delay_ms, workers, capacity, max_inputs, deadline_ms, header_read_timeout, keep_alive_timeout, shutdown_timeout, max_connections, max_cache_bytes, tokenize_concurrency } => {
-            let opts = serve::Options { model, device, host, port, max_batch, max_delay_ms, workers, capacity, max_inputs, deadline_ms, header_read_timeout, keep_alive_timeout, shutdown_timeout, max_connections, max_cache_bytes, tokenize_concurrency };
-            serve::run(&opts)
-        }
+        Cmd::Serve(opts) => serve::run(&opts),
         Cmd::Soak { minutes, device, threads, model, json } => Device::parse_many(&device).and_then(|d| soak::run(&d, minutes, threads, &model, json.as_deref())),
         Cmd::Check { device, threads, iters, model } => Device::parse(&device).and_then(|d| check::run(&d, threads, iters, &model)),
         Cmd::Bench { cmd: BenchCmd::Story { device, workload, quick, json, model } } => story_cmd(&device, &workload, quick, json.as_deref(), &model),

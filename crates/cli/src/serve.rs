@@ -1,35 +1,103 @@
 //! `braid serve`: binds the address first (a port in use is reported before
-//! the model loads), checks every numeric option against its bounds, loads
-//! the model, starts braid-serve's HTTP server and runs until SIGINT or
+//! the model loads), checks every option against its bounds, loads the
+//! model, starts braid-serve's HTTP server and runs until SIGINT or
 //! SIGTERM; then finishes the requests in flight and drains the batcher,
 //! within `--shutdown-timeout`. A second signal exits at once. Owns the
-//! translation from command-line options to `ServeConfig`, their bounds,
-//! the device's cache budget, signals, and the runtime set-up.
+//! command-line options (each also settable from a `BRAID_*` environment
+//! variable, as TEI allows for containers), their bounds and translation
+//! to `ServeConfig`, the device's cache budget, signals, and the runtime
+//! set-up.
 
 use braid_batch::BatcherConfig;
 use braid_nn::SentenceEmbedder;
 use braid_runtime::{Device, DeviceOptions, Error, Result};
 use braid_serve::{AppState, ConnConfig, ServeConfig};
+use clap::{ArgAction, Args};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+#[derive(Args, Debug)]
 pub struct Options {
+    /// The model directory (scripts/get-minilm.sh puts it in models/all-MiniLM-L6-v2).
+    #[arg(long, env = "BRAID_MODEL", default_value = "models/all-MiniLM-L6-v2")]
     pub model: String,
+    /// The model's name on the wire (/info's model_id, OpenAI's model); default: the directory's name.
+    #[arg(long, env = "BRAID_MODEL_ID")]
+    pub model_id: Option<String>,
+    /// auto, cpu, cuda or cuda:N.
+    #[arg(long, env = "BRAID_DEVICE", default_value = "auto")]
     pub device: String,
+    #[arg(long, env = "BRAID_HOST", default_value = "127.0.0.1")]
     pub host: String,
+    /// 0: an ephemeral port (printed at start-up).
+    #[arg(long, env = "BRAID_PORT", default_value_t = 8080)]
     pub port: u16,
+    /// Largest batch the batcher forms (texts, 1..=4096). TEI: --max-batch-requests.
+    #[arg(long, env = "BRAID_MAX_BATCH", alias = "max-batch-requests", default_value_t = 32)]
     pub max_batch: usize,
+    /// Token budget of one batch (texts x longest text, as padded); must be at least the model's max input length.
+    #[arg(long, env = "BRAID_MAX_BATCH_TOKENS")]
+    pub max_batch_tokens: Option<usize>,
+    /// How long the oldest waiting text waits for others (milliseconds, 0..=60000).
+    #[arg(long, env = "BRAID_MAX_DELAY_MS", default_value_t = 2.0)]
     pub max_delay_ms: f64,
+    /// Batcher worker threads, each running whole batches on its own stream of the device's pool (1..=64, and no more than the pool's worker streams).
+    #[arg(long, env = "BRAID_WORKERS", default_value_t = 2)]
     pub workers: usize,
+    /// Texts waiting, at most (1..=1000000); a request whose texts do not all fit gets 429. TEI: --max-concurrent-requests.
+    #[arg(long, env = "BRAID_CAPACITY", default_value_t = 4096)]
     pub capacity: usize,
+    /// Texts in one request, at most (1..=65536, and at most --capacity); beyond it 413.
+    #[arg(long = "max-client-batch-size", env = "BRAID_MAX_CLIENT_BATCH_SIZE", alias = "max-inputs", default_value_t = 256)]
     pub max_inputs: usize,
+    /// Request bodies larger than this many bytes get 413.
+    #[arg(long, env = "BRAID_PAYLOAD_LIMIT", default_value_t = 2_000_000)]
+    pub payload_limit: usize,
+    /// A text not started within this many milliseconds gets 504 (0: no deadline; at most 3600000).
+    #[arg(long, env = "BRAID_DEADLINE_MS", default_value_t = 0)]
     pub deadline_ms: u64,
+    /// Truncate texts over the model's length unless a request sets truncate (false: such a text is a 413).
+    #[arg(long, env = "BRAID_AUTO_TRUNCATE", default_value_t = true, action = ArgAction::Set)]
+    pub auto_truncate: bool,
+    /// A prompt prepended to every text whose request names none.
+    #[arg(long, env = "BRAID_DEFAULT_PROMPT")]
+    pub default_prompt: Option<String>,
+    /// The name of a prompt in the model's config_sentence_transformers.json to prepend by default.
+    #[arg(long, env = "BRAID_DEFAULT_PROMPT_NAME")]
+    pub default_prompt_name: Option<String>,
+    /// Require `Authorization: Bearer KEY` on every route except /health.
+    #[arg(long, env = "BRAID_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// Origins allowed by CORS, comma-separated (`*`: any); none: no CORS headers.
+    #[arg(long, env = "BRAID_CORS_ALLOW_ORIGIN", value_delimiter = ',')]
+    pub cors_allow_origin: Vec<String>,
+    /// Log one line per request (to stderr).
+    #[arg(long, env = "BRAID_LOG_REQUESTS", default_value_t = true, action = ArgAction::Set)]
+    pub log_requests: bool,
+    /// Log lines as JSON.
+    #[arg(long, env = "BRAID_JSON_OUTPUT")]
+    pub json_output: bool,
+    /// How long /health's one-token probe forward may take (milliseconds).
+    #[arg(long, env = "BRAID_HEALTH_TIMEOUT_MS", default_value_t = 10_000)]
+    pub health_timeout_ms: u64,
+    /// Seconds a request's head (request line and headers) may take to arrive, from its first byte (and a new connection, to send its first request); then the connection is closed.
+    #[arg(long, env = "BRAID_HEADER_READ_TIMEOUT", default_value_t = 10.0)]
     pub header_read_timeout: f64,
+    /// Seconds a keep-alive connection may sit idle between requests before it is closed.
+    #[arg(long, env = "BRAID_KEEP_ALIVE_TIMEOUT", default_value_t = 30.0)]
     pub keep_alive_timeout: f64,
+    /// Seconds a graceful shutdown may take; then open connections are closed and the process exits anyway. A second SIGINT/SIGTERM exits at once.
+    #[arg(long, env = "BRAID_SHUTDOWN_TIMEOUT", default_value_t = 30.0)]
     pub shutdown_timeout: f64,
+    /// Open connections, at most; above it a new connection gets a fast 503. Default: 1024, or less to fit the open-file limit (ulimit -n).
+    #[arg(long, env = "BRAID_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
+    /// Bytes the device's memory cache may hold (free blocks above it go back to the device/OS): a number with an optional K/M/G/T suffix, `auto` (256M on the CPU, 2G on a GPU) or `unlimited`.
+    #[arg(long, env = "BRAID_MAX_CACHE_BYTES", default_value = "auto")]
     pub max_cache_bytes: String,
+    /// Tokenizations running at once, at most (1..=256). Default: the number of cores.
+    #[arg(long, env = "BRAID_TOKENIZE_CONCURRENCY")]
     pub tokenize_concurrency: Option<usize>,
 }
 
@@ -48,6 +116,10 @@ pub const MAX_DEADLINE_MS: u64 = 3_600_000;
 pub const MAX_TIMEOUT_S: f64 = 3600.0;
 /// Largest `--tokenize-concurrency`.
 pub const MAX_TOKENIZE: usize = 256;
+/// Largest `--payload-limit` (bytes).
+pub const MAX_PAYLOAD: usize = 1 << 30;
+/// Largest `--max-batch-tokens`.
+pub const MAX_BATCH_TOKENS: usize = 1 << 24;
 
 fn bad(flag: &str, got: impl std::fmt::Display, want: impl std::fmt::Display) -> Error {
     Error::InvalidArgument(format!("{flag} {got} is out of range: expected {want}"))
@@ -109,10 +181,10 @@ pub fn config(o: &Options) -> Result<(ServeConfig, Option<usize>)> {
         return Err(bad("--capacity", o.capacity, format!("1..={MAX_CAPACITY}")));
     }
     if !(1..=MAX_INPUTS).contains(&o.max_inputs) {
-        return Err(bad("--max-inputs", o.max_inputs, format!("1..={MAX_INPUTS}")));
+        return Err(bad("--max-client-batch-size", o.max_inputs, format!("1..={MAX_INPUTS}")));
     }
     if o.max_inputs > o.capacity {
-        return Err(bad("--max-inputs", o.max_inputs, format!("at most --capacity ({}): a larger request could never be queued", o.capacity)));
+        return Err(bad("--max-client-batch-size", o.max_inputs, format!("at most --capacity ({}): a larger request could never be queued", o.capacity)));
     }
     let max_workers = braid_runtime::config::MAX_POOL_SIZE - 1;
     if !(1..=max_workers).contains(&o.workers) {
@@ -142,6 +214,20 @@ pub fn config(o: &Options) -> Result<(ServeConfig, Option<usize>)> {
         shutdown_timeout: seconds("--shutdown-timeout", o.shutdown_timeout)?,
         max_connections,
     };
+    if o.health_timeout_ms == 0 || o.health_timeout_ms > MAX_DEADLINE_MS {
+        return Err(bad("--health-timeout-ms", o.health_timeout_ms, format!("1..={MAX_DEADLINE_MS}")));
+    }
+    if o.payload_limit == 0 || o.payload_limit > MAX_PAYLOAD {
+        return Err(bad("--payload-limit", o.payload_limit, format!("1..={MAX_PAYLOAD} bytes")));
+    }
+    if o.api_key.as_deref() == Some("") {
+        return Err(Error::InvalidArgument("--api-key is empty".into()));
+    }
+    if let Some(t) = o.max_batch_tokens {
+        if !(1..=MAX_BATCH_TOKENS).contains(&t) {
+            return Err(bad("--max-batch-tokens", t, format!("1..={MAX_BATCH_TOKENS}")));
+        }
+    }
     let cache = parse_bytes(&o.max_cache_bytes, &o.device)?;
     let config = ServeConfig {
         batcher: BatcherConfig {
@@ -150,11 +236,21 @@ pub fn config(o: &Options) -> Result<(ServeConfig, Option<usize>)> {
             workers: o.workers,
             capacity: o.capacity,
             default_deadline: (o.deadline_ms > 0).then(|| Duration::from_millis(o.deadline_ms)),
+            max_batch_tokens: o.max_batch_tokens,
             ..BatcherConfig::default()
         },
         max_inputs: o.max_inputs,
+        model_id: o.model_id.clone(),
+        auto_truncate: o.auto_truncate,
+        default_prompt: o.default_prompt.clone(),
+        default_prompt_name: o.default_prompt_name.clone(),
+        api_key: o.api_key.clone(),
+        cors_allow_origin: o.cors_allow_origin.clone(),
+        payload_limit: o.payload_limit,
+        json_log: o.json_output,
+        log_requests: o.log_requests,
+        health_timeout: Duration::from_millis(o.health_timeout_ms),
         conn,
-        api_key: None,
         tokenize_concurrency,
     };
     Ok((config, cache))
@@ -202,7 +298,7 @@ pub fn run(o: &Options) -> Result<ExitCode> {
     let served = rt.block_on(async {
         let listener = tokio::net::TcpListener::from_std(std_listener).map_err(io)?;
         let addr = listener.local_addr().map_err(io)?;
-        eprintln!("serve: listening on http://{addr} (POST /embed, POST /v1/embeddings, GET /health, /info, /metrics); Ctrl-C stops");
+        eprintln!("serve: listening on http://{addr} (TEI: POST /embed, /, /embed_all, /similarity, /tokenize, /decode; OpenAI: POST /v1/embeddings; GET /health, /info, /metrics); Ctrl-C stops");
         braid_serve::serve(listener, state, shutdown_signal(shutdown_timeout)).await.map_err(io)
     });
     // Tasks still running (a tokenization, a batcher drain past the

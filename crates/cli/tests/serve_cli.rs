@@ -91,6 +91,34 @@ fn serve_rejects_bad_options_clearly() {
     assert!(err.contains("/nonexistent") && !err.contains("panicked"), "{err}");
 }
 
+/// Every `braid serve` option can come from its BRAID_* variable (as TEI's
+/// do): the variable is used when the flag is absent, the flag wins over
+/// it, and a bad value from the environment is as clear an error as one
+/// from the command line.
+#[test]
+fn serve_options_come_from_braid_env_variables() {
+    let run = |env: &[(&str, &str)], args: &[&str]| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_braid"));
+        c.args(["serve", "--device", "cpu"]).args(args);
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        let out = c.output().unwrap();
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let err = run(&[("BRAID_MODEL", "/nonexistent-from-env")], &[]);
+    assert!(err.contains("/nonexistent-from-env") && !err.contains("panicked"), "{err}");
+    let err = run(&[("BRAID_MODEL", "/nonexistent-from-env")], &["--model", "/nonexistent-from-flag"]);
+    assert!(err.contains("/nonexistent-from-flag"), "the flag must win over the variable: {err}");
+    let err = run(&[("BRAID_MAX_DELAY_MS", "-1"), ("BRAID_MODEL", "/nonexistent")], &[]);
+    assert!(err.contains("max-delay-ms") && !err.contains("panicked"), "{err}");
+    let err = run(&[("BRAID_MAX_BATCH", "many")], &["--model", "/nonexistent"]);
+    assert!(err.contains("max-batch") && err.contains("many"), "{err}");
+    let err = run(&[("BRAID_AUTO_TRUNCATE", "maybe")], &["--model", "/nonexistent"]);
+    assert!(err.contains("auto-truncate"), "{err}");
+}
+
 #[test]
 fn soak_rejects_bad_durations_clearly() {
     for minutes in ["--minutes=1e300", "--minutes=nan", "--minutes=-1"] {

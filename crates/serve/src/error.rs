@@ -1,41 +1,80 @@
-//! Errors on the wire: the HTTP status for each braid [`Error`] and the JSON
-//! error body (`{"error", "error_type"}`). Owns that mapping, so every route
+//! Errors on the wire: the HTTP status for each braid [`Error`] and the two
+//! JSON error bodies: TEI's `{"error", "error_type"}` (every route but the
+//! OpenAI ones) and OpenAI's `{"error": {"message", "type", "param",
+//! "code"}}` ([`OpenAiError`], on `/v1/embeddings` and `/embeddings`).
+//! Overload is 429 with `Retry-After`. Owns that mapping, so every route
 //! answers a failure the same way, and what a remote client is told: a
 //! message about its own request, or a generic one for the server's own
 //! failures (the full error, with internal type names and environment
 //! variables, goes to the server log instead).
 
 use axum::extract::rejection::JsonRejection;
-use axum::http::StatusCode;
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use braid_runtime::Error;
 use serde_json::json;
 
-/// The HTTP status for a braid error.
+/// Seconds a client is told to wait after a 429.
+pub const RETRY_AFTER_S: u64 = 1;
+
+/// The HTTP status for a braid error: bad input 400; a full queue 429; a
+/// stopping server or device 503; a passed deadline 504; anything else 500
+/// (an exhausted stream pool too: a misconfiguration, the workers do not
+/// fit the pool, which retrying cannot help, so not a 503).
 pub fn status_for(e: &Error) -> StatusCode {
     match e {
         Error::InvalidArgument(_) | Error::Shape { .. } => StatusCode::BAD_REQUEST,
-        Error::Overloaded { .. } | Error::ShutDown(_) | Error::DeviceShutDown(_) => StatusCode::SERVICE_UNAVAILABLE,
-        // A misconfiguration (the workers do not fit the stream pool), not
-        // load: retrying cannot help, so not a 503.
+        Error::Overloaded { .. } => StatusCode::TOO_MANY_REQUESTS,
+        Error::ShutDown(_) | Error::DeviceShutDown(_) => StatusCode::SERVICE_UNAVAILABLE,
         Error::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
 
-/// A JSON error response.
-pub(crate) struct ApiError(pub(crate) StatusCode, pub(crate) String, pub(crate) &'static str);
+/// A failed request: its status, message and (for OpenAI's body) the
+/// request field at fault.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub message: String,
+    pub param: Option<&'static str>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, message: String) -> ApiError {
+        ApiError { status, message, param: None }
+    }
+    pub fn bad(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, message.into())
+    }
+    /// Name the request field at fault.
+    pub fn param(mut self, p: &'static str) -> ApiError {
+        self.param = Some(p);
+        self
+    }
+    /// TEI's `error_type`.
+    fn kind(&self) -> &'static str {
+        match self.status {
+            StatusCode::BAD_REQUEST | StatusCode::PAYLOAD_TOO_LARGE | StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED => "validation",
+            StatusCode::UNAUTHORIZED => "unauthorized",
+            StatusCode::TOO_MANY_REQUESTS => "overloaded",
+            StatusCode::SERVICE_UNAVAILABLE => "unhealthy",
+            StatusCode::GATEWAY_TIMEOUT => "timeout",
+            _ => "backend",
+        }
+    }
+    fn with_headers(&self, mut r: Response) -> Response {
+        if self.status == StatusCode::TOO_MANY_REQUESTS {
+            r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_S));
+        }
+        r
+    }
+}
 
 impl From<Error> for ApiError {
     fn from(e: Error) -> Self {
-        let kind = match status_for(&e) {
-            StatusCode::BAD_REQUEST => "validation",
-            StatusCode::SERVICE_UNAVAILABLE => "overloaded",
-            StatusCode::GATEWAY_TIMEOUT => "timeout",
-            _ => "backend",
-        };
-        ApiError(status_for(&e), client_message(&e), kind)
+        ApiError::new(status_for(&e), client_message(&e))
     }
 }
 
@@ -62,7 +101,34 @@ pub fn client_message(e: &Error) -> String {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.0, Json(json!({ "error": self.1, "error_type": self.2 }))).into_response()
+        let r = (self.status, Json(json!({ "error": self.message, "error_type": self.kind() }))).into_response();
+        self.with_headers(r)
+    }
+}
+
+/// The same failure in OpenAI's body.
+#[derive(Debug)]
+pub struct OpenAiError(pub ApiError);
+
+impl<E: Into<ApiError>> From<E> for OpenAiError {
+    fn from(e: E) -> Self {
+        OpenAiError(e.into())
+    }
+}
+
+impl IntoResponse for OpenAiError {
+    fn into_response(self) -> Response {
+        let e = self.0;
+        let (kind, code) = match e.status {
+            StatusCode::BAD_REQUEST | StatusCode::PAYLOAD_TOO_LARGE | StatusCode::NOT_FOUND => ("invalid_request_error", None),
+            StatusCode::UNAUTHORIZED => ("invalid_request_error", Some("invalid_api_key")),
+            StatusCode::TOO_MANY_REQUESTS => ("rate_limit_error", Some("rate_limit_exceeded")),
+            StatusCode::SERVICE_UNAVAILABLE => ("server_error", Some("service_unavailable")),
+            StatusCode::GATEWAY_TIMEOUT => ("server_error", Some("timeout")),
+            _ => ("server_error", None),
+        };
+        let r = (e.status, Json(json!({ "error": { "message": e.message, "type": kind, "param": e.param, "code": code } }))).into_response();
+        e.with_headers(r)
     }
 }
 
@@ -72,7 +138,7 @@ impl IntoResponse for ApiError {
 /// clients).
 pub(crate) fn body_error(r: JsonRejection, expected: &str) -> ApiError {
     let status = if r.status() == StatusCode::PAYLOAD_TOO_LARGE { StatusCode::PAYLOAD_TOO_LARGE } else { StatusCode::BAD_REQUEST };
-    ApiError(status, format!("expected {expected}: {}", strip_rust_names(&r.body_text())), "validation")
+    ApiError::new(status, format!("expected {expected}: {}", strip_rust_names(&r.body_text())))
 }
 
 /// serde's messages name Rust types ("untagged enum Inputs", "struct
@@ -87,5 +153,3 @@ fn strip_rust_names(m: &str) -> String {
     }
     out
 }
-
-

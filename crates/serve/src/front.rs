@@ -47,3 +47,42 @@ pub fn encode_cut(tok: &TextTokenizer, text: &str) -> Result<(Vec<u32>, usize)> 
         window = window.saturating_mul(4);
     }
 }
+
+/// The general form of [`encode_cut`], for a tokenizer without truncation
+/// of its own: `encode` a window of `text` that surely holds `need` tokens
+/// at the end the model keeps (`from_end`: the last tokens, for left
+/// truncation), growing the window fourfold until it does or is the whole
+/// text. Returns the encoding, the byte offset of the window in `text`
+/// (its encoding's offsets are relative to that), and the bytes encoded.
+/// Exact for the same reason as `encode_cut`: windows start or end at ASCII
+/// whitespace, where the pre-tokenizers split first.
+pub fn encode_window<E, X>(text: &str, need: usize, from_end: bool, mut encode: impl FnMut(&str) -> std::result::Result<E, X>, len: impl Fn(&E) -> usize) -> std::result::Result<(E, usize, usize), X> {
+    let ws = |b: &u8| matches!(b, b' ' | b'\t' | b'\n' | b'\r');
+    let mut window = first_window(need);
+    loop {
+        if window >= text.len() {
+            return Ok((encode(text)?, 0, text.len()));
+        }
+        let (start, end) = if from_end {
+            // The window starts at a whitespace byte at or before
+            // len - window, and keeps it: a byte-level or metaspace
+            // tokenizer then sees the window's first word as it sees it in
+            // the whole text (with its leading space).
+            match text.as_bytes()[..text.len() - window].iter().rposition(ws) {
+                Some(p) => (p, text.len()),
+                None => return Ok((encode(text)?, 0, text.len())),
+            }
+        } else {
+            match text.as_bytes()[window..].iter().position(ws) {
+                // An ASCII byte is always a char boundary in UTF-8.
+                Some(p) => (0, window + p),
+                None => return Ok((encode(text)?, 0, text.len())),
+            }
+        };
+        let enc = encode(&text[start..end])?;
+        if len(&enc) >= need {
+            return Ok((enc, start, end - start));
+        }
+        window = window.saturating_mul(4);
+    }
+}

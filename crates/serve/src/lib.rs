@@ -5,39 +5,41 @@
 //! mapping from braid's errors to HTTP statuses, and graceful shutdown
 //! (stop accepting connections, answer what was accepted, drain the batcher).
 //!
-//! Routes:
-//! - `POST /embed` `{"inputs": "text"}` or `{"inputs": ["a", "b"]}` →
-//!   `[[f32; dim], ...]` (L2-normalised, one per input, in order; the
-//!   text-embeddings-inference shape);
-//! - `POST /v1/embeddings` `{"input": "text" | [..]}` → the OpenAI shape
-//!   (`data[i].embedding`, `usage.prompt_tokens`);
-//! - `GET /health` → `{"status": "ok", ...}`;
-//! - `GET /info` → model, device, dimension, limits, batcher settings;
-//! - `GET /metrics` → the batcher's counters (submitted, completed,
-//!   rejected, timed out, batches, queue depth, mean batch, mean wait and
-//!   compute).
+//! Routes (a drop-in for text-embeddings-inference and the OpenAI
+//! embeddings API; see `routes/` and the README's "Serving embeddings over
+//! HTTP"): TEI's `POST /embed`, `/`, `/embed_all`, `/similarity`,
+//! `/tokenize`, `/decode`; OpenAI's `POST /v1/embeddings` (and
+//! `/embeddings`); `GET /health`, `/info`, `/metrics` (Prometheus),
+//! `/metrics/json`.
 //!
 //! Layout: [`state`] (what the routes share), [`error`] (errors on the
-//! wire), `routes/` (one file per API family), [`conn`] (connections:
-//! timeouts, the connection cap, the Host check, JSON for hyper's own
-//! errors, bounded shutdown), [`front`] (cutting a long text before it is
-//! tokenized), and [`serve`] here.
+//! wire), [`tokens`] (truncation, prompts, token ids), [`front`] (cutting
+//! a long text before it is tokenized), [`metrics`] (Prometheus),
+//! [`layers`] (API key, CORS, log, payload limit), `routes/` (one file per
+//! API family), [`conn`] (connections: timeouts, the connection cap, the
+//! Host check, JSON for hyper's own errors, bounded shutdown), and
+//! [`serve`] here.
 //!
-//! Errors are JSON `{"error": "...", "error_type": "..."}`: 400 for bad
-//! input, 413 for too many inputs in one request, 503 when the queue is full
-//! or the server is shutting down, 504 when a request's deadline passed,
-//! 500 for anything else.
+//! Errors are JSON (TEI's `{"error", "error_type"}`, OpenAI's `{"error":
+//! {"message", "type", "param", "code"}}` on its routes): 400 for bad
+//! input, 401 without the API key, 413 for too many inputs or a text over
+//! the model's length with `truncate: false`, 429 (with `Retry-After`) when
+//! the queue is full, 503 when the server is shutting down or unhealthy,
+//! 504 when a request's deadline passed, 500 for anything else.
 
 pub mod conn;
 mod error;
 pub mod front;
+mod layers;
+pub mod metrics;
 mod routes;
 pub mod state;
+pub mod tokens;
 
 pub use conn::ConnConfig;
 pub use error::{client_message, status_for};
 pub use routes::router;
-pub use state::{AppState, ServeConfig, TokenEmbedder};
+pub use state::{AppState, ServeConfig, ServeModel, TokenEmbedder};
 
 use std::future::Future;
 use std::sync::Arc;

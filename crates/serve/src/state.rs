@@ -1,17 +1,24 @@
 //! What every route shares: [`AppState`] (the model, the batcher over it,
-//! the settings) and [`TokenEmbedder`], the batcher's view of the model.
-//! Owns tokenizing off the async threads (each text cut first, see
-//! [`crate::front`]; at most `tokenize_concurrency` tokenizations at once),
-//! the start-up check that the batcher's workers fit the device's stream
-//! pool, and submitting a request's texts.
+//! the settings, the metrics), [`ServeModel`] (the server's view of the
+//! model: pooled embeddings, normalised or not, or token embeddings) and
+//! [`TokenEmbedder`] (token ids in, normalised embedding out; the
+//! in-process peer `braid bench story` measures). Owns submitting a
+//! request's texts (all admitted or none), the per-request timings the
+//! response headers report, the health probe, tokenizing off the async
+//! threads (each text cut first, see [`crate::front`]; at most
+//! `tokenize_concurrency` tokenizations at once), and the start-up check
+//! that the batcher's workers fit the device's stream pool.
 
 use crate::conn::ConnConfig;
+use crate::error::ApiError;
+use crate::metrics::Metrics;
+use crate::tokens::{Direction, ServeTokenizer};
 use braid_batch::{BatchModel, Batcher, BatcherConfig};
-use braid_nn::{BertInput, SentenceEmbedder};
+use braid_nn::{ops, BertInput, SentenceEmbedder};
 use braid_runtime::{Error, Result};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Token ids in, one normalised embedding out: the batcher's view of a
 /// [`SentenceEmbedder`]. Rows are padded to the longest within a batch (the
@@ -22,10 +29,8 @@ impl BatchModel for TokenEmbedder {
     type Input = Vec<u32>;
     type Output = Vec<f32>;
     type Worker = ();
-    /// Binds the worker thread's stream now, so a pool too small for the
-    /// workers fails at start-up, not on every request.
     fn worker(&self, _: usize) -> Result<()> {
-        self.0.model().device().current_stream().map(|_| ())
+        Ok(())
     }
     fn len(&self, ids: &Vec<u32>) -> usize {
         ids.len()
@@ -37,17 +42,108 @@ impl BatchModel for TokenEmbedder {
     }
 }
 
+/// What a text asks of the model.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Want {
+    /// The mean-pooled sentence embedding, L2-normalised or not.
+    Pooled { normalize: bool },
+    /// One embedding per token (the last hidden state, `/embed_all`).
+    Tokens,
+}
+
+/// One text for the server's batcher.
+pub struct Job {
+    pub ids: Vec<u32>,
+    pub want: Want,
+}
+
+/// A text's answer and when its batch ran.
+pub struct JobOut {
+    /// `dim` values (pooled) or `len × dim` (tokens).
+    pub values: Vec<f32>,
+    pub started: Instant,
+    pub inference: Duration,
+}
+
+/// The server's view of the model: each batch runs the encoder once,
+/// pools over the mask, and answers each text what it asked for.
+pub struct ServeModel {
+    embedder: Arc<SentenceEmbedder>,
+    metrics: Arc<Metrics>,
+}
+
+impl BatchModel for ServeModel {
+    type Input = Job;
+    type Output = JobOut;
+    type Worker = ();
+    fn worker(&self, _: usize) -> Result<()> {
+        Ok(())
+    }
+    fn len(&self, j: &Job) -> usize {
+        j.ids.len()
+    }
+    fn forward(&self, _: &mut (), jobs: Vec<Job>) -> Result<Vec<JobOut>> {
+        let started = Instant::now();
+        let rows: Vec<Vec<u32>> = jobs.iter().map(|j| j.ids.clone()).collect();
+        let input = BertInput::from_rows(&rows, self.embedder.tokenizer().pad_id());
+        let d = self.embedder.dim();
+        let (h, mask) = self.embedder.model().forward(&input)?;
+        let pooled = ops::mean_pool(&h, Some(&mask))?;
+        let any = |f: &dyn Fn(Want) -> bool| jobs.iter().any(|j| f(j.want));
+        // The normalised rows come from the device's l2_normalize, exactly
+        // as `braid embed` computes them.
+        let normed = if any(&|w| w == Want::Pooled { normalize: true }) { Some(ops::l2_normalize(&pooled)?.to_vec()?) } else { None };
+        let raw = if any(&|w| w == Want::Pooled { normalize: false }) { Some(pooled.to_vec()?) } else { None };
+        let hidden = if any(&|w| w == Want::Tokens) { Some(h.to_vec()?) } else { None };
+        let inference = started.elapsed();
+        self.metrics.inference.observe(inference.as_secs_f64());
+        self.metrics.batch_texts.observe(jobs.len() as f64);
+        self.metrics.batch_tokens.observe((jobs.len() * input.seq) as f64);
+        let mut out = Vec::with_capacity(jobs.len());
+        for (i, j) in jobs.iter().enumerate() {
+            let pick = |v: &Option<Vec<f32>>, from: usize, n: usize| v.as_ref().map(|v| v[from..from + n].to_vec()).unwrap_or_default();
+            let values = match j.want {
+                Want::Pooled { normalize: true } => pick(&normed, i * d, d),
+                Want::Pooled { normalize: false } => pick(&raw, i * d, d),
+                Want::Tokens => pick(&hidden, i * input.seq * d, j.ids.len() * d),
+            };
+            out.push(JobOut { values, started, inference });
+        }
+        Ok(out)
+    }
+}
+
 /// Server settings.
 #[derive(Clone, Debug)]
 pub struct ServeConfig {
     pub batcher: BatcherConfig,
-    /// Texts in one request, at most (more: 413).
+    /// Texts in one request, at most (more: 413). TEI's `max_client_batch_size`.
     pub max_inputs: usize,
+    /// The model's name on the wire (`/info`, OpenAI's `model`); `None`:
+    /// the model directory's name.
+    pub model_id: Option<String>,
+    /// Truncate texts over the model's length unless a request says
+    /// otherwise (`truncate`); when false, such a text is a 413.
+    pub auto_truncate: bool,
+    /// Prepended to every text unless the request names a prompt.
+    pub default_prompt: Option<String>,
+    /// The name of a prompt of the model's config_sentence_transformers.json
+    /// to prepend by default.
+    pub default_prompt_name: Option<String>,
+    /// A Bearer key every route except `/health` requires.
+    pub api_key: Option<String>,
+    /// `Access-Control-Allow-Origin` values (`*` for any); empty: no CORS.
+    pub cors_allow_origin: Vec<String>,
+    /// Request bodies larger than this are a 413.
+    pub payload_limit: usize,
+    /// One log line per request as JSON (else plain text).
+    pub json_log: bool,
+    /// Log one line per request at all.
+    pub log_requests: bool,
+    /// How long `/health`'s probe forward may take.
+    pub health_timeout: Duration,
     /// Connections: timeouts, cap, shutdown bound.
     pub conn: ConnConfig,
-    /// The API key, if one is required (`--api-key`). Without one, a
-    /// loopback-bound server refuses non-loopback Host headers.
-    pub api_key: Option<String>,
     /// Tokenizations running at once, at most (each on tokio's blocking
     /// pool); others wait their turn.
     pub tokenize_concurrency: usize,
@@ -63,8 +159,17 @@ impl Default for ServeConfig {
         ServeConfig {
             batcher: BatcherConfig { max_batch_size: 32, max_queue_delay: std::time::Duration::from_millis(2), ..BatcherConfig::default() },
             max_inputs: 256,
-            conn: ConnConfig::default(),
+            model_id: None,
+            auto_truncate: true,
+            default_prompt: None,
+            default_prompt_name: None,
             api_key: None,
+            cors_allow_origin: Vec::new(),
+            payload_limit: 2 * 1024 * 1024,
+            json_log: false,
+            log_requests: false,
+            health_timeout: Duration::from_secs(10),
+            conn: ConnConfig::default(),
             tokenize_concurrency: default_tokenize_concurrency(),
         }
     }
@@ -95,12 +200,30 @@ struct TokenizeCounters {
 /// What the handlers share.
 pub struct AppState {
     pub(crate) embedder: Arc<SentenceEmbedder>,
-    pub(crate) batcher: Batcher<TokenEmbedder>,
+    pub(crate) batcher: Batcher<ServeModel>,
     pub(crate) config: ServeConfig,
     pub(crate) device: String,
     pub(crate) started: Instant,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) tokenizer: Arc<ServeTokenizer>,
+    pub(crate) model_id: String,
+    /// The model's named prompts (config_sentence_transformers.json).
+    pub(crate) prompts: std::collections::BTreeMap<String, String>,
+    /// The prompt prepended when a request names none.
+    pub(crate) default_prompt: Option<String>,
     tokenizers: Arc<tokio::sync::Semaphore>,
     tok_counters: Arc<TokenizeCounters>,
+}
+
+/// Per-request timings for the response headers.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Timings {
+    pub tokenization: Duration,
+    /// Longest queue wait of the request's texts.
+    pub queue: Duration,
+    /// Longest forward among the request's batches.
+    pub inference: Duration,
+    pub tokens: usize,
 }
 
 impl AppState {
@@ -125,9 +248,24 @@ impl AppState {
                 pool.size() + workers - free
             )));
         }
-        let batcher = Batcher::new(Arc::new(TokenEmbedder(embedder.clone())), config.batcher.clone())?;
+        if let Some(t) = config.batcher.max_batch_tokens {
+            if t < embedder.max_seq_length() {
+                return Err(Error::InvalidArgument(format!("--max-batch-tokens {t} is below the model's max input length {}: a long text could never run", embedder.max_seq_length())));
+            }
+        }
+        let (prompts, st_default) = crate::tokens::read_prompts(embedder.dir())?;
+        let default_prompt = match (&config.default_prompt, &config.default_prompt_name) {
+            (Some(_), Some(_)) => return Err(Error::InvalidArgument("give --default-prompt or --default-prompt-name, not both".into())),
+            (Some(p), None) => Some(p.clone()),
+            (None, Some(n)) => Some(prompts.get(n).cloned().ok_or_else(|| Error::InvalidArgument(format!("--default-prompt-name {n:?}: the model has no such prompt (it has: {:?})", prompts.keys().collect::<Vec<_>>())))?),
+            (None, None) => st_default.and_then(|n| prompts.get(&n).cloned()),
+        };
+        let tokenizer = Arc::new(ServeTokenizer::load(embedder.dir(), embedder.max_seq_length(), embedder.model().config.vocab_size)?);
+        let model_id = config.model_id.clone().unwrap_or_else(|| embedder.dir().file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into()));
+        let metrics = Arc::new(Metrics::new());
+        let batcher = Batcher::new(Arc::new(ServeModel { embedder: embedder.clone(), metrics: metrics.clone() }), config.batcher.clone())?;
         let tokenizers = Arc::new(tokio::sync::Semaphore::new(config.tokenize_concurrency));
-        Ok(Arc::new(AppState { embedder, batcher, config, device, started: Instant::now(), tokenizers, tok_counters: Arc::default() }))
+        Ok(Arc::new(AppState { embedder, batcher, config, device, started: Instant::now(), metrics, tokenizer, model_id, prompts, default_prompt, tokenizers, tok_counters: Arc::default() }))
     }
 
     /// The tokenizer's counters.
@@ -178,23 +316,100 @@ impl AppState {
         .map_err(|j| Error::JobPanicked(format!("tokenizer: {j}")))?
     }
 
-    /// Embed token ids through the batcher (each text its own request).
-    pub async fn embed_ids(&self, ids: Vec<Vec<u32>>) -> Result<Vec<Vec<f32>>> {
-        let mut handles = Vec::with_capacity(ids.len());
-        for row in ids {
-            handles.push(self.batcher.submit(row)?);
-        }
+    /// The embedding routes' tokenizer: `prompt` prepended, special tokens
+    /// added, cut to the model's length from `dir` when `truncate` (else a
+    /// text over it is a 413). On tokio's blocking pool, like [`tokenize`](Self::tokenize);
+    /// records the tokenization time.
+    ///
+    /// Each text is cut before it is tokenized ([`crate::front`]), so a long
+    /// text costs what is kept, and at most `tokenize_concurrency` requests
+    /// tokenize at once (the rest wait their turn here).
+    pub(crate) async fn tokenize_request(&self, texts: Vec<String>, prompt: Option<String>, truncate: bool, dir: Direction, t: &mut Timings) -> std::result::Result<Vec<Vec<u32>>, ApiError> {
+        let t0 = Instant::now();
+        let permit = self.tokenizers.clone().acquire_owned().await.map_err(|_| ApiError::from(Error::ShutDown("the tokenizer is shut down".into())))?;
+        let tok = self.tokenizer.clone();
+        let c = self.tok_counters.clone();
+        let ids = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            // Relaxed: statistics; the semaphore does the bounding.
+            let now = c.running.fetch_add(1, Ordering::Relaxed) + 1;
+            c.peak_running.fetch_max(now, Ordering::Relaxed);
+            let r = texts
+                .iter()
+                .map(|s| {
+                    let (ids, used) = match &prompt {
+                        Some(p) => tok.encode_ids_counted(&format!("{p}{s}"), true, truncate, dir)?,
+                        None => tok.encode_ids_counted(s, true, truncate, dir)?,
+                    };
+                    c.texts.fetch_add(1, Ordering::Relaxed);
+                    c.bytes_in.fetch_add(s.len() as u64, Ordering::Relaxed);
+                    c.bytes_tokenized.fetch_add(used.min(s.len()) as u64, Ordering::Relaxed);
+                    Ok(ids)
+                })
+                .collect::<std::result::Result<Vec<_>, ApiError>>();
+            c.running.fetch_sub(1, Ordering::Relaxed);
+            r
+        })
+        .await
+        .map_err(|j| ApiError::from(Error::JobPanicked(format!("tokenizer: {j}"))))??;
+        t.tokenization = t0.elapsed();
+        self.metrics.tokenization.observe(t.tokenization.as_secs_f64());
+        Ok(ids)
+    }
+
+    /// Run `jobs` through the batcher, all admitted or none (`Overloaded`).
+    /// Dropping the returned future (a client that went away) drops the
+    /// handles: texts not yet started are skipped and counted cancelled.
+    pub async fn run_jobs(&self, jobs: Vec<Job>, t: &mut Timings) -> Result<Vec<Vec<f32>>> {
+        t.tokens += jobs.iter().map(|j| j.ids.len()).sum::<usize>();
+        let submitted = Instant::now();
+        let handles = self.batcher.submit_all(jobs)?;
         let mut out = Vec::with_capacity(handles.len());
         for h in handles {
-            out.push(h.await?);
+            let o = h.await?;
+            let q = o.started.saturating_duration_since(submitted);
+            self.metrics.queue_wait.observe(q.as_secs_f64());
+            t.queue = t.queue.max(q);
+            t.inference = t.inference.max(o.inference);
+            out.push(o.values);
         }
         Ok(out)
     }
 
-    /// Tokenize and embed `texts`.
+    /// Tokenize (right-truncated) and embed `texts`, normalised: what
+    /// `braid embed` computes, through the batcher.
     pub async fn embed(&self, texts: Vec<String>) -> Result<Vec<Vec<f32>>> {
         let ids = self.tokenize(texts).await?;
-        self.embed_ids(ids).await
+        let jobs = ids.into_iter().map(|ids| Job { ids, want: Want::Pooled { normalize: true } }).collect();
+        self.run_jobs(jobs, &mut Timings::default()).await
+    }
+
+    /// The probe behind `/health`: a one-token forward (`[CLS] [SEP]`)
+    /// straight on the model (not through the queue, so a busy server is
+    /// still healthy), on the blocking pool, within `health_timeout`.
+    pub async fn probe(&self) -> Result<Duration> {
+        let e = self.embedder.clone();
+        let ids = self.tokenizer.encode_ids("", true, false, crate::tokens::Direction::Right).map_err(|e| Error::InvalidArgument(e.message))?;
+        let t0 = Instant::now();
+        let job = tokio::task::spawn_blocking(move || -> Result<()> {
+            let input = BertInput::from_rows(&[ids], e.tokenizer().pad_id());
+            let v = e.embed_input(&input)?.to_vec()?;
+            if v.iter().all(|x| x.is_finite()) {
+                Ok(())
+            } else {
+                Err(Error::InvalidArgument("the probe forward returned NaN or infinity".into()))
+            }
+        });
+        match tokio::time::timeout(self.config.health_timeout, job).await {
+            Err(_) => Err(Error::Timeout(self.config.health_timeout)),
+            Ok(Err(j)) => Err(Error::JobPanicked(format!("health probe: {j}"))),
+            Ok(Ok(r)) => r.map(|_| t0.elapsed()),
+        }
+    }
+
+    /// The device allocator's (allocated, reserved) bytes.
+    pub fn allocator_bytes(&self) -> (usize, usize) {
+        let s = self.embedder.model().device().allocator().stats();
+        (s.allocated, s.reserved)
     }
 }
-

@@ -1,7 +1,10 @@
 //! braid-serve over real sockets: embeddings equal the model's own (within
 //! 1e-5 relative), on `/embed` and the OpenAI-shaped `/v1/embeddings`, texts from 16 concurrent connections each get their own
 //! embedding and share batches, bad requests get clear JSON errors with the
-//! right status, and graceful shutdown answers what it accepted. Needs
+//! right status, a default prompt is prepended, a passed deadline is a 504
+//! on both error shapes, and graceful shutdown answers what it accepted.
+//! The real client libraries are driven by `tests/clients/test_clients.py`.
+//! Needs
 //! all-MiniLM-L6-v2 (scripts/get-minilm.sh); without it each test prints
 //! SKIPPED and returns. Runs on the CPU device.
 
@@ -133,9 +136,14 @@ fn openai_shaped_endpoint() {
         let got: Vec<f32> = serde_json::from_value(d["embedding"].clone()).unwrap();
         assert!(rel_err(&got, &want[i]) < 1e-5);
     }
-    let (status, resp) = request(srv.addr, "POST", "/v1/embeddings", Some(r#"{"input": "x", "encoding_format": "base64"}"#));
+    // An encoding braid does not have: 400 in OpenAI's error body, naming
+    // the allowed values and the field.
+    let (status, resp) = request(srv.addr, "POST", "/v1/embeddings", Some(r#"{"input": "x", "encoding_format": "int8"}"#));
     assert_eq!(status, 400, "{resp}");
-    assert!(resp.contains("base64"), "{resp}");
+    let v: serde_json::Value = serde_json::from_str(&resp).unwrap();
+    assert_eq!(v["error"]["param"], "encoding_format", "{resp}");
+    assert_eq!(v["error"]["type"], "invalid_request_error", "{resp}");
+    assert!(v["error"]["message"].as_str().unwrap().contains("base64"), "{resp}");
     srv.stop().unwrap();
 }
 
@@ -162,7 +170,7 @@ fn concurrent_clients_get_their_own_embeddings_and_share_batches() {
             });
         }
     });
-    let (status, resp) = request(addr, "GET", "/metrics", None);
+    let (status, resp) = request(addr, "GET", "/metrics/json", None);
     assert_eq!(status, 200);
     let m: serde_json::Value = serde_json::from_str(&resp).unwrap();
     assert_eq!(m["completed"], 64, "{m}");
@@ -189,7 +197,7 @@ fn bad_requests_get_clear_errors() {
         let (status, resp) = request(a, method, path, body);
         check(status, want, &resp, method, path, body);
     }
-    // A body over axum's 2 MB limit: 413, still JSON.
+    // A body over the payload limit (2 MiB by default): 413, still JSON.
     let huge = serde_json::json!({ "inputs": ["x".repeat(3 << 20)] }).to_string();
     let (status, resp) = request(a, "POST", "/embed", Some(&huge));
     check(status, 413, &resp, "POST", "/embed", Some("<3 MB>"));
@@ -205,7 +213,7 @@ fn bad_requests_get_clear_errors() {
 
 #[test]
 fn errors_map_to_statuses() {
-    assert_eq!(status_for(&Error::Overloaded { capacity: 1 }).as_u16(), 503);
+    assert_eq!(status_for(&Error::Overloaded { capacity: 1 }).as_u16(), 429);
     assert_eq!(status_for(&Error::ShutDown("x".into())).as_u16(), 503);
     assert_eq!(status_for(&Error::Timeout(Duration::from_millis(5))).as_u16(), 504);
     assert_eq!(status_for(&Error::InvalidArgument("x".into())).as_u16(), 400);
@@ -248,4 +256,38 @@ fn graceful_shutdown_answers_what_it_accepted() {
     // The batcher was drained and refuses new work.
     let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
     assert!(matches!(rt.block_on(st.embed(vec!["late".to_string()])), Err(Error::ShutDown(_))));
+}
+
+/// `default_prompt` is prepended to every text (the embedding equals the
+/// model's own for prompt + text), and a request naming a prompt the model
+/// does not have is a 400; a text whose deadline passes before its batch
+/// starts is a 504 (JSON body), and the server goes on serving.
+#[test]
+fn default_prompt_is_prepended_and_a_passed_deadline_is_504() {
+    let Some(e) = embedder("default_prompt_is_prepended_and_a_passed_deadline_is_504") else { return };
+    let want = e.embed(&["query: braid"]).unwrap();
+    let plain = e.embed(&["braid"]).unwrap();
+    let mut srv = Server::start(e.clone(), ServeConfig { default_prompt: Some("query: ".into()), ..ServeConfig::default() });
+    let (status, resp) = request(srv.addr, "POST", "/embed", Some(r#"{"inputs": "braid"}"#));
+    assert_eq!(status, 200, "{resp}");
+    let got: Vec<Vec<f32>> = serde_json::from_str(&resp).unwrap();
+    assert!(rel_err(&got[0], &want[0]) < 1e-5, "prompt not prepended");
+    assert!(rel_err(&got[0], &plain[0]) > 1e-3, "the prompt changed nothing");
+    let (status, resp) = request(srv.addr, "POST", "/embed", Some(r#"{"inputs": "braid", "prompt_name": "nope"}"#));
+    assert_eq!(status, 400, "{resp}");
+    srv.stop().unwrap();
+
+    let config = ServeConfig { batcher: braid_batch::BatcherConfig { default_deadline: Some(Duration::from_nanos(1)), max_queue_delay: Duration::from_millis(5), ..Default::default() }, ..ServeConfig::default() };
+    let mut srv = Server::start(e, config);
+    let (status, resp) = request(srv.addr, "POST", "/embed", Some(r#"{"inputs": ["a", "b"]}"#));
+    assert_eq!(status, 504, "{resp}");
+    let v: serde_json::Value = serde_json::from_str(&resp).unwrap();
+    assert_eq!(v["error_type"], "timeout", "{resp}");
+    let (status, resp) = request(srv.addr, "POST", "/v1/embeddings", Some(r#"{"input": "a"}"#));
+    assert_eq!(status, 504, "{resp}");
+    let v: serde_json::Value = serde_json::from_str(&resp).unwrap();
+    assert_eq!(v["error"]["code"], "timeout", "{resp}");
+    let (status, _) = request(srv.addr, "GET", "/health", None);
+    assert_eq!(status, 200, "the probe does not go through the queue");
+    srv.stop().unwrap();
 }
