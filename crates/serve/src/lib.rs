@@ -23,10 +23,13 @@
 //! errors, bounded shutdown), [`front`] (cutting a long text before it is
 //! tokenized), and [`serve`] here.
 //!
-//! Errors are JSON `{"error": "...", "error_type": "..."}`: 400 for bad
-//! input, 413 for too many inputs in one request, 503 when the queue is full
-//! or the server is shutting down, 504 when a request's deadline passed,
-//! 500 for anything else.
+//! Errors are JSON `{"error": "...", "error_type": "..."}`, every one of
+//! them: 400 for bad input (or a request hyper cannot parse), 403 for a
+//! foreign Host on a loopback server without an API key, 404, 405, 413 for
+//! too many inputs or too large a body, 414/431 for too long a URI or head,
+//! 503 when the queue is full, the server is shutting down or the
+//! connection cap is reached, 504 when a request's deadline passed, 500 for
+//! anything else (a generic message; the detail goes to the log).
 
 pub mod conn;
 mod error;
