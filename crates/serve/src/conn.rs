@@ -283,8 +283,19 @@ struct Front {
     check_host: bool,
 }
 
+/// A request head (URI and headers) over this many bytes gets 431. hyper's
+/// own limit (its read buffer, ~400 KiB) holds only when the head arrives
+/// in pieces; this one always does.
+pub const MAX_HEAD_BYTES: usize = 64 << 10;
+
 impl Front {
     async fn handle(self, req: Request<Incoming>) -> Response<Body> {
+        let head: usize = req.uri().to_string().len() + req.headers().iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum::<usize>();
+        if head > MAX_HEAD_BYTES {
+            let mut r = json_response(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, &format!("request head of {head} bytes; at most {MAX_HEAD_BYTES}"));
+            r.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+            return r;
+        }
         if self.check_host {
             if let Some(h) = req.headers().get(header::HOST) {
                 let ok = h.to_str().is_ok_and(is_loopback_host);

@@ -20,12 +20,16 @@
 //! Host check, JSON for hyper's own errors, bounded shutdown), and
 //! [`serve`] here.
 //!
-//! Errors are JSON (TEI's `{"error", "error_type"}`, OpenAI's `{"error":
-//! {"message", "type", "param", "code"}}` on its routes): 400 for bad
-//! input, 401 without the API key, 413 for too many inputs or a text over
-//! the model's length with `truncate: false`, 429 (with `Retry-After`) when
-//! the queue is full, 503 when the server is shutting down or unhealthy,
-//! 504 when a request's deadline passed, 500 for anything else.
+//! Errors are JSON, every one of them (TEI's `{"error", "error_type"}`;
+//! OpenAI's `{"error": {"message", "type", "param", "code"}}` on its
+//! routes): 400 for bad input (or a request hyper cannot parse), 401
+//! without the API key, 403 for a foreign Host on a loopback server without
+//! an API key, 404, 405, 413 for too many inputs, too large a body or a
+//! text over the model's length with `truncate: false`, 414/431 for too long
+//! a URI or head, 429 (with `Retry-After`) when the queue is full, 503 when
+//! the server is shutting down or unhealthy or the connection cap is
+//! reached, 504 when a request's deadline passed, 500 for anything else (a
+//! generic message; the detail goes to the log).
 
 pub mod conn;
 mod error;

@@ -389,8 +389,10 @@ fn every_error_has_a_json_body() {
     assert_json_error(status, 414, &body);
     let many: String = (0..200).map(|i| format!("X-H{i}: v\r\n")).collect();
     let (status, body) = raw(a, format!("GET /health HTTP/1.1\r\nHost: localhost\r\n{many}\r\n").as_bytes());
+    assert_eq!(status, 431, "200 headers: {body}");
     assert_json_error(status, 431, &body);
     let (status, body) = raw(a, b"GET /health HTTP/1.1\r\nHost: localhost\r\nX-Big: ".iter().copied().chain(std::iter::repeat_n(b'a', 500_000)).chain(*b"\r\n\r\n").collect::<Vec<u8>>().as_slice());
+    assert_eq!(status, 431, "a 500 KB header: {body}");
     assert_json_error(status, 431, &body);
     let (status, body) = raw(a, b"\x01\x02 garbage\r\n\r\n");
     assert_json_error(status, 400, &body);
