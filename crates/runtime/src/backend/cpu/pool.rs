@@ -39,7 +39,7 @@ fn pool() -> Option<&'static rayon::ThreadPool> {
         }
         // A pool that cannot start (thread limit) leaves the kernels serial,
         // which is correct, only slower.
-        rayon::ThreadPoolBuilder::new().num_threads(n).thread_name(|i| format!("braid-cpu-{i}")).build().ok()
+        rayon::ThreadPoolBuilder::new().num_threads(n).thread_name(|i| format!("braid-pool-{i}")).build().ok()
     })
     .as_ref()
 }
