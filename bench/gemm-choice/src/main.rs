@@ -1,3 +1,7 @@
+// Which GEMM for the CPU backend: matrixmultiply on one thread, matrixmultiply on
+// output blocks over rayon (what braid does), and the `gemm` crate (candle's) on one
+// thread and with Parallelism::Rayon, in GFLOP/s on the workloads' shapes. A
+// standalone crate (its own workspace): cd bench/gemm-choice && cargo run --release
 // out[m,n] = a[m,k] · w[n,k]^T, f32; matrixmultiply (1 thread, and row/col blocks on rayon) vs gemm crate (Parallelism::Rayon).
 use std::time::Instant;
 fn mm(m: usize, n: usize, k: usize, a: &[f32], w: &[f32], o: &mut [f32]) {

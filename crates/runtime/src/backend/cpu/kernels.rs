@@ -3,7 +3,8 @@
 //! intra-op pool ([`super::pool`]). Owns the CPU arithmetic of every op.
 //!
 //! - GEMM: `matrixmultiply`'s packed SGEMM (it picks its AVX/FMA kernels at
-//!   run time) on 2-D blocks of the output, one block per task; for fewer than
+//!   run time) on 2-D blocks of the output, one block per pool thread, shaped
+//!   to pack the least; for fewer than
 //!   [`SMALL_M`] rows, a dot-product kernel that streams each weight row once.
 //!   The bias and activation are applied per block while it is in cache.
 //! - The rest (attention, LayerNorm+residual, GELU, softmax, gather, pooling,
@@ -366,9 +367,22 @@ pub fn gemm(m: usize, n: usize, k: usize, a: &[f32], w: &[f32], bias: Option<&[f
         });
         return;
     }
-    // Blocks of at least 64 rows, then split the columns for the rest.
-    let mt = (m / 64).clamp(1, tasks);
-    let nt = (tasks / mt).clamp(1, n.div_ceil(64));
+    // One block per pool thread (not more: every block packs its rows of `a`
+    // and of `w` again, and packing was a quarter of MiniLM's profile with
+    // 4 blocks per thread), shaped mt × nt to pack the least in total,
+    // (nt·m + mt·n)·k elements, keeping blocks at least 8 rows / 16 columns.
+    let p = tasks.min(pool::threads()).max(1);
+    let (mut mt, mut nt, mut best) = (1, 1, usize::MAX);
+    for cand_mt in 1..=p {
+        let cand_nt = p / cand_mt;
+        if cand_mt * cand_nt != p || (cand_mt > 1 && m / cand_mt < 8) || (cand_nt > 1 && n / cand_nt < 16) {
+            continue;
+        }
+        let cost = cand_nt * m + cand_mt * n;
+        if cost < best {
+            (mt, nt, best) = (cand_mt, cand_nt, cost);
+        }
+    }
     pool::run(mt * nt, |t| {
         let (r0, r1) = pool::chunk(m, mt, t / nt, 8);
         let (c0, c1) = pool::chunk(n, nt, t % nt, 16);
