@@ -136,6 +136,45 @@ fn event_record_wait_ordering() {
     });
 }
 
+/// The CPU stream's progress handshake (`backend::cpu::progress`): the
+/// executor completes two jobs (the second fails) while a waiter, which
+/// checks the atomic count before it sleeps, waits for both: it sees the first
+/// job's output, gets the error exactly once, and never sleeps through the
+/// last completion (loom reports a deadlock if it could).
+#[test]
+fn cpu_progress_wait_sees_every_completion() {
+    use braid_runtime::backend::cpu::progress::Progress;
+    explore("cpu stream progress: complete vs spin-then-wait", 4, || {
+        let p = Arc::new(Progress::new());
+        let out = Arc::new(AtomicU64::new(0));
+        let (p2, o2) = (p.clone(), out.clone());
+        let exec = thread::spawn(move || {
+            // Relaxed: the job's output is published by `complete`'s Release.
+            o2.store(7, Ordering::Relaxed);
+            p2.complete(Ok(()));
+            p2.complete(Err(braid_runtime::Error::JobPanicked("job 2".into())));
+        });
+        let (p3, o3) = (p.clone(), out.clone());
+        let waiter = thread::spawn(move || {
+            // a wait for the first job only may or may not see job 2's error
+            let r1 = p3.wait_until(1, Duration::from_micros(1)).is_err();
+            // Relaxed: ordered by the Acquire in `wait_until`/the mutex.
+            assert_eq!(o3.load(Ordering::Relaxed), 7, "job output not visible after the wait");
+            let first = p3.completed();
+            let r = p3.wait_until(2, Duration::from_micros(1));
+            assert!(p3.completed() >= first);
+            (r1, r.is_err())
+        });
+        exec.join().unwrap();
+        let (r1, r2) = waiter.join().unwrap();
+        // The error is reported by exactly one of the two waits (the first
+        // takes it if job 2 had finished by then), and not kept after.
+        assert!(r1 != r2, "the error was reported {} times", r1 as u8 + r2 as u8);
+        assert!(p.wait_until(2, Duration::ZERO).is_ok(), "an error kept after being taken");
+        assert_eq!(p.completed(), 2);
+    });
+}
+
 /// A timed event wait returns Timeout or success, never hangs.
 #[test]
 fn event_wait_timeout() {

@@ -4,8 +4,15 @@
 //! synchronize waits, as on a GPU), its events (an [`EventState`] completed by
 //! the stream when it reaches the record), and host memory standing in for
 //! device memory.
+//!
+//! Kernels run on the stream's thread and split large work over one intra-op
+//! pool shared by all streams ([`pool`]); an executor that runs dry, and a
+//! `synchronize` still waiting, spin briefly before sleeping ([`progress`]),
+//! so work enqueued back to back costs no thread wake-up.
 
 pub mod kernels;
+pub mod pool;
+pub mod progress;
 
 use super::{Activation, Attention, Backend, BackendEvent, BackendKind, BackendStream, DType, DevicePtr, Gather, Gemm, LayerNorm, MeanPool};
 use crate::error::{Error, Result};
@@ -13,7 +20,8 @@ use crate::event_state::EventState;
 use std::any::Any;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
-use std::sync::{Arc, Condvar, Mutex, Weak};
+use progress::Progress;
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 /// Alignment of CPU "device" allocations (a cache line, and enough for SIMD).
@@ -66,7 +74,7 @@ impl Backend for CpuBackend {
     }
     fn device_name(&self) -> String {
         let n = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-        format!("cpu ({n} hardware threads)")
+        format!("cpu ({n} hardware threads, {} intra-op threads, {})", pool::threads(), kernels::simd_level())
     }
     fn new_stream(&self) -> Result<Arc<dyn BackendStream>> {
         let s = Arc::new(CpuStream::spawn()?);
@@ -111,14 +119,24 @@ impl Backend for CpuBackend {
 
 type Job = Box<dyn FnOnce() -> Result<()> + Send>;
 
-struct Progress {
-    completed: u64,
-    error: Option<Error>,
+/// How long an executor that ran out of work spins on its queue before it
+/// sleeps: long enough to cover the gap
+/// between the kernels a forward pass enqueues back to back (so the next
+/// enqueue finds the executor awake and costs no futex wake-up, ~15 µs
+/// measured), short enough not to steal a core from the intra-op pool.
+/// `BRAID_CPU_SPIN_US` overrides it (0 turns spinning off).
+fn spin_limit() -> Duration {
+    static SPIN: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
+    *SPIN.get_or_init(|| Duration::from_micros(std::env::var("BRAID_CPU_SPIN_US").ok().and_then(|v| v.trim().parse().ok()).unwrap_or(20)))
 }
 
-struct Shared {
-    progress: Mutex<Progress>,
-    cv: Condvar,
+/// How long `synchronize` spins before it sleeps: `BRAID_CPU_WAIT_SPIN_US`,
+/// default 0. Off by default because, measured on a loaded 2-core machine, a
+/// waiter spinning on the core its executor needs doubles the round trip
+/// (see docs/cpu.md); a machine with cores to spare may turn it on.
+fn wait_spin() -> Duration {
+    static SPIN: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
+    *SPIN.get_or_init(|| Duration::from_micros(std::env::var("BRAID_CPU_WAIT_SPIN_US").ok().and_then(|v| v.trim().parse().ok()).unwrap_or(0)))
 }
 
 /// A CPU stream: one executor thread, FIFO.
@@ -127,32 +145,51 @@ pub struct CpuStream {
     /// Jobs sent so far. A job takes its number with `fetch_add` and only then
     /// is sent; see `synchronize` for why that suffices.
     enqueued: AtomicU64,
-    shared: Arc<Shared>,
+    progress: Arc<Progress>,
 }
 
 impl CpuStream {
     fn spawn() -> Result<Self> {
         let (tx, rx) = mpsc::channel::<Job>();
-        let shared = Arc::new(Shared { progress: Mutex::new(Progress { completed: 0, error: None }), cv: Condvar::new() });
-        let sh = shared.clone();
+        let progress = Arc::new(Progress::new());
+        let pr = progress.clone();
         std::thread::Builder::new()
             .name("braid-cpu-stream".into())
             .spawn(move || {
-                // Ends when every sender (the stream) is gone and the queue is drained.
-                while let Ok(job) = rx.recv() {
+                let spin = spin_limit();
+                loop {
+                    // Spin on the queue a little before parking in `recv`, so
+                    // an enqueue soon after the last job needs no wake-up.
+                    let mut next = None;
+                    if !spin.is_zero() {
+                        progress::spin_until(spin, || match rx.try_recv() {
+                            Ok(j) => {
+                                next = Some(Ok(j));
+                                true
+                            }
+                            Err(mpsc::TryRecvError::Empty) => false,
+                            Err(mpsc::TryRecvError::Disconnected) => {
+                                next = Some(Err(()));
+                                true
+                            }
+                        });
+                    }
+                    // Ends when every sender (the stream) is gone and the queue is drained.
+                    let job = match next {
+                        Some(Ok(j)) => j,
+                        Some(Err(())) => break,
+                        None => match rx.recv() {
+                            Ok(j) => j,
+                            Err(_) => break,
+                        },
+                    };
                     let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job))
                         .unwrap_or_else(|p| Err(Error::JobPanicked(crate::panic_message(&p))));
-                    let mut g = crate::sync_std_lock(&sh.progress);
-                    g.completed += 1;
-                    if let Err(e) = r {
-                        g.error.get_or_insert(e);
-                    }
-                    drop(g);
-                    sh.cv.notify_all();
+                    pr.complete(r);
                 }
             })
             .map_err(|e| Error::Backend { backend: "cpu", call: "spawn stream thread".into(), code: e.raw_os_error().unwrap_or(-1) as i64, name: "io".into(), message: e.to_string() })?;
-        Ok(CpuStream { tx, enqueued: AtomicU64::new(0), shared })
+        Ok(CpuStream { tx, enqueued: AtomicU64::new(0), progress })
     }
 
     fn enqueue(&self, job: Job) -> Result<()> {
@@ -163,17 +200,7 @@ impl CpuStream {
     }
 
     fn wait_until(&self, target: u64) -> Result<()> {
-        let mut g = crate::sync_std_lock(&self.shared.progress);
-        while g.completed < target {
-            g = match self.shared.cv.wait(g) {
-                Ok(g) => g,
-                Err(p) => p.into_inner(),
-            };
-        }
-        match g.error.take() {
-            Some(e) => Err(e),
-            None => Ok(()),
-        }
+        self.progress.wait_until(target, wait_spin())
     }
 }
 
@@ -213,7 +240,7 @@ impl BackendStream for CpuStream {
     }
     fn query(&self) -> Result<bool> {
         let target = self.enqueued.load(Ordering::Relaxed);
-        Ok(crate::sync_std_lock(&self.shared.progress).completed >= target)
+        Ok(self.progress.completed() >= target)
     }
     fn record(&self, event: &dyn BackendEvent) -> Result<()> {
         let ev = cpu_event(event)?;
