@@ -181,10 +181,10 @@ pub fn config(o: &Options) -> Result<(ServeConfig, Option<usize>)> {
         return Err(bad("--capacity", o.capacity, format!("1..={MAX_CAPACITY}")));
     }
     if !(1..=MAX_INPUTS).contains(&o.max_inputs) {
-        return Err(bad("--max-client-batch-size", o.max_inputs, format!("1..={MAX_INPUTS}")));
+        return Err(bad("--max-client-batch-size (--max-inputs)", o.max_inputs, format!("1..={MAX_INPUTS}")));
     }
     if o.max_inputs > o.capacity {
-        return Err(bad("--max-client-batch-size", o.max_inputs, format!("at most --capacity ({}): a larger request could never be queued", o.capacity)));
+        return Err(bad("--max-client-batch-size (--max-inputs)", o.max_inputs, format!("at most --capacity ({}): a larger request could never be queued", o.capacity)));
     }
     let max_workers = braid_runtime::config::MAX_POOL_SIZE - 1;
     if !(1..=max_workers).contains(&o.workers) {
