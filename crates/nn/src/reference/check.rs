@@ -265,6 +265,8 @@ pub fn tiny_bert(rng: &mut Rng) -> Result<(HostWeights, BertConfig)> {
         max_position_embeddings: 40,
         type_vocab_size: 2,
         layer_norm_eps: 1e-12,
+        model_type: "bert".into(),
+        pad_token_id: Some(0),
     };
     let (d, ff) = (config.hidden_size, config.intermediate_size);
     let mut w = HostWeights::new("tiny bert");
