@@ -2,33 +2,14 @@
 //! the settings) and [`TokenEmbedder`], the batcher's view of the model.
 //! Owns tokenizing off the async threads and submitting a request's texts.
 
-use braid_batch::{BatchModel, Batcher, BatcherConfig};
-use braid_nn::{BertInput, SentenceEmbedder};
+use braid_batch::{Batcher, BatcherConfig};
+use braid_nn::SentenceEmbedder;
 use braid_runtime::{Error, Result};
 use std::sync::Arc;
 use std::time::Instant;
 
-/// Token ids in, one normalised embedding out: the batcher's view of a
-/// [`SentenceEmbedder`]. Rows are padded to the longest within a batch (the
-/// batcher groups texts of similar length first).
-pub struct TokenEmbedder(pub Arc<SentenceEmbedder>);
-
-impl BatchModel for TokenEmbedder {
-    type Input = Vec<u32>;
-    type Output = Vec<f32>;
-    type Worker = ();
-    fn worker(&self, _: usize) -> Result<()> {
-        Ok(())
-    }
-    fn len(&self, ids: &Vec<u32>) -> usize {
-        ids.len()
-    }
-    fn forward(&self, _: &mut (), inputs: Vec<Vec<u32>>) -> Result<Vec<Vec<f32>>> {
-        let input = BertInput::from_rows(&inputs, self.0.tokenizer().pad_id());
-        let out = self.0.embed_input(&input)?.to_vec()?;
-        Ok(out.chunks(self.0.dim()).map(|c| c.to_vec()).collect())
-    }
-}
+/// The batcher's view of the model lives with the model (braid-nn), shared with the CLI.
+pub use braid_nn::TokenEmbedder;
 
 /// Server settings.
 #[derive(Clone, Debug)]

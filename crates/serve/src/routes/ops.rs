@@ -19,6 +19,7 @@ async fn info(State(st): State<Arc<AppState>>) -> Json<serde_json::Value> {
         "device": st.device,
         "dim": st.embedder.dim(),
         "max_seq_length": st.embedder.max_seq_length(),
+        "modules": st.embedder.describe(),
         "max_inputs": st.config.max_inputs,
         "max_batch_size": b.max_batch_size,
         "max_queue_delay_ms": b.max_queue_delay.as_secs_f64() * 1e3,
