@@ -135,6 +135,9 @@ enum Cmd {
         /// A text not started within this many milliseconds gets 504 (0: no deadline).
         #[arg(long, default_value_t = 0)]
         deadline_ms: u64,
+        /// A cross-encoder (*ForSequenceClassification) directory for POST /rerank and /predict.
+        #[arg(long)]
+        reranker: Option<String>,
     },
     /// Benchmarks.
     Bench {
@@ -187,8 +190,8 @@ fn main() -> ExitCode {
     let r = match cli.cmd {
         Cmd::Info => info::run(),
         Cmd::Embed { model, device, json, texts } => Device::parse(&device).and_then(|d| embed::run(&d, &model, &texts, json)),
-        Cmd::Serve { model, device, host, port, max_batch, max_delay_ms, workers, capacity, max_inputs, deadline_ms } => Device::parse(&device).and_then(|d| {
-            let opts = serve::Options { model, host, port, max_batch, max_delay_ms, workers, capacity, max_inputs, deadline_ms };
+        Cmd::Serve { model, device, host, port, max_batch, max_delay_ms, workers, capacity, max_inputs, deadline_ms, reranker } => Device::parse(&device).and_then(|d| {
+            let opts = serve::Options { model, host, port, max_batch, max_delay_ms, workers, capacity, max_inputs, deadline_ms, reranker };
             serve::run(&d, &opts)
         }),
         Cmd::Soak { minutes, device, threads, model, json } => Device::parse(&device).and_then(|d| soak::run(&d, minutes, threads, &model, json.as_deref())),

@@ -21,6 +21,8 @@ pub struct Options {
     pub capacity: usize,
     pub max_inputs: usize,
     pub deadline_ms: u64,
+    /// A cross-encoder for /rerank and /predict.
+    pub reranker: Option<String>,
 }
 
 pub fn run(device: &Device, o: &Options) -> Result<ExitCode> {
@@ -39,12 +41,19 @@ pub fn run(device: &Device, o: &Options) -> Result<ExitCode> {
         },
         max_inputs: o.max_inputs,
     };
-    let state = AppState::new(embedder, device.name(), config)?;
+    let reranker = match &o.reranker {
+        Some(dir) => {
+            eprintln!("serve: loading reranker {dir}");
+            Some(Arc::new(braid_nn::CrossEncoder::load(dir, device)?))
+        }
+        None => None,
+    };
+    let state = AppState::with_reranker(embedder, reranker, device.name(), config)?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(io)?;
     rt.block_on(async {
         let listener = tokio::net::TcpListener::bind((o.host.as_str(), o.port)).await.map_err(io)?;
         let addr = listener.local_addr().map_err(io)?;
-        eprintln!("serve: listening on http://{addr} (POST /embed, GET /health, /info, /metrics); Ctrl-C stops");
+        eprintln!("serve: listening on http://{addr} (POST /embed, /v1/embeddings, /rerank, /predict, GET /health, /info, /metrics); Ctrl-C stops");
         braid_serve::serve(listener, state, shutdown_signal()).await.map_err(io)
     })?;
     eprintln!("serve: stopped (requests in flight answered, batcher drained)");

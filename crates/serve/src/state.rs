@@ -30,6 +30,8 @@ pub struct AppState {
     pub(crate) embedder: Arc<SentenceEmbedder>,
     pub(crate) batcher: Batcher<TokenEmbedder>,
     pub(crate) config: ServeConfig,
+    /// The cross-encoder behind `/rerank` and `/predict`, if one was given.
+    pub(crate) reranker: Option<Arc<crate::routes::rerank::Reranker>>,
     pub(crate) device: String,
     pub(crate) started: Instant,
 }
@@ -37,11 +39,17 @@ pub struct AppState {
 impl AppState {
     /// Start the batcher's workers over `embedder`.
     pub fn new(embedder: Arc<SentenceEmbedder>, device: String, config: ServeConfig) -> Result<Arc<AppState>> {
+        Self::with_reranker(embedder, None, device, config)
+    }
+
+    /// As [`new`](Self::new), with a cross-encoder for `/rerank` and `/predict`.
+    pub fn with_reranker(embedder: Arc<SentenceEmbedder>, reranker: Option<Arc<braid_nn::CrossEncoder>>, device: String, config: ServeConfig) -> Result<Arc<AppState>> {
         if config.max_inputs == 0 {
             return Err(Error::InvalidArgument("max_inputs must be at least 1".into()));
         }
         let batcher = Batcher::new(Arc::new(TokenEmbedder(embedder.clone())), config.batcher.clone())?;
-        Ok(Arc::new(AppState { embedder, batcher, config, device, started: Instant::now() }))
+        let reranker = reranker.map(|m| crate::routes::rerank::Reranker::new(m, config.batcher.clone()).map(Arc::new)).transpose()?;
+        Ok(Arc::new(AppState { embedder, batcher, config, reranker, device, started: Instant::now() }))
     }
 
     /// The batcher's counters.
@@ -52,6 +60,9 @@ impl AppState {
     /// Stop taking requests and answer every one already accepted.
     pub fn shutdown(&self) {
         self.batcher.shutdown();
+        if let Some(r) = &self.reranker {
+            r.batcher.shutdown();
+        }
     }
 
     /// Token ids of `texts` (truncated to the model's length). Tokenizing a

@@ -5,6 +5,7 @@
 
 pub(crate) mod openai;
 pub(crate) mod ops;
+pub(crate) mod rerank;
 pub(crate) mod tei;
 
 use crate::error::ApiError;
@@ -30,6 +31,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(tei::routes())
         .merge(openai::routes())
         .merge(ops::routes())
+        .merge(rerank::routes())
         .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such route: POST /embed, POST /v1/embeddings, GET /health, /info, /metrics".into(), "validation") })
         .with_state(state)
 }
