@@ -127,6 +127,10 @@ fn xlm_roberta() {
     embed_family("xlm_roberta");
 }
 #[test]
+fn mpnet_relative_position_bias() {
+    embed_family("mpnet");
+}
+#[test]
 fn cross_encoder_bert() {
     cross_family("cross_bert");
 }

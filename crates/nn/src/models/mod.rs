@@ -2,7 +2,7 @@
 //! out) and [`load_encoder`], which picks the family from `config.json`'s
 //! `model_type` — the model directory says what it is; nothing is chosen by
 //! a name or a flag. One file per family: [`bert`] (BERT, MiniLM, BGE, E5,
-//! GTE, RoBERTa, XLM-RoBERTa) and [`distilbert`]. Adding a family is one new
+//! GTE, RoBERTa, XLM-RoBERTa), [`distilbert`] and [`mpnet`]. Adding a family is one new
 //! file here plus one arm in [`load_encoder`].
 //!
 //! Also owns the classification heads of `*ForSequenceClassification`
@@ -10,6 +10,7 @@
 
 pub mod bert;
 pub mod distilbert;
+pub mod mpnet;
 
 use crate::{BertInput, HostWeights, Tensor};
 use braid_runtime::{DType, Device, Error, Result};
@@ -43,7 +44,7 @@ pub struct ModelConfig {
 }
 
 /// The `model_type`s braid runs, for error messages and the README.
-pub const SUPPORTED: &[&str] = &["bert", "roberta", "xlm-roberta", "camembert", "distilbert"];
+pub const SUPPORTED: &[&str] = &["bert", "roberta", "xlm-roberta", "camembert", "distilbert", "mpnet"];
 
 impl ModelConfig {
     pub fn read(dir: &Path) -> Result<ModelConfig> {
@@ -79,6 +80,7 @@ pub fn load_encoder(config: &ModelConfig, w: &HostWeights, device: &Device, dtyp
     match config.model_type.as_str() {
         "bert" | "roberta" | "xlm-roberta" | "camembert" => Ok(Box::new(bert::load(config, w, device, dtype)?)),
         "distilbert" => Ok(Box::new(distilbert::load(config, w, device, dtype)?)),
+        "mpnet" => Ok(Box::new(mpnet::load(config, w, device, dtype)?)),
         other => Err(Error::Model(format!("{}: field model_type {other:?} is not a family braid runs (supported: {})", config.path, SUPPORTED.join(", ")))),
     }
 }
@@ -135,7 +137,7 @@ impl ClassifierHead {
     pub fn load(config: &ModelConfig, w: &HostWeights, hidden: usize) -> Result<ClassifierHead> {
         let layers = match config.model_type.as_str() {
             "bert" => vec![HeadLayer::load(w, "bert.pooler.dense", hidden, Some(hidden), true, false)?, HeadLayer::load(w, "classifier", hidden, None, false, false)?],
-            "roberta" | "xlm-roberta" | "camembert" => vec![HeadLayer::load(w, "classifier.dense", hidden, Some(hidden), true, false)?, HeadLayer::load(w, "classifier.out_proj", hidden, None, false, false)?],
+            "roberta" | "xlm-roberta" | "camembert" | "mpnet" => vec![HeadLayer::load(w, "classifier.dense", hidden, Some(hidden), true, false)?, HeadLayer::load(w, "classifier.out_proj", hidden, None, false, false)?],
             "distilbert" => vec![HeadLayer::load(w, "pre_classifier", hidden, Some(hidden), false, true)?, HeadLayer::load(w, "classifier", hidden, None, false, false)?],
             other => return Err(Error::Model(format!("{}: model_type {other:?} has no sequence-classification head braid knows", config.path))),
         };

@@ -13,7 +13,7 @@ mod norm;
 mod pool;
 mod softmax;
 
-pub use attention::{attention, attention_packed};
+pub use attention::{attention, attention_packed, attention_packed_bias};
 pub use elementwise::{activation, add, gelu, gelu_tanh, relu};
 pub use gather::embedding;
 pub use linear::{linear, matmul};

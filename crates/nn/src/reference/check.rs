@@ -165,6 +165,18 @@ impl Checker {
             let out = ops::attention_packed(&c.up(&qkv, &[b, s, 3 * dim])?, Some(&Tensor::from_slice(&c.device, &mask, &[b, s])?), h)?;
             Ok((out, r::attention(&part(0), &part(1), &part(2), Some(&d(&mask)), b, s, h, hd)))
         });
+        for &(b, s, h, hd) in &[(2usize, 17usize, 4usize, 16usize), (3, 40, 12, 8)] {
+            self.record(format!("attention packed qkv + bias b{b} s{s} h{h} d{hd}"), true, |c| {
+                let dim = h * hd;
+                let qkv = c.rand(b * s * 3 * dim, -1.0, 1.0);
+                let bias = c.rand(h * s * s, -2.0, 2.0);
+                let mask: Vec<f32> = (0..b * s).map(|i| if i % s < s - (i / s) * 3 { 1.0 } else { 0.0 }).collect();
+                let part = |p: usize| -> Vec<f64> { qkv.chunks(3 * dim).flat_map(|row| row[p * dim..(p + 1) * dim].iter().map(|&x| x as f64)).collect() };
+                let bt = Tensor::from_slice(&c.device, &bias, &[h, s, s])?;
+                let out = ops::attention_packed_bias(&c.up(&qkv, &[b, s, 3 * dim])?, Some(&Tensor::from_slice(&c.device, &mask, &[b, s])?), &bt, h)?;
+                Ok((out, r::attention_bias(&part(0), &part(1), &part(2), Some(&d(&mask)), Some(&d(&bias)), b, s, h, hd)))
+            });
+        }
         for &(rows, dim, n) in &[(10usize, 3usize, 5usize), (30522, 384, 77)] {
             self.record(format!("embedding [{rows}x{dim}] {n} ids"), false, |c| {
                 let t = c.rand(rows * dim, -1.0, 1.0);

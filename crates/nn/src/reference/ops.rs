@@ -100,6 +100,12 @@ pub fn softmax(x: &[f64], cols: usize) -> Vec<f64> {
 
 /// Attention over dense `q`, `k`, `v` `[b, s, h*hd]`, mask `[b, s]` (0 = padding key).
 pub fn attention(q: &[f64], k: &[f64], v: &[f64], mask: Option<&[f64]>, b: usize, s: usize, h: usize, hd: usize) -> Vec<f64> {
+    attention_bias(q, k, v, mask, None, b, s, h, hd)
+}
+
+/// [`attention`] with `bias` `[h, s, s]` (shared by the batch) added to the scaled scores.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_bias(q: &[f64], k: &[f64], v: &[f64], mask: Option<&[f64]>, bias: Option<&[f64]>, b: usize, s: usize, h: usize, hd: usize) -> Vec<f64> {
     let d = h * hd;
     let scale = 1.0 / (hd as f64).sqrt();
     let mut out = vec![0.0; b * s * d];
@@ -111,7 +117,7 @@ pub fn attention(q: &[f64], k: &[f64], v: &[f64], mask: Option<&[f64]>, b: usize
                         if mask.is_some_and(|m| m[bi * s + j] == 0.0) {
                             f64::NEG_INFINITY
                         } else {
-                            (0..hd).map(|c| q[(bi * s + i) * d + hi * hd + c] * k[(bi * s + j) * d + hi * hd + c]).sum::<f64>() * scale
+                            (0..hd).map(|c| q[(bi * s + i) * d + hi * hd + c] * k[(bi * s + j) * d + hi * hd + c]).sum::<f64>() * scale + bias.map_or(0.0, |bb| bb[(hi * s + i) * s + j])
                         }
                     })
                     .collect();

@@ -229,6 +229,10 @@ pub trait BackendStream: Send + Sync + 'static {
     /// Row-wise softmax of `x[rows, cols]`.
     unsafe fn softmax(&self, x: DevicePtr, out: DevicePtr, rows: usize, cols: usize, dtype: DType) -> Result<()>;
     unsafe fn attention(&self, p: &Attention) -> Result<()>;
+    /// As [`attention`](Self::attention), with `bias` (f32 `[heads, seq,
+    /// seq]`, shared by every batch row) added to each head's scaled scores
+    /// before the softmax: MPNet's relative-position bias, ALiBi and the like.
+    unsafe fn attention_bias(&self, p: &Attention, bias: DevicePtr) -> Result<()>;
     unsafe fn gather(&self, p: &Gather) -> Result<()>;
     unsafe fn mean_pool(&self, p: &MeanPool) -> Result<()>;
     /// Row-wise `x / max(‖x‖₂, 1e-12)` of `x[rows, cols]`.

@@ -141,6 +141,13 @@ fn softmax_row(x: &[f32], o: &mut [f32]) {
 /// See [`crate::backend::Attention`] for the layout.
 #[allow(clippy::too_many_arguments)]
 pub fn attention(q: &[f32], k: &[f32], v: &[f32], row_stride: usize, mask: Option<&[f32]>, out: &mut [f32], batch: usize, seq: usize, heads: usize, hd: usize, scale: f32) {
+    attention_bias(q, k, v, row_stride, mask, None, out, batch, seq, heads, hd, scale)
+}
+
+/// [`attention`] with an optional additive `bias` `[heads, seq, seq]`
+/// (shared by the batch) on the scaled scores.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_bias(q: &[f32], k: &[f32], v: &[f32], row_stride: usize, mask: Option<&[f32]>, bias: Option<&[f32]>, out: &mut [f32], batch: usize, seq: usize, heads: usize, hd: usize, scale: f32) {
     let d = heads * hd;
     let mut scores = vec![0f32; seq];
     let mut probs = vec![0f32; seq];
@@ -154,7 +161,11 @@ pub fn attention(q: &[f32], k: &[f32], v: &[f32], row_stride: usize, mask: Optio
                         f32::NEG_INFINITY
                     } else {
                         let kj = &k[(b * seq + j) * row_stride + h * hd..][..hd];
-                        qi.iter().zip(kj).map(|(a, c)| a * c).sum::<f32>() * scale
+                        let s = qi.iter().zip(kj).map(|(a, c)| a * c).sum::<f32>() * scale;
+                        match bias {
+                            Some(bb) => s + bb[(h * seq + i) * seq + j],
+                            None => s,
+                        }
                     };
                 }
                 softmax_row(&scores, &mut probs);

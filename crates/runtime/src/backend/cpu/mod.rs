@@ -333,6 +333,22 @@ impl BackendStream for CpuStream {
             Ok(())
         }))
     }
+    unsafe fn attention_bias(&self, p: &Attention, bias: DevicePtr) -> Result<()> {
+        f32_only(p.dtype)?;
+        let p = *p;
+        let d = p.heads * p.head_dim;
+        let tokens = p.batch * p.seq;
+        let span = if tokens == 0 { 0 } else { (tokens - 1) * p.row_stride + d };
+        let (q, k, v, m, o, bb) = (P(p.q), P(p.k), P(p.v), p.mask.map(P), P(p.out), P(bias));
+        self.enqueue(Box::new(move || {
+            // SAFETY: caller contract on the layout documented on `Attention`;
+            // `bias` holds heads*seq*seq f32 (the trait's contract).
+            unsafe {
+                kernels::attention_bias(q.f32(span), k.f32(span), v.f32(span), p.row_stride, m.map(|m| m.f32(tokens)), Some(bb.f32(p.heads * p.seq * p.seq)), o.f32_mut(tokens * d), p.batch, p.seq, p.heads, p.head_dim, p.scale)
+            };
+            Ok(())
+        }))
+    }
     unsafe fn gather(&self, p: &Gather) -> Result<()> {
         f32_only(p.dtype)?;
         let p = *p;

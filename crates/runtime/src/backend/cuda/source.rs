@@ -164,7 +164,7 @@ pub(crate) const ATTENTION: &str = concat!(
     r#"
 template <typename T>
 __device__ void attn_t(const T* q, const T* k, const T* v, const float* mask, T* out,
-                       int seq, int heads, int hd, long long rs, float scale) {
+                       int seq, int heads, int hd, long long rs, float scale, const float* bias = nullptr) {
     extern __shared__ float smem[];
     __shared__ float red[32];
     float* qs = smem;
@@ -184,6 +184,7 @@ __device__ void attn_t(const T* q, const T* k, const T* v, const float* mask, T*
             float acc = 0.0f;
             for (int d = l; d < hd; d += 32) acc += qs[d] * ld(k, krow + d);
             s = warp_sum(acc) * scale;
+            if (bias) s += bias[((long long)h * seq + i) * seq + j];
         }
         if (l == 0) sc[j] = s;
     }
@@ -330,6 +331,10 @@ extern "C" __global__ void attention_f32(const float* q, const float* k, const f
     int seq, int heads, int hd, long long rs, float scale) { attn_t(q, k, v, mask, o, seq, heads, hd, rs, scale); }
 extern "C" __global__ void attention_bf16(const bf16* q, const bf16* k, const bf16* v, const float* mask, bf16* o,
     int seq, int heads, int hd, long long rs, float scale) { attn_t(q, k, v, mask, o, seq, heads, hd, rs, scale); }
+extern "C" __global__ void attention_bias_f32(const float* q, const float* k, const float* v, const float* mask, float* o,
+    int seq, int heads, int hd, long long rs, float scale, const float* bias) { attn_t(q, k, v, mask, o, seq, heads, hd, rs, scale, bias); }
+extern "C" __global__ void attention_bias_bf16(const bf16* q, const bf16* k, const bf16* v, const float* mask, bf16* o,
+    int seq, int heads, int hd, long long rs, float scale, const float* bias) { attn_t(q, k, v, mask, o, seq, heads, hd, rs, scale, bias); }
 "#
 );
 
@@ -372,6 +377,8 @@ pub(crate) fn kernel_names(unit: Unit) -> &'static [&'static str] {
         Unit::Attention => &[
             "attention_f32",
             "attention_bf16",
+            "attention_bias_f32",
+            "attention_bias_bf16",
             "flash_f32_d32_q32",
             "flash_f32_d32_q64",
             "flash_f32_d64_q32",

@@ -424,6 +424,39 @@ impl BackendStream for CudaStream {
         unsafe { self.attention_with(p, AttnKernel::Auto) }
     }
 
+    unsafe fn attention_bias(&self, p: &Attention, bias: DevicePtr) -> Result<()> {
+        if p.batch == 0 || p.seq == 0 || p.heads == 0 || p.head_dim == 0 {
+            return Ok(());
+        }
+        if p.heads > 65535 || p.batch > 65535 {
+            return Err(Error::InvalidArgument(format!("attention: heads ({}) and batch ({}) must be at most 65535 on CUDA", p.heads, p.batch)));
+        }
+        let seq = i32_dim(p.seq, "seq")?;
+        let hd = i32_dim(p.head_dim, "head_dim")?;
+        let args = [
+            Arg::Ptr(p.q),
+            Arg::Ptr(p.k),
+            Arg::Ptr(p.v),
+            opt(p.mask),
+            Arg::Ptr(p.out),
+            Arg::I32(seq),
+            Arg::I32(p.heads as i32),
+            Arg::I32(hd),
+            Arg::I64(p.row_stride as i64),
+            Arg::F32(p.scale),
+            Arg::Ptr(bias),
+        ];
+        let smem = (p.head_dim + p.seq) * 4;
+        if smem > 48 * 1024 {
+            return Err(Error::Unsupported { backend: "cuda", what: format!("attention with a bias and seq {} + head_dim {} > 12288 floats of shared memory", p.seq, p.head_dim) });
+        }
+        let name = pick(p.dtype, "attention_bias_f32", "attention_bias_bf16");
+        // SAFETY: q/k/v hold batch*seq rows of row_stride, mask batch*seq f32,
+        // bias heads*seq*seq f32, out batch*seq*heads*head_dim elements (the
+        // trait's contract); `smem` floats of dynamic shared memory.
+        unsafe { self.launch(Unit::Attention, name, (seq as u32, p.heads as u32, p.batch as u32), ATTN_BLOCK, smem as u32, &args) }
+    }
+
     unsafe fn gather(&self, p: &Gather) -> Result<()> {
         if p.n == 0 || p.dim == 0 {
             return Ok(());
