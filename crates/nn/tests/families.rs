@@ -131,6 +131,10 @@ fn mpnet_relative_position_bias() {
     embed_family("mpnet");
 }
 #[test]
+fn modernbert_rotary_geglu_sliding_window() {
+    embed_family("modernbert");
+}
+#[test]
 fn cross_encoder_bert() {
     cross_family("cross_bert");
 }

@@ -2,7 +2,7 @@
 //! out) and [`load_encoder`], which picks the family from `config.json`'s
 //! `model_type` — the model directory says what it is; nothing is chosen by
 //! a name or a flag. One file per family: [`bert`] (BERT, MiniLM, BGE, E5,
-//! GTE, RoBERTa, XLM-RoBERTa), [`distilbert`] and [`mpnet`]. Adding a family is one new
+//! GTE, RoBERTa, XLM-RoBERTa), [`distilbert`], [`mpnet`] and [`modernbert`]. Adding a family is one new
 //! file here plus one arm in [`load_encoder`].
 //!
 //! Also owns the classification heads of `*ForSequenceClassification`
@@ -10,6 +10,7 @@
 
 pub mod bert;
 pub mod distilbert;
+pub mod modernbert;
 pub mod mpnet;
 
 use crate::{BertInput, HostWeights, Tensor};
@@ -44,7 +45,7 @@ pub struct ModelConfig {
 }
 
 /// The `model_type`s braid runs, for error messages and the README.
-pub const SUPPORTED: &[&str] = &["bert", "roberta", "xlm-roberta", "camembert", "distilbert", "mpnet"];
+pub const SUPPORTED: &[&str] = &["bert", "roberta", "xlm-roberta", "camembert", "distilbert", "mpnet", "modernbert"];
 
 impl ModelConfig {
     pub fn read(dir: &Path) -> Result<ModelConfig> {
@@ -81,6 +82,7 @@ pub fn load_encoder(config: &ModelConfig, w: &HostWeights, device: &Device, dtyp
         "bert" | "roberta" | "xlm-roberta" | "camembert" => Ok(Box::new(bert::load(config, w, device, dtype)?)),
         "distilbert" => Ok(Box::new(distilbert::load(config, w, device, dtype)?)),
         "mpnet" => Ok(Box::new(mpnet::load(config, w, device, dtype)?)),
+        "modernbert" => Ok(Box::new(modernbert::load(config, w, device, dtype)?)),
         other => Err(Error::Model(format!("{}: field model_type {other:?} is not a family braid runs (supported: {})", config.path, SUPPORTED.join(", ")))),
     }
 }

@@ -11,6 +11,7 @@ mod gather;
 mod linear;
 mod norm;
 mod pool;
+mod rope;
 mod softmax;
 
 pub use attention::{attention, attention_packed, attention_packed_bias};
@@ -19,5 +20,6 @@ pub use gather::embedding;
 pub use linear::{linear, matmul};
 pub use norm::{l2_normalize, layer_norm};
 pub use pool::mean_pool;
+pub use rope::{glu, rope_qkv};
 pub use softmax::softmax;
 pub use braid_runtime::Activation;

@@ -177,6 +177,30 @@ impl Checker {
                 Ok((out, r::attention_bias(&part(0), &part(1), &part(2), Some(&d(&mask)), Some(&d(&bias)), b, s, h, hd)))
             });
         }
+        for &(b, s, h, hd) in &[(2usize, 7usize, 2usize, 8usize), (3, 33, 4, 16)] {
+            self.record(format!("rope_qkv b{b} s{s} h{h} d{hd}"), false, |c| {
+                let dim = h * hd;
+                let qkv = c.rand(b * s * 3 * dim, -1.0, 1.0);
+                let ang: Vec<f64> = (0..s * hd).map(|i| (i / hd) as f64 * 0.37 * ((i % (hd / 2)) as f64 + 1.0)).collect();
+                let (cos, sin): (Vec<f32>, Vec<f32>) = ang.iter().map(|a| (a.cos() as f32, a.sin() as f32)).unzip();
+                let ct = Tensor::from_slice(&c.device, &cos, &[s, hd])?;
+                let st = Tensor::from_slice(&c.device, &sin, &[s, hd])?;
+                let out = ops::rope_qkv(&c.up(&qkv, &[b, s, 3 * dim])?, &ct, &st, h)?;
+                Ok((out, r::rope_qkv(&d(&qkv), &d(&cos), &d(&sin), s, h, hd)))
+            });
+        }
+        for &(rows, n) in &[(5usize, 7usize), (64, 96)] {
+            for (name, act) in [("gelu", Activation::GeluErf), ("relu", Activation::Relu)] {
+                self.record(format!("glu {name} [{rows}x{}]", 2 * n), false, |c| {
+                    let x = c.rand(rows * 2 * n, -3.0, 3.0);
+                    let f = move |v: f64| match act {
+                        Activation::Relu => v.max(0.0),
+                        _ => 0.5 * v * (1.0 + r::erf(v / std::f64::consts::SQRT_2)),
+                    };
+                    Ok((ops::glu(&c.up(&x, &[rows, 2 * n])?, act)?, r::glu(&d(&x), n, f)))
+                });
+            }
+        }
         for &(rows, dim, n) in &[(10usize, 3usize, 5usize), (30522, 384, 77)] {
             self.record(format!("embedding [{rows}x{dim}] {n} ids"), false, |c| {
                 let t = c.rand(rows * dim, -1.0, 1.0);

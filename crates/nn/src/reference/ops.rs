@@ -246,3 +246,26 @@ pub fn bert_embed(w: &HostWeights, c: &BertConfig, input: &BertInput) -> Result<
     Ok(l2_normalize(&mean_pool(&h, Some(&mask), b, s, d), d))
 }
 
+
+/// GLU: `act(x[:, :n]) * x[:, n:]` per row of `2n`.
+pub fn glu(x: &[f64], n: usize, act: impl Fn(f64) -> f64) -> Vec<f64> {
+    x.chunks(2 * n).flat_map(|r| (0..n).map(|i| act(r[i]) * r[n + i]).collect::<Vec<_>>()).collect()
+}
+
+/// Rotary embedding (rotate-half) of q and k in packed rows `[rows, 3*h*hd]`.
+pub fn rope_qkv(x: &[f64], cos: &[f64], sin: &[f64], seq: usize, h: usize, hd: usize) -> Vec<f64> {
+    let d = h * hd;
+    let half = hd / 2;
+    let mut out = x.to_vec();
+    for (r, row) in x.chunks(3 * d).enumerate() {
+        let pos = r % seq;
+        for part in 0..2 * h {
+            for e in 0..hd {
+                let i = part * hd + e;
+                let rot = if e < half { -row[i + half] } else { row[i - half] };
+                out[r * 3 * d + i] = row[i] * cos[pos * hd + e] + rot * sin[pos * hd + e];
+            }
+        }
+    }
+    out
+}

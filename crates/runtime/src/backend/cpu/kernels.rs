@@ -90,6 +90,33 @@ pub fn activation(x: &[f32], out: &mut [f32], a: Activation) {
     }
 }
 
+/// See [`crate::backend::BackendStream::glu`].
+pub fn glu(x: &[f32], out: &mut [f32], cols: usize, a: Activation) {
+    for (o, row) in out.chunks_mut(cols).zip(x.chunks(2 * cols)) {
+        for (i, ov) in o.iter_mut().enumerate() {
+            *ov = act(row[i], a) * row[cols + i];
+        }
+    }
+}
+
+/// See [`crate::backend::Rope`].
+#[allow(clippy::too_many_arguments)]
+pub fn rope_qkv(x: &[f32], out: &mut [f32], cos: &[f32], sin: &[f32], seq: usize, heads: usize, hd: usize) {
+    let d = heads * hd;
+    let half = hd / 2;
+    for (r, (o, row)) in out.chunks_mut(3 * d).zip(x.chunks(3 * d)).enumerate() {
+        let pos = r % seq;
+        let (c, s) = (&cos[pos * hd..][..hd], &sin[pos * hd..][..hd]);
+        for base in (0..2 * heads).map(|h| h * hd) {
+            for e in 0..hd {
+                let rot = if e < half { -row[base + e + half] } else { row[base + e - half] };
+                o[base + e] = row[base + e] * c[e] + rot * s[e];
+            }
+        }
+        o[2 * d..].copy_from_slice(&row[2 * d..]);
+    }
+}
+
 /// LayerNorm over rows of `cols`, of `x + residual` when a residual is given.
 #[allow(clippy::too_many_arguments)]
 pub fn layer_norm(x: &[f32], residual: Option<&[f32]>, gamma: &[f32], beta: &[f32], out: &mut [f32], rows: usize, cols: usize, eps: f32) {

@@ -91,6 +91,31 @@ template <typename T> __device__ void bias_act_t(T* o, const T* bias, long long 
         st(o, i, act_fn(v, a));
     }
 }
+// GLU: o[r, c] = act(x[r, c]) * x[r, cols + c].
+template <typename T> __device__ void glu_t(const T* x, T* o, long long rows, int cols, int a) {
+    GRID_STRIDE(i, rows * cols) {
+        long long r = i / cols; int c = (int)(i % cols);
+        st(o, i, act_fn(ld(x, r * 2 * cols + c), a) * ld(x, r * 2 * cols + cols + c));
+    }
+}
+// Rotary embedding (rotate-half) on the q and k parts of packed qkv rows; v copied.
+template <typename T> __device__ void rope_t(const T* x, T* o, const float* cs, const float* sn, long long rows, int seq, int d, int hd) {
+    GRID_STRIDE(i, rows * 3 * d) {
+        long long r = i / (3 * d); int c = (int)(i % (3 * d));
+        float v = ld(x, i);
+        if (c < 2 * d) {
+            int e = c % hd, half = hd / 2;
+            long long t = (long long)(r % seq) * hd + e;
+            float rot = e < half ? -ld(x, i + half) : ld(x, i - half);
+            v = v * cs[t] + rot * sn[t];
+        }
+        st(o, i, v);
+    }
+}
+extern "C" __global__ void glu_f32(const float* x, float* o, long long rows, int cols, int a) { glu_t(x, o, rows, cols, a); }
+extern "C" __global__ void glu_bf16(const bf16* x, bf16* o, long long rows, int cols, int a) { glu_t(x, o, rows, cols, a); }
+extern "C" __global__ void rope_f32(const float* x, float* o, const float* c, const float* s, long long rows, int seq, int d, int hd) { rope_t(x, o, c, s, rows, seq, d, hd); }
+extern "C" __global__ void rope_bf16(const bf16* x, bf16* o, const float* c, const float* s, long long rows, int seq, int d, int hd) { rope_t(x, o, c, s, rows, seq, d, hd); }
 extern "C" __global__ void add_f32(const float* a, const float* b, float* o, long long n) { add_t(a, b, o, n); }
 extern "C" __global__ void add_bf16(const bf16* a, const bf16* b, bf16* o, long long n) { add_t(a, b, o, n); }
 extern "C" __global__ void act_f32(const float* x, float* o, long long n, int a) { act_t(x, o, n, a); }
@@ -371,7 +396,7 @@ extern "C" __global__ void mean_pool_bf16(const bf16* x, const float* m, bf16* o
 pub(crate) fn kernel_names(unit: Unit) -> &'static [&'static str] {
     match unit {
         Unit::Elementwise => &[
-            "add_f32", "add_bf16", "act_f32", "act_bf16", "bias_act_f32", "bias_act_bf16", "cast_f32_bf16", "cast_bf16_f32",
+            "add_f32", "add_bf16", "act_f32", "act_bf16", "bias_act_f32", "bias_act_bf16", "cast_f32_bf16", "cast_bf16_f32", "glu_f32", "glu_bf16", "rope_f32", "rope_bf16",
         ],
         Unit::Norm => &["layer_norm_f32", "layer_norm_bf16", "softmax_f32", "softmax_bf16", "l2_normalize_f32", "l2_normalize_bf16"],
         Unit::Attention => &[

@@ -7,7 +7,7 @@ use super::event::cuda_event;
 use super::graph::CudaGraph;
 use super::module::Unit;
 use super::pinned::PinnedPool;
-use crate::backend::{Activation, Attention, BackendEvent, BackendGraph, BackendStream, DType, DevicePtr, Gather, Gemm, LayerNorm, MeanPool};
+use crate::backend::{Activation, Attention, BackendEvent, BackendGraph, BackendStream, DType, DevicePtr, Gather, Gemm, LayerNorm, MeanPool, Rope};
 use crate::error::{Error, Result};
 use cudarc::driver::sys::{self, CUresult, CUstream};
 use std::any::Any;
@@ -422,6 +422,41 @@ impl BackendStream for CudaStream {
     unsafe fn attention(&self, p: &Attention) -> Result<()> {
         // SAFETY: the caller's contract, passed on.
         unsafe { self.attention_with(p, AttnKernel::Auto) }
+    }
+
+    unsafe fn glu(&self, x: DevicePtr, out: DevicePtr, rows: usize, cols: usize, act: Activation, dtype: DType) -> Result<()> {
+        let n = rows * cols;
+        if n == 0 {
+            return Ok(());
+        }
+        let name = pick(dtype, "glu_f32", "glu_bf16");
+        let args = [Arg::Ptr(x), Arg::Ptr(out), Arg::I64(rows as i64), Arg::I32(i32_dim(cols, "cols")?), Arg::I32(act_code(act))];
+        // SAFETY: x holds rows*2*cols and out rows*cols elements of `dtype` (the contract).
+        unsafe { self.launch(Unit::Elementwise, name, (grid_1d(n, EW_BLOCK), 1, 1), EW_BLOCK, 0, &args) }
+    }
+
+    unsafe fn rope_qkv(&self, p: &Rope) -> Result<()> {
+        let d = p.heads * p.head_dim;
+        let n = p.rows * 3 * d;
+        if n == 0 {
+            return Ok(());
+        }
+        if p.head_dim % 2 != 0 || p.seq == 0 {
+            return Err(Error::InvalidArgument(format!("rope: head_dim {} must be even and seq {} positive", p.head_dim, p.seq)));
+        }
+        let name = pick(p.dtype, "rope_f32", "rope_bf16");
+        let args = [
+            Arg::Ptr(p.x),
+            Arg::Ptr(p.out),
+            Arg::Ptr(p.cos),
+            Arg::Ptr(p.sin),
+            Arg::I64(p.rows as i64),
+            Arg::I32(i32_dim(p.seq, "seq")?),
+            Arg::I32(i32_dim(d, "dim")?),
+            Arg::I32(i32_dim(p.head_dim, "head_dim")?),
+        ];
+        // SAFETY: x and out hold rows*3*d elements, cos and sin seq*head_dim f32 (the contract).
+        unsafe { self.launch(Unit::Elementwise, name, (grid_1d(n, EW_BLOCK), 1, 1), EW_BLOCK, 0, &args) }
     }
 
     unsafe fn attention_bias(&self, p: &Attention, bias: DevicePtr) -> Result<()> {
