@@ -135,6 +135,10 @@ fn modernbert_rotary_geglu_sliding_window() {
     embed_family("modernbert");
 }
 #[test]
+fn nomic_bert_rotary_swiglu() {
+    embed_family("nomic_bert");
+}
+#[test]
 fn cross_encoder_bert() {
     cross_family("cross_bert");
 }

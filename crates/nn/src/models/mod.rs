@@ -2,7 +2,7 @@
 //! out) and [`load_encoder`], which picks the family from `config.json`'s
 //! `model_type` — the model directory says what it is; nothing is chosen by
 //! a name or a flag. One file per family: [`bert`] (BERT, MiniLM, BGE, E5,
-//! GTE, RoBERTa, XLM-RoBERTa), [`distilbert`], [`mpnet`] and [`modernbert`]. Adding a family is one new
+//! GTE, RoBERTa, XLM-RoBERTa), [`distilbert`], [`mpnet`], [`modernbert`] and [`nomic_bert`]. Adding a family is one new
 //! file here plus one arm in [`load_encoder`].
 //!
 //! Also owns the classification heads of `*ForSequenceClassification`
@@ -12,6 +12,7 @@ pub mod bert;
 pub mod distilbert;
 pub mod modernbert;
 pub mod mpnet;
+pub mod nomic_bert;
 
 use crate::{BertInput, HostWeights, Tensor};
 use braid_runtime::{DType, Device, Error, Result};
@@ -45,7 +46,7 @@ pub struct ModelConfig {
 }
 
 /// The `model_type`s braid runs, for error messages and the README.
-pub const SUPPORTED: &[&str] = &["bert", "roberta", "xlm-roberta", "camembert", "distilbert", "mpnet", "modernbert"];
+pub const SUPPORTED: &[&str] = &["bert", "roberta", "xlm-roberta", "camembert", "distilbert", "mpnet", "modernbert", "nomic_bert"];
 
 impl ModelConfig {
     pub fn read(dir: &Path) -> Result<ModelConfig> {
@@ -83,6 +84,7 @@ pub fn load_encoder(config: &ModelConfig, w: &HostWeights, device: &Device, dtyp
         "distilbert" => Ok(Box::new(distilbert::load(config, w, device, dtype)?)),
         "mpnet" => Ok(Box::new(mpnet::load(config, w, device, dtype)?)),
         "modernbert" => Ok(Box::new(modernbert::load(config, w, device, dtype)?)),
+        "nomic_bert" => Ok(Box::new(nomic_bert::load(config, w, device, dtype)?)),
         other => Err(Error::Model(format!("{}: field model_type {other:?} is not a family braid runs (supported: {})", config.path, SUPPORTED.join(", ")))),
     }
 }

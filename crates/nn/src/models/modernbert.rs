@@ -150,23 +150,20 @@ pub fn load(config: &ModelConfig, w: &HostWeights, device: &Device, dtype: DType
     Ok(ModernBertModel { config: c, tok_embeddings, embeddings_norm, layers, final_norm, act })
 }
 
-impl ModernBertModel {
-    /// cos and sin tables `[seq, head_dim]` for rope base `theta`, computed
-    /// as HF does (f32 inverse frequencies and angles).
-    fn rope_tables(&self, seq: usize, theta: f64) -> (Vec<f32>, Vec<f32>) {
-        let hd = self.config.hidden_size / self.config.num_attention_heads;
-        let inv: Vec<f32> = (0..hd / 2).map(|i| (1.0 / theta.powf((2 * i) as f64 / hd as f64)) as f32).collect();
-        let mut cos = Vec::with_capacity(seq * hd);
-        let mut sin = Vec::with_capacity(seq * hd);
-        for pos in 0..seq {
-            for e in 0..hd {
-                let a = pos as f32 * inv[e % (hd / 2)];
-                cos.push(a.cos());
-                sin.push(a.sin());
-            }
+/// cos and sin tables `[seq, head_dim]` for rope base `theta`, computed as
+/// HF does (f32 inverse frequencies and angles; the two halves repeat).
+pub fn rope_tables(seq: usize, hd: usize, theta: f64) -> (Vec<f32>, Vec<f32>) {
+    let inv: Vec<f32> = (0..hd / 2).map(|i| (1.0 / theta.powf((2 * i) as f64 / hd as f64)) as f32).collect();
+    let mut cos = Vec::with_capacity(seq * hd);
+    let mut sin = Vec::with_capacity(seq * hd);
+    for pos in 0..seq {
+        for e in 0..hd {
+            let a = pos as f32 * inv[e % (hd / 2)];
+            cos.push(a.cos());
+            sin.push(a.sin());
         }
-        (cos, sin)
     }
+    (cos, sin)
 }
 
 impl Encoder for ModernBertModel {
@@ -228,7 +225,7 @@ impl Encoder for ModernBertModel {
         for l in &self.layers {
             if !tables.iter().any(|t| t.0 == l.theta) {
                 let hd = d / heads;
-                let (c, sn) = self.rope_tables(s, l.theta);
+                let (c, sn) = rope_tables(s, hd, l.theta);
                 tables.push((l.theta, Tensor::from_slice(device, &c, &[s, hd])?, Tensor::from_slice(device, &sn, &[s, hd])?));
             }
         }

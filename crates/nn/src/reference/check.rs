@@ -190,13 +190,10 @@ impl Checker {
             });
         }
         for &(rows, n) in &[(5usize, 7usize), (64, 96)] {
-            for (name, act) in [("gelu", Activation::GeluErf), ("relu", Activation::Relu)] {
+            for (name, act) in [("gelu", Activation::GeluErf), ("relu", Activation::Relu), ("silu", Activation::Silu)] {
                 self.record(format!("glu {name} [{rows}x{}]", 2 * n), false, |c| {
                     let x = c.rand(rows * 2 * n, -3.0, 3.0);
-                    let f = move |v: f64| match act {
-                        Activation::Relu => v.max(0.0),
-                        _ => 0.5 * v * (1.0 + r::erf(v / std::f64::consts::SQRT_2)),
-                    };
+                    let f = move |v: f64| r::act(v, act);
                     Ok((ops::glu(&c.up(&x, &[rows, 2 * n])?, act)?, r::glu(&d(&x), n, f)))
                 });
             }

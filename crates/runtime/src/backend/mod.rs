@@ -73,6 +73,8 @@ pub enum Activation {
     GeluErf,
     /// GELU with the tanh approximation.
     GeluTanh,
+    /// SiLU (swish): `x · sigmoid(x)` (SwiGLU's gate, NomicBert).
+    Silu,
 }
 
 /// `out[m,n] = act(a[m,k] · w[n,k]ᵀ + bias[n])`, all row-major, `w` laid out

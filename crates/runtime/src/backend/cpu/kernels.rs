@@ -43,6 +43,7 @@ pub fn act(x: f32, a: Activation) -> f32 {
         Activation::GeluErf => (0.5 * x as f64 * (1.0 + erf64(x as f64 * std::f64::consts::FRAC_1_SQRT_2))) as f32,
         // 0.5·x·(1 + tanh(u)) = x / (1 + e^(-2u)): same value, no cancellation for x << 0.
         Activation::GeluTanh => x / (1.0 + (-2.0 * SQRT_2_OVER_PI * (x + 0.044_715 * x * x * x)).exp()),
+        Activation::Silu => x / (1.0 + (-x).exp()),
     }
 }
 

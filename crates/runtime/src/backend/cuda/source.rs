@@ -28,6 +28,7 @@ __device__ __forceinline__ float act_fn(float x, int a) {
     case 1: return fmaxf(x, 0.0f);
     case 2: return 0.5f * x * erfcf(-x * 0.70710678118654752f); /* erfc: no cancellation for x << 0 */
     case 3: return x / (1.0f + expf(-1.5957691216057308f * (x + 0.044715f * x * x * x))); /* = 0.5x(1+tanh u), no cancellation */
+    case 4: return x / (1.0f + expf(-x)); /* SiLU */
     default: return x;
     }
 }

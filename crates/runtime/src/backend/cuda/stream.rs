@@ -65,6 +65,7 @@ fn act_code(a: Activation) -> i32 {
         Activation::Relu => 1,
         Activation::GeluErf => 2,
         Activation::GeluTanh => 3,
+        Activation::Silu => 4,
     }
 }
 
