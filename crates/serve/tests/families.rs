@@ -1,6 +1,7 @@
 //! The model families through the server over real sockets, on the tiny
 //! fixtures of crates/nn/tests/fixtures (no download needed): `/embed` of a
-//! BGE-style (CLS pooling) and an XLM-R model equal the Python reference
+//! BGE-style (CLS pooling), an XLM-R, an MPNet and a ModernBERT model equal
+//! the Python reference
 //! embeddings, `/rerank` of a BERT cross-encoder equals the reference
 //! logits (sigmoid, sorted best first, `raw_scores`, `return_text`),
 //! `/predict` of a 3-label XLM-R classifier gives its `id2label` labels,
@@ -79,8 +80,8 @@ fn max_abs(a: &Value, b: &Value) -> f64 {
 }
 
 #[test]
-fn embed_bge_style_and_xlm_roberta_equal_the_reference() {
-    for name in ["bert_cls", "xlm_roberta"] {
+fn embed_bge_xlm_roberta_mpnet_modernbert_equal_the_reference() {
+    for name in ["bert_cls", "xlm_roberta", "mpnet", "modernbert"] {
         let srv = Server::start(name, None);
         let r = reference(name);
         for b in r["batches"].as_array().unwrap() {
