@@ -34,8 +34,12 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Backends and devices found, and the pool settings in force.
-    Info,
+    /// Backends and devices found, and the pool settings in force; with --model, what braid reads from that model directory.
+    Info {
+        /// A model directory: its family, pooling, modules and the defaults used (or its classifier labels).
+        #[arg(long)]
+        model: Option<String>,
+    },
     /// Every op and model against a CPU float64 reference, then parallel correctness.
     Check {
         /// auto, cpu, cuda or cuda:N.
@@ -188,7 +192,7 @@ fn main() -> ExitCode {
     }
     let cli = Cli::parse();
     let r = match cli.cmd {
-        Cmd::Info => info::run(),
+        Cmd::Info { model } => info::run(model.as_deref()),
         Cmd::Embed { model, device, json, texts } => Device::parse(&device).and_then(|d| embed::run(&d, &model, &texts, json)),
         Cmd::Serve { model, device, host, port, max_batch, max_delay_ms, workers, capacity, max_inputs, deadline_ms, reranker } => Device::parse(&device).and_then(|d| {
             let opts = serve::Options { model, host, port, max_batch, max_delay_ms, workers, capacity, max_inputs, deadline_ms, reranker };
