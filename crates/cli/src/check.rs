@@ -1,6 +1,8 @@
 //! `braid check [--device D]`: every op and module against the CPU float64
 //! reference on fresh random inputs, then parallel correctness (16 threads x
-//! 200 forwards, each equal to the serial result). One line per check; the
+//! 200 forwards, each equal to the serial result). Also every model family
+//! fixture (and `--model` if it carries a reference.json) against its Python
+//! reference. One line per check; the
 //! exit status is non-zero if any check fails.
 
 use braid_nn::CheckResult;
@@ -20,7 +22,8 @@ fn line(r: &CheckResult) -> String {
 /// made by scripts/make-reference.py): worst cosine ≥ 0.99999 and max abs
 /// difference < 1e-4. `None` if the model is not installed.
 fn minilm(device: &Device, dir: &str) -> Result<Option<CheckResult>> {
-    if !std::path::Path::new(dir).join("model.safetensors").exists() {
+    // A directory with its own reference.json is checked against that (families()).
+    if !std::path::Path::new(dir).join("model.safetensors").exists() || std::path::Path::new(dir).join("reference.json").exists() {
         return Ok(None);
     }
     let model = braid_nn::SentenceEmbedder::load(dir, device)?;
@@ -50,7 +53,26 @@ fn minilm(device: &Device, dir: &str) -> Result<Option<CheckResult>> {
     }))
 }
 
-pub fn run(device: &Device, threads: usize, iters: usize, model: &str) -> Result<ExitCode> {
+/// Each model directory under `fixtures` (and `model` itself) that carries
+/// a reference.json, against it. A directory that fails to load is a FAIL.
+fn families(device: &Device, model: &str, fixtures: &str) -> Vec<CheckResult> {
+    let mut dirs: Vec<std::path::PathBuf> = std::fs::read_dir(fixtures).into_iter().flatten().flatten().map(|e| e.path()).filter(|p| p.join("reference.json").is_file()).collect();
+    dirs.sort();
+    if std::path::Path::new(model).join("reference.json").is_file() {
+        dirs.push(model.into());
+    }
+    dirs.iter()
+        .map(|d| {
+            let name = d.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            match braid_nn::reference::check_model_dir(d, device) {
+                Ok(r) => r.check_result(&name),
+                Err(e) => CheckResult { name: format!("family {name} vs python reference"), max_rel_err: f64::NAN, tol: 1e-4, passed: false, error: Some(e.to_string()) },
+            }
+        })
+        .collect()
+}
+
+pub fn run(device: &Device, threads: usize, iters: usize, model: &str, fixtures: &str) -> Result<ExitCode> {
     eprintln!("braid check on {} ({})", device.name(), device.kind().name());
     let mut failed = 0;
     let mut total = 0;
@@ -66,7 +88,17 @@ pub fn run(device: &Device, threads: usize, iters: usize, model: &str) -> Result
             total += 1;
             failed += usize::from(!r.passed);
         }
+        None if std::path::Path::new(model).join("reference.json").exists() => {}
         None => println!("SKIPPED  minilm vs sentence-transformers (model not found at {model}: run scripts/get-minilm.sh)"),
+    }
+    let fams = families(device, model, fixtures);
+    if fams.is_empty() {
+        println!("SKIPPED  model families (no <family>/reference.json under {fixtures}: run from the repository root)");
+    }
+    for r in fams {
+        println!("{}", line(&r));
+        total += 1;
+        failed += usize::from(!r.passed);
     }
     eprintln!("[2/2] parallel correctness: {threads} threads x {iters} forwards vs serial");
     for r in braid_nn::check_parallel(device, threads, iters)? {

@@ -1,11 +1,13 @@
 //! `braid info`: which backends were found (and why not), the device
-//! `Device::auto()` picks, and the stream pool and throttle settings in force.
+//! `Device::auto()` picks, and the stream pool and throttle settings in force;
+//! with `--model DIR`, the model family, pooling and modules braid reads
+//! from that directory and every default it used (loaded on the CPU).
 
 use braid_runtime::config::MAX_POOL_SIZE;
 use braid_runtime::{Assignment, Device, DeviceOptions, ExhaustionPolicy, Result};
 use std::process::ExitCode;
 
-pub fn run() -> Result<ExitCode> {
+pub fn run(model: Option<&str>) -> Result<ExitCode> {
     println!("braid {}", env!("CARGO_PKG_VERSION"));
     // Settings first: a bad variable is reported as such, before anything else.
     let options = DeviceOptions::from_env()?;
@@ -38,6 +40,16 @@ pub fn run() -> Result<ExitCode> {
     match options.max_inflight {
         None => println!("throttle: unlimited in-flight submissions (BRAID_MAX_INFLIGHT unset or 0)"),
         Some(n) => println!("throttle: at most {n} in-flight submissions (BRAID_MAX_INFLIGHT)"),
+    }
+    if let Some(dir) = model {
+        let config = braid_nn::ModelConfig::read(std::path::Path::new(dir))?;
+        if config.architecture().is_some_and(|a| a.ends_with("ForSequenceClassification")) {
+            let m = braid_nn::CrossEncoder::load(dir, &cpu)?;
+            println!("model {dir}: {} classifier, {} labels {:?}, max_seq_length {}", m.encoder().model_type(), m.num_labels(), m.labels(), m.max_seq_length());
+        } else {
+            let m = braid_nn::SentenceEmbedder::load(dir, &cpu)?;
+            println!("model {dir}: {}; embedding width {}", m.describe(), m.dim());
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

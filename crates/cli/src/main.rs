@@ -9,6 +9,7 @@ mod dynamic;
 mod embed;
 mod info;
 mod report;
+mod rerank;
 mod serve;
 mod soak;
 mod story;
@@ -33,8 +34,12 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Backends and devices found, and the pool settings in force.
-    Info,
+    /// Backends and devices found, and the pool settings in force; with --model, what braid reads from that model directory.
+    Info {
+        /// A model directory: its family, pooling, modules and the defaults used (or its classifier labels).
+        #[arg(long)]
+        model: Option<String>,
+    },
     /// Every op and model against a CPU float64 reference, then parallel correctness.
     Check {
         /// auto, cpu, cuda or cuda:N.
@@ -46,11 +51,35 @@ enum Cmd {
         /// Forwards per thread in the parallel check.
         #[arg(long, default_value_t = 200)]
         iters: usize,
-        /// MiniLM model directory (checked against sentence-transformers if present).
+        /// MiniLM model directory (checked against sentence-transformers if present),
+        /// or any model directory carrying a reference.json.
         #[arg(long, default_value = "models/all-MiniLM-L6-v2")]
         model: String,
+        /// Folder of family fixtures (<family>/reference.json), each checked against its Python reference.
+        #[arg(long, default_value = "crates/nn/tests/fixtures")]
+        fixtures: String,
     },
-    /// Sentence embeddings (all-MiniLM-L6-v2), one per text.
+    /// Score (query, text) pairs with a cross-encoder, best first; or classify texts (--predict).
+    Rerank {
+        /// A *ForSequenceClassification model directory.
+        #[arg(long)]
+        model: String,
+        /// auto, cpu, cuda or cuda:N.
+        #[arg(long, default_value = "auto")]
+        device: String,
+        /// Logits instead of sigmoid (rerank) or softmax (predict) scores.
+        #[arg(long)]
+        raw_scores: bool,
+        /// Classify each text alone, with the labels of config.json's id2label.
+        #[arg(long)]
+        predict: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        /// QUERY TEXT... (or TEXT... with --predict).
+        args: Vec<String>,
+    },
+    /// Sentence embeddings from any sentence-transformers model directory, one per text.
     Embed {
         /// The model directory (scripts/get-minilm.sh puts it in models/all-MiniLM-L6-v2).
         #[arg(long, default_value = "models/all-MiniLM-L6-v2")]
@@ -131,11 +160,15 @@ fn main() -> ExitCode {
     }
     let cli = Cli::parse();
     let r = match cli.cmd {
-        Cmd::Info => info::run(),
+        Cmd::Info { model } => info::run(model.as_deref()),
         Cmd::Embed { model, device, json, texts } => Device::parse(&device).and_then(|d| embed::run(&d, &model, &texts, json)),
         Cmd::Serve(opts) => serve::run(&opts),
         Cmd::Soak { minutes, device, threads, model, json } => Device::parse_many(&device).and_then(|d| soak::run(&d, minutes, threads, &model, json.as_deref())),
-        Cmd::Check { device, threads, iters, model } => Device::parse(&device).and_then(|d| check::run(&d, threads, iters, &model)),
+        Cmd::Check { device, threads, iters, model, fixtures } => Device::parse(&device).and_then(|d| check::run(&d, threads, iters, &model, &fixtures)),
+        Cmd::Rerank { model, device, raw_scores, predict, json, args } => Device::parse(&device).and_then(|d| {
+            let (query, texts) = if predict { (None, &args[..]) } else { (args.first().map(|s| s.as_str()), args.get(1..).unwrap_or(&[])) };
+            rerank::run(&d, &model, query, texts, raw_scores, predict, json)
+        }),
         Cmd::Bench { cmd: BenchCmd::Story { device, workload, quick, json, model } } => story_cmd(&device, &workload, quick, json.as_deref(), &model),
         Cmd::Bench { cmd: BenchCmd::Compare { ours, peer, svg } } => compare::load(&ours).and_then(|a| {
             let b = compare::load(&peer)?;

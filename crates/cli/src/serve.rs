@@ -99,6 +99,9 @@ pub struct Options {
     /// Tokenizations running at once, at most (1..=256). Default: the number of cores.
     #[arg(long, env = "BRAID_TOKENIZE_CONCURRENCY")]
     pub tokenize_concurrency: Option<usize>,
+    /// A cross-encoder (*ForSequenceClassification) directory for POST /rerank and /predict.
+    #[arg(long, env = "BRAID_RERANKER")]
+    pub reranker: Option<String>,
 }
 
 /// Largest `--max-batch`: far above any useful batch for the models braid
@@ -293,12 +296,19 @@ pub fn run(o: &Options) -> Result<ExitCode> {
     // the batcher's workers have every worker stream.
     device.pool().release_current();
     let shutdown_timeout = config.conn.shutdown_timeout;
-    let state = AppState::new(embedder, device.name(), config)?;
+    let reranker = match &o.reranker {
+        Some(dir) => {
+            eprintln!("serve: loading reranker {dir}");
+            Some(Arc::new(braid_nn::CrossEncoder::load(dir, &device)?))
+        }
+        None => None,
+    };
+    let state = AppState::with_reranker(embedder, reranker, device.name(), config)?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(io)?;
     let served = rt.block_on(async {
         let listener = tokio::net::TcpListener::from_std(std_listener).map_err(io)?;
         let addr = listener.local_addr().map_err(io)?;
-        eprintln!("serve: listening on http://{addr} (TEI: POST /embed, /, /embed_all, /similarity, /tokenize, /decode; OpenAI: POST /v1/embeddings; GET /health, /info, /metrics); Ctrl-C stops");
+        eprintln!("serve: listening on http://{addr} (TEI: POST /embed, /, /embed_all, /similarity, /tokenize, /decode, /rerank, /predict; OpenAI: POST /v1/embeddings; GET /health, /info, /metrics); Ctrl-C stops");
         braid_serve::serve(listener, state, shutdown_signal(shutdown_timeout)).await.map_err(io)
     });
     // Tasks still running (a tokenization, a batcher drain past the

@@ -95,8 +95,9 @@ impl Bench for EncoderBench {
     }
 }
 
-/// all-MiniLM-L6-v2 on token ids of sequence length 128 (needs the model:
-/// scripts/get-minilm.sh).
+/// A sentence embedder on token ids of sequence length 128 (capped at the
+/// model's max length): all-MiniLM-L6-v2 by default (scripts/get-minilm.sh),
+/// or any model directory braid loads (`--model DIR`).
 pub struct MiniLmBench {
     pub model: Arc<SentenceEmbedder>,
 }
@@ -127,22 +128,32 @@ impl Bench for MiniLmBench {
         vec![1, 8, 32, 128]
     }
     fn input(&self, batch: usize, seed: u64) -> Result<BertInput> {
-        // Sequence length 128: [CLS] + 126 word-piece ids + [SEP].
+        // Sequence length 128: the model's start token + 126 ids + its end
+        // token ([CLS] 101 ... [SEP] 102 for MiniLM), ids drawn from
+        // 1000..21000 (or the whole vocabulary of a smaller model).
         let mut rng = braid_nn::Rng::new(seed ^ 0x7e57);
+        let ends = self.model.tokenizer().encode("")?;
+        let vocab = self.model.encoder().vocab_size() as u64;
+        let (lo, span) = if vocab >= 21_000 { (1000, 20_000) } else { (0, vocab) };
+        let body = 128usize.min(self.model.max_seq_length()).saturating_sub(ends.len());
         let rows: Vec<Vec<u32>> = (0..batch)
             .map(|_| {
-                let mut r = vec![101u32];
-                r.extend((0..126).map(|_| 1000 + (rng.next_u64() % 20_000) as u32));
-                r.push(102);
+                let mut r = ends[..ends.len().min(1)].to_vec();
+                r.extend((0..body).map(|_| (lo + rng.next_u64() % span) as u32));
+                r.extend_from_slice(&ends[ends.len().min(1)..]);
                 r
             })
             .collect();
-        Ok(BertInput::from_rows(&rows, 0))
+        Ok(BertInput::from_rows(&rows, self.model.tokenizer().pad_id()))
     }
     fn forward(&self, x: &BertInput) -> Result<Tensor> {
         self.model.embed_input(x)
     }
     fn correctness(&self) -> Result<Vec<(String, f64)>> {
+        if self.model.dir().join("reference.json").is_file() {
+            let r = braid_nn::reference::check_model_dir(self.model.dir(), self.model.encoder().device())?;
+            return Ok(vec![(format!("{} vs its python reference ({} rows; worst cosine {:.9}), max abs diff", self.model.dir().display(), r.rows, r.worst_cosine), r.max_abs)]);
+        }
         let fixture: serde_json::Value = serde_json::from_str(FIXTURE).map_err(|e| braid_runtime::Error::Io { path: "minilm_reference.json".into(), message: e.to_string() })?;
         let mut out = Vec::new();
         let mut reference = Vec::new();

@@ -1,8 +1,11 @@
 //! braid-nn: row-major [`Tensor`]s on a device, the [`ops`] over them, the
 //! [`modules`] built from ops (Linear, LayerNorm, Mlp, MultiheadAttention,
 //! TransformerEncoderLayer, BertModel), weights from safetensors, the
-//! built-in [`workloads`], the real model ([`SentenceEmbedder`],
-//! all-MiniLM-L6-v2) and the float64 [`reference`] with its [`check`]s.
+//! built-in [`workloads`], the model families ([`models`]: BERT, MiniLM,
+//! BGE, E5, GTE, RoBERTa, XLM-R, DistilBERT, chosen by `config.json`), the
+//! sentence-transformers modules ([`sentence`]), [`SentenceEmbedder`] and
+//! [`CrossEncoder`] over any such model directory, the batcher glue
+//! ([`glue`]) and the float64 [`reference`] with its [`check`]s.
 //!
 //! Every op runs on the calling thread's current stream; modules are
 //! `Send + Sync`: load once, share with `Arc` across threads.
@@ -33,8 +36,15 @@ pub mod workloads;
 pub mod reference;
 
 pub use reference::{check, check_parallel, CheckResult};
-pub mod minilm;
+pub mod cross;
+pub mod embedder;
+pub mod glue;
+pub mod models;
+pub mod sentence;
 pub mod tokenizer;
 
-pub use minilm::{MiniLm, SentenceEmbedder};
+pub use cross::CrossEncoder;
+pub use embedder::{MiniLm, SentenceEmbedder};
+pub use glue::{PairScorer, TokenEmbedder};
+pub use models::{Encoder, ModelConfig};
 pub use tokenizer::TextTokenizer;

@@ -13,6 +13,7 @@ pub struct TextTokenizer {
     inner: Tokenizer,
     max_len: usize,
     pad_id: u32,
+    lowercase: bool,
 }
 
 impl std::fmt::Debug for TextTokenizer {
@@ -34,8 +35,43 @@ impl TextTokenizer {
             .with_truncation(Some(TruncationParams { max_length: max_len, strategy: TruncationStrategy::LongestFirst, stride: 0, direction: TruncationDirection::Right }))
             .map_err(|e| io(format!("cannot set truncation: {e}")))?;
         inner.with_padding(None);
-        let pad_id = inner.token_to_id("[PAD]").unwrap_or(0);
-        Ok(TextTokenizer { inner, max_len, pad_id })
+        let pad_id = inner.get_padding().map(|p| p.pad_id).or_else(|| inner.token_to_id("[PAD]")).or_else(|| inner.token_to_id("<pad>")).unwrap_or(0);
+        Ok(TextTokenizer { inner, max_len, pad_id, lowercase: false })
+    }
+
+    /// Pad with `id` (the model's `pad_token_id`).
+    pub fn set_pad_id(&mut self, id: u32) {
+        self.pad_id = id;
+    }
+
+    /// Lower-case texts before tokenizing (`do_lower_case` of
+    /// sentence_bert_config.json, as sentence-transformers does).
+    pub fn set_lowercase(&mut self, on: bool) {
+        self.lowercase = on;
+    }
+
+    /// Ids the tokenizer can produce (added tokens included).
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+
+    fn prepare<'a>(&self, text: &'a str) -> std::borrow::Cow<'a, str> {
+        if self.lowercase {
+            std::borrow::Cow::Owned(text.to_lowercase())
+        } else {
+            std::borrow::Cow::Borrowed(text)
+        }
+    }
+
+    /// Ids and token type ids of a text pair (`a` then `b`, the model's
+    /// special tokens around them), truncated longest-first to the max length.
+    pub fn encode_pair(&self, a: &str, b: &str) -> Result<(Vec<u32>, Vec<u32>)> {
+        let (a, b) = (self.prepare(a), self.prepare(b));
+        let enc = self
+            .inner
+            .encode((a.as_ref(), b.as_ref()), true)
+            .map_err(|e| Error::InvalidArgument(format!("cannot tokenize the pair ({:?}, {:?}): {e}", short(&a), short(&b))))?;
+        Ok((enc.get_ids().to_vec(), enc.get_type_ids().to_vec()))
     }
 
     /// The id used to pad rows to a batch's longest.
@@ -48,7 +84,8 @@ impl TextTokenizer {
 
     /// Token ids of one text, with the special tokens, truncated.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
-        let enc = self.inner.encode(text, true).map_err(|e| Error::InvalidArgument(format!("cannot tokenize {:?}: {e}", short(text))))?;
+        let text = self.prepare(text);
+        let enc = self.inner.encode(text.as_ref(), true).map_err(|e| Error::InvalidArgument(format!("cannot tokenize {:?}: {e}", short(&text))))?;
         Ok(enc.get_ids().to_vec())
     }
 

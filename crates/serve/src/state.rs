@@ -20,27 +20,8 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Token ids in, one normalised embedding out: the batcher's view of a
-/// [`SentenceEmbedder`]. Rows are padded to the longest within a batch (the
-/// batcher groups texts of similar length first).
-pub struct TokenEmbedder(pub Arc<SentenceEmbedder>);
-
-impl BatchModel for TokenEmbedder {
-    type Input = Vec<u32>;
-    type Output = Vec<f32>;
-    type Worker = ();
-    fn worker(&self, _: usize) -> Result<()> {
-        Ok(())
-    }
-    fn len(&self, ids: &Vec<u32>) -> usize {
-        ids.len()
-    }
-    fn forward(&self, _: &mut (), inputs: Vec<Vec<u32>>) -> Result<Vec<Vec<f32>>> {
-        let input = BertInput::from_rows(&inputs, self.0.tokenizer().pad_id());
-        let out = self.0.embed_input(&input)?.to_vec()?;
-        Ok(out.chunks(self.0.dim()).map(|c| c.to_vec()).collect())
-    }
-}
+/// The batcher's view of the model lives with the model (braid-nn), shared with the CLI.
+pub use braid_nn::TokenEmbedder;
 
 /// What a text asks of the model.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -65,8 +46,11 @@ pub struct JobOut {
     pub inference: Duration,
 }
 
-/// The server's view of the model: each batch runs the encoder once,
-/// pools over the mask, and answers each text what it asked for.
+/// The server's view of the model: each batch runs the encoder and the
+/// model's sentence-transformers modules once, and answers each text what
+/// it asked for: the embedding as the model's modules make it, L2-normalised
+/// (`normalize: true`, TEI's default, whatever the model's last module) or
+/// not (the modules without a final Normalize), or the token embeddings.
 pub struct ServeModel {
     embedder: Arc<SentenceEmbedder>,
     metrics: Arc<Metrics>,
@@ -87,8 +71,8 @@ impl BatchModel for ServeModel {
         let rows: Vec<Vec<u32>> = jobs.iter().map(|j| j.ids.clone()).collect();
         let input = BertInput::from_rows(&rows, self.embedder.tokenizer().pad_id());
         let d = self.embedder.dim();
-        let (h, mask) = self.embedder.model().forward(&input)?;
-        let pooled = ops::mean_pool(&h, Some(&mask))?;
+        let hd = self.embedder.encoder().hidden_size();
+        let (h, pooled) = self.embedder.forward_parts(&input)?;
         let any = |f: &dyn Fn(Want) -> bool| jobs.iter().any(|j| f(j.want));
         // The normalised rows come from the device's l2_normalize, exactly
         // as `braid embed` computes them.
@@ -105,7 +89,7 @@ impl BatchModel for ServeModel {
             let values = match j.want {
                 Want::Pooled { normalize: true } => pick(&normed, i * d, d),
                 Want::Pooled { normalize: false } => pick(&raw, i * d, d),
-                Want::Tokens => pick(&hidden, i * input.seq * d, j.ids.len() * d),
+                Want::Tokens => pick(&hidden, i * input.seq * hd, j.ids.len() * hd),
             };
             out.push(JobOut { values, started, inference });
         }
@@ -202,6 +186,8 @@ pub struct AppState {
     pub(crate) embedder: Arc<SentenceEmbedder>,
     pub(crate) batcher: Batcher<ServeModel>,
     pub(crate) config: ServeConfig,
+    /// The cross-encoder behind `/rerank` and `/predict`, if one was given.
+    pub(crate) reranker: Option<Arc<crate::routes::rerank::Reranker>>,
     pub(crate) device: String,
     pub(crate) started: Instant,
     pub(crate) metrics: Arc<Metrics>,
@@ -229,6 +215,11 @@ pub struct Timings {
 impl AppState {
     /// Start the batcher's workers over `embedder`.
     pub fn new(embedder: Arc<SentenceEmbedder>, device: String, config: ServeConfig) -> Result<Arc<AppState>> {
+        Self::with_reranker(embedder, None, device, config)
+    }
+
+    /// As [`new`](Self::new), with a cross-encoder for `/rerank` and `/predict`.
+    pub fn with_reranker(embedder: Arc<SentenceEmbedder>, reranker: Option<Arc<braid_nn::CrossEncoder>>, device: String, config: ServeConfig) -> Result<Arc<AppState>> {
         if config.max_inputs == 0 {
             return Err(Error::InvalidArgument("max_inputs must be at least 1".into()));
         }
@@ -238,7 +229,7 @@ impl AppState {
         // Each batcher worker binds a stream of its own: the pool must have
         // a free worker stream for each (checked here with a clear message;
         // the workers then bind theirs before the server answers anything).
-        let pool = embedder.model().device().pool();
+        let pool = embedder.encoder().device().pool();
         let free = pool.free_slots();
         let workers = config.batcher.workers;
         if pool.config().assignment == braid_runtime::Assignment::Exclusive && workers > free {
@@ -260,12 +251,13 @@ impl AppState {
             (None, Some(n)) => Some(prompts.get(n).cloned().ok_or_else(|| Error::InvalidArgument(format!("--default-prompt-name {n:?}: the model has no such prompt (it has: {:?})", prompts.keys().collect::<Vec<_>>())))?),
             (None, None) => st_default.and_then(|n| prompts.get(&n).cloned()),
         };
-        let tokenizer = Arc::new(ServeTokenizer::load(embedder.dir(), embedder.max_seq_length(), embedder.model().config.vocab_size)?);
+        let tokenizer = Arc::new(ServeTokenizer::load(embedder.dir(), embedder.max_seq_length(), embedder.encoder().vocab_size(), embedder.modules().sbert.do_lower_case)?);
         let model_id = config.model_id.clone().unwrap_or_else(|| embedder.dir().file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into()));
         let metrics = Arc::new(Metrics::new());
         let batcher = Batcher::new(Arc::new(ServeModel { embedder: embedder.clone(), metrics: metrics.clone() }), config.batcher.clone())?;
         let tokenizers = Arc::new(tokio::sync::Semaphore::new(config.tokenize_concurrency));
-        Ok(Arc::new(AppState { embedder, batcher, config, device, started: Instant::now(), metrics, tokenizer, model_id, prompts, default_prompt, tokenizers, tok_counters: Arc::default() }))
+        let reranker = reranker.map(|m| crate::routes::rerank::Reranker::new(m, config.batcher.clone()).map(Arc::new)).transpose()?;
+        Ok(Arc::new(AppState { embedder, batcher, config, reranker, device, started: Instant::now(), metrics, tokenizer, model_id, prompts, default_prompt, tokenizers, tok_counters: Arc::default() }))
     }
 
     /// The tokenizer's counters.
@@ -283,6 +275,9 @@ impl AppState {
     /// Stop taking requests and answer every one already accepted.
     pub fn shutdown(&self) {
         self.batcher.shutdown();
+        if let Some(r) = &self.reranker {
+            r.batcher.shutdown();
+        }
     }
 
     /// Token ids of `texts` (truncated to the model's length). Each text is
@@ -409,7 +404,7 @@ impl AppState {
 
     /// The device allocator's (allocated, reserved) bytes.
     pub fn allocator_bytes(&self) -> (usize, usize) {
-        let s = self.embedder.model().device().allocator().stats();
+        let s = self.embedder.encoder().device().allocator().stats();
         (s.allocated, s.reserved)
     }
 }

@@ -38,17 +38,20 @@ pub struct ServeTokenizer {
     inner: Tokenizer,
     max_len: usize,
     vocab: usize,
+    /// Lower-case texts first (sentence_bert_config.json's `do_lower_case`,
+    /// as the model's own tokenizer in braid-nn does).
+    lowercase: bool,
 }
 
 impl ServeTokenizer {
     /// `dir`/tokenizer.json; `max_len` counts special tokens.
-    pub fn load(dir: &Path, max_len: usize, vocab: usize) -> Result<ServeTokenizer> {
+    pub fn load(dir: &Path, max_len: usize, vocab: usize, lowercase: bool) -> Result<ServeTokenizer> {
         let path = dir.join("tokenizer.json");
         let io = |message: String| Error::Io { path: path.display().to_string(), message };
         let mut inner = Tokenizer::from_file(&path).map_err(|e| io(format!("not a valid tokenizer.json: {e}")))?;
         inner.with_truncation(None).map_err(|e| io(format!("cannot unset truncation: {e}")))?;
         inner.with_padding(None);
-        Ok(ServeTokenizer { inner, max_len, vocab })
+        Ok(ServeTokenizer { inner, max_len, vocab, lowercase })
     }
 
     pub fn max_len(&self) -> usize {
@@ -60,6 +63,16 @@ impl ServeTokenizer {
     /// long text is tokenized ([`crate::front::encode_window`]): enough for
     /// the tokens kept, plus one to tell that a text is over the length.
     fn encoding(&self, text: &str, special: bool, truncate: bool, dir: Direction) -> std::result::Result<(tokenizers::Encoding, usize, usize), ApiError> {
+        // Lower-casing keeps byte lengths for ASCII only; offsets into a
+        // lower-cased non-ASCII text may then be off, which only `/tokenize`'s
+        // `start`/`stop` would show.
+        let lowered;
+        let text = if self.lowercase {
+            lowered = text.to_lowercase();
+            lowered.as_str()
+        } else {
+            text
+        };
         let bad = |e: tokenizers::Error| ApiError::new(StatusCode::BAD_REQUEST, format!("cannot tokenize {:?}: {e}", text.chars().take(40).collect::<String>()));
         let added = if special { self.inner.get_post_processor().map_or(0, |p| p.added_tokens(false)) } else { 0 };
         let room = self.max_len.saturating_sub(added);

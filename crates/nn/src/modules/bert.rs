@@ -3,7 +3,8 @@
 //! (for sentence embeddings) mean pooling over the attention mask and L2
 //! normalisation. Owns the mapping from HF's parameter names to our modules
 //! (q, k and v are packed into one projection at load time) and
-//! [`BertConfig`], the subset of `config.json` it needs.
+//! [`BertConfig`], the subset of `config.json` it needs. RoBERTa and
+//! XLM-RoBERTa are this model with positions offset by the padding index.
 
 use super::{LayerNorm, TransformerEncoderLayer};
 use crate::{ops, settle_all, HostWeights, Tensor};
@@ -26,6 +27,12 @@ pub struct BertConfig {
     pub type_vocab_size: usize,
     #[serde(default = "default_eps")]
     pub layer_norm_eps: f64,
+    /// `bert`, or `roberta`/`xlm-roberta`/`camembert` (positions offset by
+    /// the padding index); empty in configs made by hand.
+    #[serde(default)]
+    pub model_type: String,
+    #[serde(default)]
+    pub pad_token_id: Option<u32>,
 }
 
 fn default_act() -> String {
@@ -52,6 +59,20 @@ impl BertConfig {
         Ok(c)
     }
 
+    /// RoBERTa-style models number positions from `pad_token_id + 1`
+    /// (HF's `create_position_ids_from_input_ids`); BERT from 0.
+    pub fn position_offset(&self) -> usize {
+        match self.model_type.as_str() {
+            "roberta" | "xlm-roberta" | "camembert" => self.pad_token_id.unwrap_or(1) as usize + 1,
+            _ => 0,
+        }
+    }
+
+    /// Tokens a row may hold: the position table less the offset.
+    pub fn max_tokens(&self) -> usize {
+        self.max_position_embeddings.saturating_sub(self.position_offset())
+    }
+
     /// The feed-forward activation named by `hidden_act`.
     pub fn activation(&self) -> Result<Activation> {
         match self.hidden_act.as_str() {
@@ -63,7 +84,8 @@ impl BertConfig {
     }
 }
 
-/// A padded batch of token ids: `batch` rows of `seq` tokens, row-major.
+/// A padded batch of token ids: `batch` rows of `seq` tokens, row-major
+/// (padding on the right).
 #[derive(Clone, Debug, PartialEq)]
 pub struct BertInput {
     pub ids: Vec<u32>,
@@ -84,6 +106,22 @@ impl BertInput {
             input.mask.extend(std::iter::repeat_n(1.0, r.len()).chain(std::iter::repeat_n(0.0, seq - r.len())));
         }
         input
+    }
+
+    /// Rows of `(ids, type_ids)` (a text pair's segments), padded as in
+    /// [`from_rows`](Self::from_rows), type ids with 0.
+    pub fn from_typed_rows(rows: &[(Vec<u32>, Vec<u32>)], pad_id: u32) -> BertInput {
+        let ids: Vec<Vec<u32>> = rows.iter().map(|r| r.0.clone()).collect();
+        let mut input = BertInput::from_rows(&ids, pad_id);
+        for (i, (_, t)) in rows.iter().enumerate() {
+            input.type_ids[i * input.seq..][..t.len()].copy_from_slice(t);
+        }
+        input
+    }
+
+    /// Tokens (mask 1) in row `i`.
+    pub fn row_len(&self, i: usize) -> usize {
+        self.mask[i * self.seq..][..self.seq].iter().filter(|&&m| m != 0.0).count()
     }
 }
 
@@ -111,7 +149,7 @@ impl BertModel {
     /// under `bert.`); a missing or misshapen tensor is an error naming it.
     pub fn load(w: &HostWeights, config: &BertConfig, device: &Device, dtype: DType) -> Result<BertModel> {
         let c = config;
-        let root = if !w.contains("embeddings.word_embeddings.weight") && w.contains("bert.embeddings.word_embeddings.weight") { "bert." } else { "" };
+        let root = ["", "bert.", "roberta."].into_iter().find(|r| w.contains(&format!("{r}embeddings.word_embeddings.weight"))).unwrap_or("");
         let (d, ff) = (c.hidden_size, c.intermediate_size);
         let eps = c.layer_norm_eps as f32;
         let act = c.activation()?;
@@ -166,8 +204,8 @@ impl BertModel {
                 detail: format!("batch {} x seq {} needs {n} ids, type ids and mask values, got {}, {} and {}", input.batch, input.seq, input.ids.len(), input.type_ids.len(), input.mask.len()),
             });
         }
-        if input.seq > self.config.max_position_embeddings {
-            return Err(Error::Shape { op: "bert", detail: format!("sequence of {} tokens is longer than the model's {} positions", input.seq, self.config.max_position_embeddings) });
+        if input.seq > self.config.max_tokens() {
+            return Err(Error::Shape { op: "bert", detail: format!("sequence of {} tokens is longer than the model's {} positions", input.seq, self.config.max_tokens()) });
         }
         Ok(())
     }
@@ -177,7 +215,14 @@ impl BertModel {
         self.check(input)?;
         let (b, s, d) = (input.batch, input.seq, self.config.hidden_size);
         let device = self.device();
-        let pos: Vec<u32> = (0..b).flat_map(|_| 0..s as u32).collect();
+        let offset = self.config.position_offset();
+        let pos: Vec<u32> = if offset == 0 {
+            (0..b).flat_map(|_| 0..s as u32).collect()
+        } else {
+            // HF: padding keeps the padding index, tokens count from it + 1.
+            let pad = (offset - 1) as u32;
+            input.mask.iter().enumerate().map(|(i, &m)| if m != 0.0 { (offset + i % s) as u32 } else { pad }).collect()
+        };
         let word = ops::embedding(&self.word_embeddings, &input.ids)?;
         let position = ops::embedding(&self.position_embeddings, &pos)?;
         let token_type = ops::embedding(&self.token_type_embeddings, &input.type_ids)?;

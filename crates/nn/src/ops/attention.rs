@@ -1,5 +1,6 @@
 //! Scaled-dot-product attention with a key padding mask, over separate
-//! Q, K, V tensors or one packed QKV tensor (as `MultiheadAttention` makes).
+//! Q, K, V tensors or one packed QKV tensor (as `MultiheadAttention` makes),
+//! optionally with an additive per-head bias on the scores.
 
 use crate::tensor::{same_dtype, shape_err, Tensor};
 use braid_runtime::{backend::Attention, DType, Error, Result};
@@ -18,9 +19,15 @@ fn check_mask(op: &'static str, mask: Option<&Tensor>, b: usize, s: usize, what:
 
 #[allow(clippy::too_many_arguments)]
 fn launch(op: &'static str, inputs: &[&Tensor], q: u64, k: u64, v: u64, row_stride: usize, mask: Option<&Tensor>, b: usize, s: usize, heads: usize, hd: usize) -> Result<Tensor> {
+    launch_bias(op, inputs, q, k, v, row_stride, mask, None, b, s, heads, hd)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn launch_bias(op: &'static str, inputs: &[&Tensor], q: u64, k: u64, v: u64, row_stride: usize, mask: Option<&Tensor>, bias: Option<&Tensor>, b: usize, s: usize, heads: usize, hd: usize) -> Result<Tensor> {
     let x = inputs[0];
     let mut all = inputs.to_vec();
     all.extend(mask);
+    all.extend(bias);
     let stream = Tensor::prepare(x.device(), &all)?;
     let out = Tensor::empty_on(x.device(), &stream, &[b, s, heads * hd], x.dtype())?;
     let _ = op;
@@ -33,10 +40,15 @@ fn launch(op: &'static str, inputs: &[&Tensor], q: u64, k: u64, v: u64, row_stri
             scale: 1.0 / (hd as f32).sqrt(),
             dtype: x.dtype(),
         };
-        // SAFETY: the callers checked that q, k and v address b*s rows of
-        // `row_stride` elements inside their tensors, the mask holds b*s f32
-        // and out b*s*heads*hd elements; all outlive the kernel.
-        unsafe { stream.raw().attention(&p)? };
+        match bias {
+            // SAFETY: the callers checked that q, k and v address b*s rows of
+            // `row_stride` elements inside their tensors, the mask holds b*s
+            // f32, the bias heads*s*s f32 and out b*s*heads*hd elements; all
+            // outlive the kernel.
+            Some(bias) => unsafe { stream.raw().attention_bias(&p, bias.ptr())? },
+            // SAFETY: as above, without a bias.
+            None => unsafe { stream.raw().attention(&p)? },
+        }
     }
     Ok(out)
 }
@@ -75,4 +87,29 @@ pub fn attention_packed(qkv: &Tensor, mask: Option<&Tensor>, heads: usize) -> Re
     let es = qkv.dtype().size() as u64;
     let base = qkv.ptr();
     launch(op, &[qkv], base, base + d as u64 * es, base + 2 * d as u64 * es, d3, mask, b, s, heads, d / heads)
+}
+
+/// As [`attention_packed`], with `bias` (f32 `[heads, seq, seq]`, shared by
+/// every batch row) added to each head's scaled scores before the softmax
+/// (MPNet's relative-position bias).
+pub fn attention_packed_bias(qkv: &Tensor, mask: Option<&Tensor>, bias: &Tensor, heads: usize) -> Result<Tensor> {
+    let op = "attention";
+    if qkv.dims() != 3 || qkv.shape()[2] % 3 != 0 {
+        return Err(shape_err(op, format!("packed qkv {:?} must be [batch, seq, 3*dim]", qkv.shape())));
+    }
+    let (b, s, d3) = (qkv.shape()[0], qkv.shape()[1], qkv.shape()[2]);
+    let d = d3 / 3;
+    if heads == 0 || d % heads != 0 {
+        return Err(shape_err(op, format!("dim {d} of packed qkv {:?} is not divisible into {heads} heads", qkv.shape())));
+    }
+    if bias.shape() != [heads, s, s] {
+        return Err(shape_err(op, format!("bias {:?} does not match packed qkv {:?}: expected [{heads}, {s}, {s}]", bias.shape(), qkv.shape())));
+    }
+    if bias.dtype() != DType::F32 {
+        return Err(Error::InvalidArgument(format!("{op}: the bias must be f32, got {}", bias.dtype().name())));
+    }
+    check_mask(op, mask, b, s, qkv.shape())?;
+    let es = qkv.dtype().size() as u64;
+    let base = qkv.ptr();
+    launch_bias(op, &[qkv], base, base + d as u64 * es, base + 2 * d as u64 * es, d3, mask, Some(bias), b, s, heads, d / heads)
 }

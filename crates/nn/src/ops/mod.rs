@@ -11,13 +11,15 @@ mod gather;
 mod linear;
 mod norm;
 mod pool;
+mod rope;
 mod softmax;
 
-pub use attention::{attention, attention_packed};
+pub use attention::{attention, attention_packed, attention_packed_bias};
 pub use elementwise::{activation, add, gelu, gelu_tanh, relu};
 pub use gather::embedding;
 pub use linear::{linear, matmul};
 pub use norm::{l2_normalize, layer_norm};
 pub use pool::mean_pool;
+pub use rope::{glu, rope_qkv};
 pub use softmax::softmax;
 pub use braid_runtime::Activation;

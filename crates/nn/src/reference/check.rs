@@ -165,6 +165,39 @@ impl Checker {
             let out = ops::attention_packed(&c.up(&qkv, &[b, s, 3 * dim])?, Some(&Tensor::from_slice(&c.device, &mask, &[b, s])?), h)?;
             Ok((out, r::attention(&part(0), &part(1), &part(2), Some(&d(&mask)), b, s, h, hd)))
         });
+        for &(b, s, h, hd) in &[(2usize, 17usize, 4usize, 16usize), (3, 40, 12, 8)] {
+            self.record(format!("attention packed qkv + bias b{b} s{s} h{h} d{hd}"), true, |c| {
+                let dim = h * hd;
+                let qkv = c.rand(b * s * 3 * dim, -1.0, 1.0);
+                let bias = c.rand(h * s * s, -2.0, 2.0);
+                let mask: Vec<f32> = (0..b * s).map(|i| if i % s < s - (i / s) * 3 { 1.0 } else { 0.0 }).collect();
+                let part = |p: usize| -> Vec<f64> { qkv.chunks(3 * dim).flat_map(|row| row[p * dim..(p + 1) * dim].iter().map(|&x| x as f64)).collect() };
+                let bt = Tensor::from_slice(&c.device, &bias, &[h, s, s])?;
+                let out = ops::attention_packed_bias(&c.up(&qkv, &[b, s, 3 * dim])?, Some(&Tensor::from_slice(&c.device, &mask, &[b, s])?), &bt, h)?;
+                Ok((out, r::attention_bias(&part(0), &part(1), &part(2), Some(&d(&mask)), Some(&d(&bias)), b, s, h, hd)))
+            });
+        }
+        for &(b, s, h, hd) in &[(2usize, 7usize, 2usize, 8usize), (3, 33, 4, 16)] {
+            self.record(format!("rope_qkv b{b} s{s} h{h} d{hd}"), false, |c| {
+                let dim = h * hd;
+                let qkv = c.rand(b * s * 3 * dim, -1.0, 1.0);
+                let ang: Vec<f64> = (0..s * hd).map(|i| (i / hd) as f64 * 0.37 * ((i % (hd / 2)) as f64 + 1.0)).collect();
+                let (cos, sin): (Vec<f32>, Vec<f32>) = ang.iter().map(|a| (a.cos() as f32, a.sin() as f32)).unzip();
+                let ct = Tensor::from_slice(&c.device, &cos, &[s, hd])?;
+                let st = Tensor::from_slice(&c.device, &sin, &[s, hd])?;
+                let out = ops::rope_qkv(&c.up(&qkv, &[b, s, 3 * dim])?, &ct, &st, h)?;
+                Ok((out, r::rope_qkv(&d(&qkv), &d(&cos), &d(&sin), s, h, hd)))
+            });
+        }
+        for &(rows, n) in &[(5usize, 7usize), (64, 96)] {
+            for (name, act) in [("gelu", Activation::GeluErf), ("relu", Activation::Relu), ("silu", Activation::Silu)] {
+                self.record(format!("glu {name} [{rows}x{}]", 2 * n), false, |c| {
+                    let x = c.rand(rows * 2 * n, -3.0, 3.0);
+                    let f = move |v: f64| r::act(v, act);
+                    Ok((ops::glu(&c.up(&x, &[rows, 2 * n])?, act)?, r::glu(&d(&x), n, f)))
+                });
+            }
+        }
         for &(rows, dim, n) in &[(10usize, 3usize, 5usize), (30522, 384, 77)] {
             self.record(format!("embedding [{rows}x{dim}] {n} ids"), false, |c| {
                 let t = c.rand(rows * dim, -1.0, 1.0);
@@ -265,6 +298,8 @@ pub fn tiny_bert(rng: &mut Rng) -> Result<(HostWeights, BertConfig)> {
         max_position_embeddings: 40,
         type_vocab_size: 2,
         layer_norm_eps: 1e-12,
+        model_type: "bert".into(),
+        pad_token_id: Some(0),
     };
     let (d, ff) = (config.hidden_size, config.intermediate_size);
     let mut w = HostWeights::new("tiny bert");

@@ -4,7 +4,9 @@
 //! everything inside is f64.
 
 pub mod check;
+pub mod family;
 mod ops;
 
 pub use check::{check, check_parallel, rel_err, CheckResult};
+pub use family::{check_model_dir, FamilyResult};
 pub use ops::*;

@@ -37,6 +37,7 @@ pub fn act(x: f64, a: Activation) -> f64 {
         Activation::Relu => x.max(0.0),
         Activation::GeluErf => 0.5 * x * (1.0 + erf(x / std::f64::consts::SQRT_2)),
         Activation::GeluTanh => 0.5 * x * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (x + 0.044715 * x * x * x)).tanh()),
+        Activation::Silu => x / (1.0 + (-x).exp()),
     }
 }
 
@@ -100,6 +101,12 @@ pub fn softmax(x: &[f64], cols: usize) -> Vec<f64> {
 
 /// Attention over dense `q`, `k`, `v` `[b, s, h*hd]`, mask `[b, s]` (0 = padding key).
 pub fn attention(q: &[f64], k: &[f64], v: &[f64], mask: Option<&[f64]>, b: usize, s: usize, h: usize, hd: usize) -> Vec<f64> {
+    attention_bias(q, k, v, mask, None, b, s, h, hd)
+}
+
+/// [`attention`] with `bias` `[h, s, s]` (shared by the batch) added to the scaled scores.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_bias(q: &[f64], k: &[f64], v: &[f64], mask: Option<&[f64]>, bias: Option<&[f64]>, b: usize, s: usize, h: usize, hd: usize) -> Vec<f64> {
     let d = h * hd;
     let scale = 1.0 / (hd as f64).sqrt();
     let mut out = vec![0.0; b * s * d];
@@ -111,7 +118,7 @@ pub fn attention(q: &[f64], k: &[f64], v: &[f64], mask: Option<&[f64]>, b: usize
                         if mask.is_some_and(|m| m[bi * s + j] == 0.0) {
                             f64::NEG_INFINITY
                         } else {
-                            (0..hd).map(|c| q[(bi * s + i) * d + hi * hd + c] * k[(bi * s + j) * d + hi * hd + c]).sum::<f64>() * scale
+                            (0..hd).map(|c| q[(bi * s + i) * d + hi * hd + c] * k[(bi * s + j) * d + hi * hd + c]).sum::<f64>() * scale + bias.map_or(0.0, |bb| bb[(hi * s + i) * s + j])
                         }
                     })
                     .collect();
@@ -240,3 +247,26 @@ pub fn bert_embed(w: &HostWeights, c: &BertConfig, input: &BertInput) -> Result<
     Ok(l2_normalize(&mean_pool(&h, Some(&mask), b, s, d), d))
 }
 
+
+/// GLU: `act(x[:, :n]) * x[:, n:]` per row of `2n`.
+pub fn glu(x: &[f64], n: usize, act: impl Fn(f64) -> f64) -> Vec<f64> {
+    x.chunks(2 * n).flat_map(|r| (0..n).map(|i| act(r[i]) * r[n + i]).collect::<Vec<_>>()).collect()
+}
+
+/// Rotary embedding (rotate-half) of q and k in packed rows `[rows, 3*h*hd]`.
+pub fn rope_qkv(x: &[f64], cos: &[f64], sin: &[f64], seq: usize, h: usize, hd: usize) -> Vec<f64> {
+    let d = h * hd;
+    let half = hd / 2;
+    let mut out = x.to_vec();
+    for (r, row) in x.chunks(3 * d).enumerate() {
+        let pos = r % seq;
+        for part in 0..2 * h {
+            for e in 0..hd {
+                let i = part * hd + e;
+                let rot = if e < half { -row[i + half] } else { row[i - half] };
+                out[r * 3 * d + i] = row[i] * cos[pos * hd + e] + rot * sin[pos * hd + e];
+            }
+        }
+    }
+    out
+}

@@ -73,6 +73,8 @@ pub enum Activation {
     GeluErf,
     /// GELU with the tanh approximation.
     GeluTanh,
+    /// SiLU (swish): `x · sigmoid(x)` (SwiGLU's gate, NomicBert).
+    Silu,
 }
 
 /// `out[m,n] = act(a[m,k] · w[n,k]ᵀ + bias[n])`, all row-major, `w` laid out
@@ -124,6 +126,24 @@ pub struct Attention {
     pub heads: usize,
     pub head_dim: usize,
     pub scale: f32,
+    pub dtype: DType,
+}
+
+/// Rotary position embedding (the rotate-half form of GPT-NeoX, Llama,
+/// ModernBERT) on packed qkv rows `x[rows, 3*heads*head_dim]`: each head of
+/// the q and k parts becomes `x·cos + rotate_half(x)·sin`, the v part is
+/// copied. Row `r` is at position `r % seq`; `cos` and `sin` are f32
+/// `[seq, head_dim]`; `head_dim` is even.
+#[derive(Clone, Copy, Debug)]
+pub struct Rope {
+    pub x: DevicePtr,
+    pub out: DevicePtr,
+    pub cos: DevicePtr,
+    pub sin: DevicePtr,
+    pub rows: usize,
+    pub seq: usize,
+    pub heads: usize,
+    pub head_dim: usize,
     pub dtype: DType,
 }
 
@@ -229,6 +249,15 @@ pub trait BackendStream: Send + Sync + 'static {
     /// Row-wise softmax of `x[rows, cols]`.
     unsafe fn softmax(&self, x: DevicePtr, out: DevicePtr, rows: usize, cols: usize, dtype: DType) -> Result<()>;
     unsafe fn attention(&self, p: &Attention) -> Result<()>;
+    /// As [`attention`](Self::attention), with `bias` (f32 `[heads, seq,
+    /// seq]`, shared by every batch row) added to each head's scaled scores
+    /// before the softmax: MPNet's relative-position bias, ALiBi and the like.
+    unsafe fn attention_bias(&self, p: &Attention, bias: DevicePtr) -> Result<()>;
+    /// Gated linear unit: `out[r, i] = act(x[r, i]) · x[r, cols + i]` for
+    /// `x[rows, 2*cols]` and `out[rows, cols]` (GeGLU with GELU, ReGLU with ReLU).
+    unsafe fn glu(&self, x: DevicePtr, out: DevicePtr, rows: usize, cols: usize, act: Activation, dtype: DType) -> Result<()>;
+    /// See [`Rope`].
+    unsafe fn rope_qkv(&self, p: &Rope) -> Result<()>;
     unsafe fn gather(&self, p: &Gather) -> Result<()>;
     unsafe fn mean_pool(&self, p: &MeanPool) -> Result<()>;
     /// Row-wise `x / max(‖x‖₂, 1e-12)` of `x[rows, cols]`.

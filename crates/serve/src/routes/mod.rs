@@ -10,6 +10,7 @@
 
 pub(crate) mod openai;
 pub(crate) mod ops;
+pub(crate) mod rerank;
 pub(crate) mod tei;
 
 use crate::error::ApiError;
@@ -138,6 +139,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(tei::routes())
         .merge(openai::routes())
         .merge(ops::routes())
-        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such route: POST /embed, /, /embed_all, /similarity, /tokenize, /decode, /v1/embeddings, /embeddings; GET /health, /info, /metrics, /metrics/json".into()) });
+        .merge(rerank::routes())
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such route: POST /embed, /, /embed_all, /similarity, /tokenize, /decode, /rerank, /predict, /v1/embeddings, /embeddings; GET /health, /info, /metrics, /metrics/json".into()) });
     crate::layers::apply(r, &state).with_state(state)
 }

@@ -27,7 +27,7 @@ async fn info(State(st): State<Arc<AppState>>) -> Json<serde_json::Value> {
         // text-embeddings-inference's fields.
         "model_id": st.model_id,
         "model_sha": null,
-        "model_dtype": match st.embedder.model().dtype() {
+        "model_dtype": match st.embedder.encoder().dtype() {
             braid_runtime::DType::F32 => "float32",
             braid_runtime::DType::BF16 => "bfloat16",
         },
@@ -48,6 +48,7 @@ async fn info(State(st): State<Arc<AppState>>) -> Json<serde_json::Value> {
         "device": st.device,
         "dim": st.embedder.dim(),
         "max_seq_length": st.embedder.max_seq_length(),
+        "modules": st.embedder.describe(),
         "max_inputs": st.config.max_inputs,
         "max_batch_size": b.max_batch_size,
         "max_queue_delay_ms": b.max_queue_delay.as_secs_f64() * 1e3,

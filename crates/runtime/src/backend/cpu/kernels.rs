@@ -199,6 +199,7 @@ fn act_f<const F: bool>(x: f32, a: Activation) -> f32 {
         }
         Activation::GeluErf => gelu_erf::<F>(x),
         Activation::GeluTanh => gelu_tanh::<F>(x),
+        Activation::Silu => x / (1.0 + exp_f32::<F>(-x)),
     }
 }
 
@@ -532,7 +533,7 @@ simd_fn! {
     /// One (batch, head) of attention: key tiles of [`KEY_TILE`] keys (masked
     /// keys dropped), online softmax across tiles (running max and sum per
     /// query, earlier partial sums rescaled when the max grows).
-    fn attention_head<const F: bool>(q: &[f32], k: &[f32], v: &[f32], row_stride: usize, mask: Option<&[f32]>, out: SendPtr, b: usize, h: usize, seq: usize, heads: usize, hd: usize, scale: f32) {
+    fn attention_head<const F: bool>(q: &[f32], k: &[f32], v: &[f32], row_stride: usize, mask: Option<&[f32]>, bias: Option<&[f32]>, out: SendPtr, b: usize, h: usize, seq: usize, heads: usize, hd: usize, scale: f32) {
         let d = heads * hd;
         let keys: Vec<usize> = (0..seq).filter(|&j| mask.is_none_or(|m| m[b * seq + j] != 0.0)).collect();
         let tile = KEY_TILE.min(keys.len().max(1));
@@ -565,7 +566,18 @@ simd_fn! {
                         *sv = fmadd::<F>(qd, kv, *sv);
                     }
                 }
+                if let Some(bb) = bias {
+                    let row = &bb[(h * seq + i) * seq..][..seq];
+                    for (sv, &j) in s.iter_mut().zip(ks) {
+                        *sv += row[j];
+                    }
+                }
                 let m_new = run_max[i].max(max_f32(s));
+                if m_new == f32::NEG_INFINITY {
+                    // Every key so far is hidden by the bias (a window):
+                    // nothing to add, and −∞ − −∞ would be NaN.
+                    continue;
+                }
                 let corr = exp_f32::<F>(run_max[i] - m_new);
                 for sv in s.iter_mut() {
                     *sv = exp_f32::<F>(*sv - m_new);
@@ -585,7 +597,7 @@ simd_fn! {
         }
         for i in 0..seq {
             // All keys masked: zeros (the softmax of an all −∞ row, by definition).
-            let inv = if keys.is_empty() { 0.0 } else { 1.0 / run_sum[i] };
+            let inv = if keys.is_empty() || run_sum[i] == 0.0 { 0.0 } else { 1.0 / run_sum[i] };
             // SAFETY: token i's head-h slice of `out` (hd elements at
             // (b·seq+i)·d + h·hd) is written by this (b, h) task alone and is
             // within out's batch·seq·d elements.
@@ -601,6 +613,13 @@ simd_fn! {
 /// (batch, head) when the work is large enough to share.
 #[allow(clippy::too_many_arguments)]
 pub fn attention(q: &[f32], k: &[f32], v: &[f32], row_stride: usize, mask: Option<&[f32]>, out: &mut [f32], batch: usize, seq: usize, heads: usize, hd: usize, scale: f32) {
+    attention_bias(q, k, v, row_stride, mask, None, out, batch, seq, heads, hd, scale)
+}
+
+/// [`attention`] with an optional additive `bias` `[heads, seq, seq]`
+/// (shared by the batch) on the scaled scores; −∞ entries hide keys.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_bias(q: &[f32], k: &[f32], v: &[f32], row_stride: usize, mask: Option<&[f32]>, bias: Option<&[f32]>, out: &mut [f32], batch: usize, seq: usize, heads: usize, hd: usize, scale: f32) {
     assert!(out.len() >= batch * seq * heads * hd, "attention output smaller than the descriptor");
     let o = SendPtr(out.as_mut_ptr());
     let n = batch * heads;
@@ -608,10 +627,37 @@ pub fn attention(q: &[f32], k: &[f32], v: &[f32], row_stride: usize, mask: Optio
     let tasks = if pool::tasks_for(work) > 1 { n } else { 1 };
     if tasks == 1 {
         for bh in 0..n {
-            attention_head(q, k, v, row_stride, mask, o, bh / heads, bh % heads, seq, heads, hd, scale);
+            attention_head(q, k, v, row_stride, mask, bias, o, bh / heads, bh % heads, seq, heads, hd, scale);
         }
     } else {
-        pool::run(n, |bh| attention_head(q, k, v, row_stride, mask, o, bh / heads, bh % heads, seq, heads, hd, scale));
+        pool::run(n, |bh| attention_head(q, k, v, row_stride, mask, bias, o, bh / heads, bh % heads, seq, heads, hd, scale));
+    }
+}
+
+/// See [`crate::backend::BackendStream::glu`].
+pub fn glu(x: &[f32], out: &mut [f32], cols: usize, a: Activation) {
+    for (o, row) in out.chunks_mut(cols).zip(x.chunks(2 * cols)) {
+        for (i, ov) in o.iter_mut().enumerate() {
+            *ov = act(row[i], a) * row[cols + i];
+        }
+    }
+}
+
+/// See [`crate::backend::Rope`].
+#[allow(clippy::too_many_arguments)]
+pub fn rope_qkv(x: &[f32], out: &mut [f32], cos: &[f32], sin: &[f32], seq: usize, heads: usize, hd: usize) {
+    let d = heads * hd;
+    let half = hd / 2;
+    for (r, (o, row)) in out.chunks_mut(3 * d).zip(x.chunks(3 * d)).enumerate() {
+        let pos = r % seq;
+        let (c, s) = (&cos[pos * hd..][..hd], &sin[pos * hd..][..hd]);
+        for base in (0..2 * heads).map(|h| h * hd) {
+            for e in 0..hd {
+                let rot = if e < half { -row[base + e + half] } else { row[base + e - half] };
+                o[base + e] = row[base + e] * c[e] + rot * s[e];
+            }
+        }
+        o[2 * d..].copy_from_slice(&row[2 * d..]);
     }
 }
 

@@ -14,7 +14,7 @@ pub mod kernels;
 pub mod pool;
 pub mod progress;
 
-use super::{Activation, Attention, Backend, BackendEvent, BackendKind, BackendStream, DType, DevicePtr, Gather, Gemm, LayerNorm, MeanPool};
+use super::{Activation, Attention, Backend, BackendEvent, BackendKind, BackendStream, DType, DevicePtr, Gather, Gemm, LayerNorm, MeanPool, Rope};
 use crate::error::{Error, Result};
 use crate::event_state::EventState;
 use std::any::Any;
@@ -367,6 +367,43 @@ impl BackendStream for CpuStream {
             // SAFETY: caller contract on the layout documented on `Attention`.
             unsafe {
                 kernels::attention(q.f32(span), k.f32(span), v.f32(span), p.row_stride, m.map(|m| m.f32(tokens)), o.f32_mut(tokens * d), p.batch, p.seq, p.heads, p.head_dim, p.scale)
+            };
+            Ok(())
+        }))
+    }
+    unsafe fn glu(&self, x: DevicePtr, out: DevicePtr, rows: usize, cols: usize, act: Activation, dtype: DType) -> Result<()> {
+        f32_only(dtype)?;
+        let (x, o) = (P(x), P(out));
+        self.enqueue(Box::new(move || {
+            // SAFETY: caller contract: x holds rows*2*cols, out rows*cols f32.
+            unsafe { kernels::glu(x.f32(rows * 2 * cols), o.f32_mut(rows * cols), cols, act) };
+            Ok(())
+        }))
+    }
+    unsafe fn rope_qkv(&self, p: &Rope) -> Result<()> {
+        f32_only(p.dtype)?;
+        let p = *p;
+        let n = p.rows * 3 * p.heads * p.head_dim;
+        let t = p.seq * p.head_dim;
+        let (x, o, c, s) = (P(p.x), P(p.out), P(p.cos), P(p.sin));
+        self.enqueue(Box::new(move || {
+            // SAFETY: caller contract on the layout documented on `Rope`.
+            unsafe { kernels::rope_qkv(x.f32(n), o.f32_mut(n), c.f32(t), s.f32(t), p.seq, p.heads, p.head_dim) };
+            Ok(())
+        }))
+    }
+    unsafe fn attention_bias(&self, p: &Attention, bias: DevicePtr) -> Result<()> {
+        f32_only(p.dtype)?;
+        let p = *p;
+        let d = p.heads * p.head_dim;
+        let tokens = p.batch * p.seq;
+        let span = if tokens == 0 { 0 } else { (tokens - 1) * p.row_stride + d };
+        let (q, k, v, m, o, bb) = (P(p.q), P(p.k), P(p.v), p.mask.map(P), P(p.out), P(bias));
+        self.enqueue(Box::new(move || {
+            // SAFETY: caller contract on the layout documented on `Attention`;
+            // `bias` holds heads*seq*seq f32 (the trait's contract).
+            unsafe {
+                kernels::attention_bias(q.f32(span), k.f32(span), v.f32(span), p.row_stride, m.map(|m| m.f32(tokens)), Some(bb.f32(p.heads * p.seq * p.seq)), o.f32_mut(tokens * d), p.batch, p.seq, p.heads, p.head_dim, p.scale)
             };
             Ok(())
         }))

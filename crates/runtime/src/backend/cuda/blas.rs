@@ -88,6 +88,9 @@ fn epilogue(bias: bool, act: Activation, gelu: bool) -> (lt::cublasLtEpilogue_t,
         // No erf GELU in cuBLASLt: fuse the bias, leave the activation.
         (false, Activation::GeluErf) => (E::CUBLASLT_EPILOGUE_DEFAULT, Rest { bias: false, act }),
         (true, Activation::GeluErf) => (E::CUBLASLT_EPILOGUE_BIAS, Rest { bias: false, act }),
+        // No SiLU in cuBLASLt either.
+        (false, Activation::Silu) => (E::CUBLASLT_EPILOGUE_DEFAULT, Rest { bias: false, act }),
+        (true, Activation::Silu) => (E::CUBLASLT_EPILOGUE_BIAS, Rest { bias: false, act }),
     }
 }
 

@@ -28,6 +28,7 @@ __device__ __forceinline__ float act_fn(float x, int a) {
     case 1: return fmaxf(x, 0.0f);
     case 2: return 0.5f * x * erfcf(-x * 0.70710678118654752f); /* erfc: no cancellation for x << 0 */
     case 3: return x / (1.0f + expf(-1.5957691216057308f * (x + 0.044715f * x * x * x))); /* = 0.5x(1+tanh u), no cancellation */
+    case 4: return x / (1.0f + expf(-x)); /* SiLU */
     default: return x;
     }
 }
@@ -91,6 +92,31 @@ template <typename T> __device__ void bias_act_t(T* o, const T* bias, long long 
         st(o, i, act_fn(v, a));
     }
 }
+// GLU: o[r, c] = act(x[r, c]) * x[r, cols + c].
+template <typename T> __device__ void glu_t(const T* x, T* o, long long rows, int cols, int a) {
+    GRID_STRIDE(i, rows * cols) {
+        long long r = i / cols; int c = (int)(i % cols);
+        st(o, i, act_fn(ld(x, r * 2 * cols + c), a) * ld(x, r * 2 * cols + cols + c));
+    }
+}
+// Rotary embedding (rotate-half) on the q and k parts of packed qkv rows; v copied.
+template <typename T> __device__ void rope_t(const T* x, T* o, const float* cs, const float* sn, long long rows, int seq, int d, int hd) {
+    GRID_STRIDE(i, rows * 3 * d) {
+        long long r = i / (3 * d); int c = (int)(i % (3 * d));
+        float v = ld(x, i);
+        if (c < 2 * d) {
+            int e = c % hd, half = hd / 2;
+            long long t = (long long)(r % seq) * hd + e;
+            float rot = e < half ? -ld(x, i + half) : ld(x, i - half);
+            v = v * cs[t] + rot * sn[t];
+        }
+        st(o, i, v);
+    }
+}
+extern "C" __global__ void glu_f32(const float* x, float* o, long long rows, int cols, int a) { glu_t(x, o, rows, cols, a); }
+extern "C" __global__ void glu_bf16(const bf16* x, bf16* o, long long rows, int cols, int a) { glu_t(x, o, rows, cols, a); }
+extern "C" __global__ void rope_f32(const float* x, float* o, const float* c, const float* s, long long rows, int seq, int d, int hd) { rope_t(x, o, c, s, rows, seq, d, hd); }
+extern "C" __global__ void rope_bf16(const bf16* x, bf16* o, const float* c, const float* s, long long rows, int seq, int d, int hd) { rope_t(x, o, c, s, rows, seq, d, hd); }
 extern "C" __global__ void add_f32(const float* a, const float* b, float* o, long long n) { add_t(a, b, o, n); }
 extern "C" __global__ void add_bf16(const bf16* a, const bf16* b, bf16* o, long long n) { add_t(a, b, o, n); }
 extern "C" __global__ void act_f32(const float* x, float* o, long long n, int a) { act_t(x, o, n, a); }
@@ -164,7 +190,7 @@ pub(crate) const ATTENTION: &str = concat!(
     r#"
 template <typename T>
 __device__ void attn_t(const T* q, const T* k, const T* v, const float* mask, T* out,
-                       int seq, int heads, int hd, long long rs, float scale) {
+                       int seq, int heads, int hd, long long rs, float scale, const float* bias = nullptr) {
     extern __shared__ float smem[];
     __shared__ float red[32];
     float* qs = smem;
@@ -184,6 +210,7 @@ __device__ void attn_t(const T* q, const T* k, const T* v, const float* mask, T*
             float acc = 0.0f;
             for (int d = l; d < hd; d += 32) acc += qs[d] * ld(k, krow + d);
             s = warp_sum(acc) * scale;
+            if (bias) s += bias[((long long)h * seq + i) * seq + j];
         }
         if (l == 0) sc[j] = s;
     }
@@ -330,6 +357,10 @@ extern "C" __global__ void attention_f32(const float* q, const float* k, const f
     int seq, int heads, int hd, long long rs, float scale) { attn_t(q, k, v, mask, o, seq, heads, hd, rs, scale); }
 extern "C" __global__ void attention_bf16(const bf16* q, const bf16* k, const bf16* v, const float* mask, bf16* o,
     int seq, int heads, int hd, long long rs, float scale) { attn_t(q, k, v, mask, o, seq, heads, hd, rs, scale); }
+extern "C" __global__ void attention_bias_f32(const float* q, const float* k, const float* v, const float* mask, float* o,
+    int seq, int heads, int hd, long long rs, float scale, const float* bias) { attn_t(q, k, v, mask, o, seq, heads, hd, rs, scale, bias); }
+extern "C" __global__ void attention_bias_bf16(const bf16* q, const bf16* k, const bf16* v, const float* mask, bf16* o,
+    int seq, int heads, int hd, long long rs, float scale, const float* bias) { attn_t(q, k, v, mask, o, seq, heads, hd, rs, scale, bias); }
 "#
 );
 
@@ -366,12 +397,14 @@ extern "C" __global__ void mean_pool_bf16(const bf16* x, const float* m, bf16* o
 pub(crate) fn kernel_names(unit: Unit) -> &'static [&'static str] {
     match unit {
         Unit::Elementwise => &[
-            "add_f32", "add_bf16", "act_f32", "act_bf16", "bias_act_f32", "bias_act_bf16", "cast_f32_bf16", "cast_bf16_f32",
+            "add_f32", "add_bf16", "act_f32", "act_bf16", "bias_act_f32", "bias_act_bf16", "cast_f32_bf16", "cast_bf16_f32", "glu_f32", "glu_bf16", "rope_f32", "rope_bf16",
         ],
         Unit::Norm => &["layer_norm_f32", "layer_norm_bf16", "softmax_f32", "softmax_bf16", "l2_normalize_f32", "l2_normalize_bf16"],
         Unit::Attention => &[
             "attention_f32",
             "attention_bf16",
+            "attention_bias_f32",
+            "attention_bias_bf16",
             "flash_f32_d32_q32",
             "flash_f32_d32_q64",
             "flash_f32_d64_q32",

@@ -7,7 +7,7 @@ use super::event::cuda_event;
 use super::graph::CudaGraph;
 use super::module::Unit;
 use super::pinned::PinnedPool;
-use crate::backend::{Activation, Attention, BackendEvent, BackendGraph, BackendStream, DType, DevicePtr, Gather, Gemm, LayerNorm, MeanPool};
+use crate::backend::{Activation, Attention, BackendEvent, BackendGraph, BackendStream, DType, DevicePtr, Gather, Gemm, LayerNorm, MeanPool, Rope};
 use crate::error::{Error, Result};
 use cudarc::driver::sys::{self, CUresult, CUstream};
 use std::any::Any;
@@ -65,6 +65,7 @@ fn act_code(a: Activation) -> i32 {
         Activation::Relu => 1,
         Activation::GeluErf => 2,
         Activation::GeluTanh => 3,
+        Activation::Silu => 4,
     }
 }
 
@@ -422,6 +423,74 @@ impl BackendStream for CudaStream {
     unsafe fn attention(&self, p: &Attention) -> Result<()> {
         // SAFETY: the caller's contract, passed on.
         unsafe { self.attention_with(p, AttnKernel::Auto) }
+    }
+
+    unsafe fn glu(&self, x: DevicePtr, out: DevicePtr, rows: usize, cols: usize, act: Activation, dtype: DType) -> Result<()> {
+        let n = rows * cols;
+        if n == 0 {
+            return Ok(());
+        }
+        let name = pick(dtype, "glu_f32", "glu_bf16");
+        let args = [Arg::Ptr(x), Arg::Ptr(out), Arg::I64(rows as i64), Arg::I32(i32_dim(cols, "cols")?), Arg::I32(act_code(act))];
+        // SAFETY: x holds rows*2*cols and out rows*cols elements of `dtype` (the contract).
+        unsafe { self.launch(Unit::Elementwise, name, (grid_1d(n, EW_BLOCK), 1, 1), EW_BLOCK, 0, &args) }
+    }
+
+    unsafe fn rope_qkv(&self, p: &Rope) -> Result<()> {
+        let d = p.heads * p.head_dim;
+        let n = p.rows * 3 * d;
+        if n == 0 {
+            return Ok(());
+        }
+        if p.head_dim % 2 != 0 || p.seq == 0 {
+            return Err(Error::InvalidArgument(format!("rope: head_dim {} must be even and seq {} positive", p.head_dim, p.seq)));
+        }
+        let name = pick(p.dtype, "rope_f32", "rope_bf16");
+        let args = [
+            Arg::Ptr(p.x),
+            Arg::Ptr(p.out),
+            Arg::Ptr(p.cos),
+            Arg::Ptr(p.sin),
+            Arg::I64(p.rows as i64),
+            Arg::I32(i32_dim(p.seq, "seq")?),
+            Arg::I32(i32_dim(d, "dim")?),
+            Arg::I32(i32_dim(p.head_dim, "head_dim")?),
+        ];
+        // SAFETY: x and out hold rows*3*d elements, cos and sin seq*head_dim f32 (the contract).
+        unsafe { self.launch(Unit::Elementwise, name, (grid_1d(n, EW_BLOCK), 1, 1), EW_BLOCK, 0, &args) }
+    }
+
+    unsafe fn attention_bias(&self, p: &Attention, bias: DevicePtr) -> Result<()> {
+        if p.batch == 0 || p.seq == 0 || p.heads == 0 || p.head_dim == 0 {
+            return Ok(());
+        }
+        if p.heads > 65535 || p.batch > 65535 {
+            return Err(Error::InvalidArgument(format!("attention: heads ({}) and batch ({}) must be at most 65535 on CUDA", p.heads, p.batch)));
+        }
+        let seq = i32_dim(p.seq, "seq")?;
+        let hd = i32_dim(p.head_dim, "head_dim")?;
+        let args = [
+            Arg::Ptr(p.q),
+            Arg::Ptr(p.k),
+            Arg::Ptr(p.v),
+            opt(p.mask),
+            Arg::Ptr(p.out),
+            Arg::I32(seq),
+            Arg::I32(p.heads as i32),
+            Arg::I32(hd),
+            Arg::I64(p.row_stride as i64),
+            Arg::F32(p.scale),
+            Arg::Ptr(bias),
+        ];
+        let smem = (p.head_dim + p.seq) * 4;
+        if smem > 48 * 1024 {
+            return Err(Error::Unsupported { backend: "cuda", what: format!("attention with a bias and seq {} + head_dim {} > 12288 floats of shared memory", p.seq, p.head_dim) });
+        }
+        let name = pick(p.dtype, "attention_bias_f32", "attention_bias_bf16");
+        // SAFETY: q/k/v hold batch*seq rows of row_stride, mask batch*seq f32,
+        // bias heads*seq*seq f32, out batch*seq*heads*head_dim elements (the
+        // trait's contract); `smem` floats of dynamic shared memory.
+        unsafe { self.launch(Unit::Attention, name, (seq as u32, p.heads as u32, p.batch as u32), ATTN_BLOCK, smem as u32, &args) }
     }
 
     unsafe fn gather(&self, p: &Gather) -> Result<()> {

@@ -161,6 +161,7 @@ fn act64(x: f64, a: Activation) -> f64 {
         Activation::Relu => x.max(0.0),
         Activation::GeluErf => 0.5 * x * (1.0 + crate::backend::cpu::kernels::erf64(x / std::f64::consts::SQRT_2)),
         Activation::GeluTanh => 0.5 * x * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (x + 0.044715 * x * x * x)).tanh()),
+        Activation::Silu => x / (1.0 + (-x).exp()),
     }
 }
 
