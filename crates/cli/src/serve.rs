@@ -25,7 +25,7 @@ pub struct Options {
     /// The model's name on the wire (/info's model_id, OpenAI's model); default: the directory's name.
     #[arg(long, env = "BRAID_MODEL_ID")]
     pub model_id: Option<String>,
-    /// auto, cpu, cuda or cuda:N.
+    /// auto, cpu, cuda, cuda:N, or several devices: cuda:all, cuda:0,1, cpu:0,1 (one model replica each, one queue in front).
     #[arg(long, env = "BRAID_DEVICE", default_value = "auto")]
     pub device: String,
     #[arg(long, env = "BRAID_HOST", default_value = "127.0.0.1")]
@@ -289,12 +289,28 @@ pub fn run(o: &Options) -> Result<ExitCode> {
     let std_listener = std::net::TcpListener::bind((o.host.as_str(), o.port)).map_err(io)?;
     std_listener.set_nonblocking(true).map_err(io)?;
     let options = DeviceOptions { high_watermark: cache, ..DeviceOptions::from_env()? };
-    let device = Device::parse_with(&o.device, options)?;
-    eprintln!("serve: loading {} on {} (device cache budget: {})", o.model, device.name(), cache.map(|b| format!("{b} bytes")).unwrap_or_else(|| "unlimited".into()));
-    let embedder = Arc::new(SentenceEmbedder::load(&o.model, &device)?);
-    // Loading bound this thread to a stream of the pool; give it back so
-    // the batcher's workers have every worker stream.
-    device.pool().release_current();
+    // One device, or several (`cuda:all`, `cuda:0,1`, `cpu:0,1`): one model
+    // replica each, loaded in parallel, behind one batcher.
+    let devices = Device::parse_many_with(&o.device, options)?;
+    let device = devices[0].clone();
+    let names: Vec<String> = devices.iter().map(|d| d.label().to_string()).collect();
+    eprintln!("serve: loading {} on {} ({}; device cache budget: {})", o.model, device.name(), names.join(", "), cache.map(|b| format!("{b} bytes each")).unwrap_or_else(|| "unlimited".into()));
+    let embedders: Vec<Arc<SentenceEmbedder>> = std::thread::scope(|s| {
+        let loads: Vec<_> = devices
+            .iter()
+            .map(|d| {
+                s.spawn(move || -> Result<Arc<SentenceEmbedder>> {
+                    let e = SentenceEmbedder::load(&o.model, d)?;
+                    // Loading bound this thread to a stream of the pool; give
+                    // it back so the batcher's workers have every worker stream.
+                    d.pool().release_current();
+                    Ok(Arc::new(e))
+                })
+            })
+            .collect();
+        loads.into_iter().map(|h| h.join().unwrap_or_else(|p| Err(Error::JobPanicked(braid_runtime::panic_message(&p))))).collect::<Result<Vec<_>>>()
+    })?;
+    let embedder = embedders[0].clone();
     let shutdown_timeout = config.conn.shutdown_timeout;
     let reranker = match &o.reranker {
         Some(dir) => {
@@ -303,7 +319,9 @@ pub fn run(o: &Options) -> Result<ExitCode> {
         }
         None => None,
     };
-    let state = AppState::with_reranker(embedder, reranker, device.name(), config)?;
+    let label = if devices.len() > 1 { format!("{} x {}", devices.len(), device.name()) } else { device.name() };
+    drop(embedder);
+    let state = AppState::with_replicas(embedders, reranker, label, config)?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(io)?;
     let served = rt.block_on(async {
         let listener = tokio::net::TcpListener::from_std(std_listener).map_err(io)?;

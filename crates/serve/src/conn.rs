@@ -7,7 +7,15 @@
 //! - the header-read timeout (a request's head must arrive within it; covers
 //!   silent sockets and slowloris) and the idle keep-alive timeout;
 //! - half-closed clients (`shutdown(SHUT_WR)` after a full request, as
-//!   `nc -N` does): answered;
+//!   `nc -N` does): answered; and yet a client that closed its socket
+//!   altogether while its request runs is noticed, so its texts are dropped
+//!   from the queue (cancelled, never computed). Both send a FIN; they differ
+//!   only in whether their socket still takes data. So when the read side
+//!   ends while an HTTP/1.1 request runs, the watchdog sends an interim
+//!   `100 Continue` (which RFC 9110 requires every HTTP/1.1 client to accept
+//!   before the final answer): a half-closed client reads it, a closed one
+//!   answers with a TCP reset, and the connection is then dropped, which
+//!   drops the request's handler and with it its batcher handles;
 //! - the Host check: on a loopback-bound server without an API key, a Host
 //!   header that is not a loopback name gets 403 (DNS rebinding);
 //! - JSON bodies for every error, including hyper's own automatic answers
@@ -109,11 +117,27 @@ struct Activity {
     served: AtomicBool,
     /// Responses handed to hyper whose head has not been written yet.
     responses_pending: AtomicUsize,
+    /// The client's read side has ended (FIN: it half-closed or closed).
+    read_eof: AtomicBool,
+    /// The running request is HTTP/1.1 (a 1xx may be sent to it).
+    http11: AtomicBool,
+    /// The interim `100 Continue` probe was sent for the running request.
+    probed: AtomicBool,
 }
 
 impl Activity {
     fn new() -> Self {
-        Activity { start: Instant::now(), active: AtomicUsize::new(0), idle_since_ms: AtomicU64::new(0), head_started_ms: AtomicU64::new(u64::MAX), served: AtomicBool::new(false), responses_pending: AtomicUsize::new(0) }
+        Activity {
+            start: Instant::now(),
+            active: AtomicUsize::new(0),
+            idle_since_ms: AtomicU64::new(0),
+            head_started_ms: AtomicU64::new(u64::MAX),
+            served: AtomicBool::new(false),
+            responses_pending: AtomicUsize::new(0),
+            read_eof: AtomicBool::new(false),
+            http11: AtomicBool::new(false),
+            probed: AtomicBool::new(false),
+        }
     }
     fn now_ms(&self) -> u64 {
         self.start.elapsed().as_millis() as u64
@@ -166,7 +190,12 @@ impl WatchedIo {
 impl AsyncRead for WatchedIo {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
+        let room = buf.remaining() > 0;
         let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if matches!(r, Poll::Ready(Ok(()))) && room && buf.filled().len() == before {
+            // Relaxed: see Activity.
+            self.act.read_eof.store(true, Ordering::Relaxed);
+        }
         if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
             let a = &self.act;
             // Relaxed: see Activity.
@@ -364,11 +393,16 @@ impl Drop for Running {
 /// closes it.
 async fn connection(stream: TcpStream, front: Front, config: Arc<ConnConfig>, mut stop: watch::Receiver<bool>) {
     let _ = stream.set_nodelay(true);
+    #[cfg(unix)]
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
     let act = Arc::new(Activity::new());
     let io = WatchedIo { inner: stream, act: act.clone(), pending: Vec::new(), swallow: false };
     let a = act.clone();
     let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
         let running = Running::new(a.clone());
+        // Relaxed: see Activity.
+        a.http11.store(req.version() == axum::http::Version::HTTP_11, Ordering::Relaxed);
+        a.probed.store(false, Ordering::Relaxed);
         let front = front.clone();
         async move {
             let resp = front.handle(req).await;
@@ -393,11 +427,21 @@ async fn connection(stream: TcpStream, front: Front, config: Arc<ConnConfig>, mu
     // deadline computed earlier may have moved.
     let tick = (config.header_read_timeout.min(config.keep_alive_timeout) / 4).clamp(Duration::from_millis(10), Duration::from_millis(500));
     loop {
+        // While a request runs, look every 25 ms whether its client left
+        // (see `client_left`), so its queued texts are dropped before a
+        // worker takes them.
+        let tick = if act.active.load(Ordering::Relaxed) > 0 { tick.min(Duration::from_millis(25)) } else { tick };
         let wake = act.deadline(&config).map(|at| at.saturating_sub(act.start.elapsed())).unwrap_or(tick).min(tick);
         let sleep = tokio::time::sleep(wake);
         tokio::select! {
             _ = conn.as_mut() => return,
             _ = sleep => {
+                #[cfg(unix)]
+                if client_left(fd, &act) {
+                    // Dropping the connection drops the running handler:
+                    // its texts not yet started are cancelled.
+                    return;
+                }
                 if let Some(at) = act.deadline(&config) {
                     if act.start.elapsed() >= at {
                         // Timed out while not running a request: close.
@@ -413,6 +457,49 @@ async fn connection(stream: TcpStream, front: Front, config: Arc<ConnConfig>, mu
             }
         }
     }
+}
+
+/// While a request runs on a connection whose client sent a FIN: has the
+/// client closed its socket (not merely half-closed it)? The first call
+/// sends the `100 Continue` probe (see the module docs); later calls read
+/// the socket's pending error, which the client's reset to the probe sets.
+#[cfg(unix)]
+fn client_left(fd: std::os::fd::RawFd, act: &Activity) -> bool {
+    // Relaxed: see Activity.
+    if act.active.load(Ordering::Relaxed) == 0 || !act.http11.load(Ordering::Relaxed) {
+        return false;
+    }
+    if !act.read_eof.load(Ordering::Relaxed) {
+        // hyper does not read while a half-closable request runs, so look
+        // without taking anything: 0 from a peek is the FIN with nothing
+        // left before it.
+        let mut b = [0u8; 1];
+        // SAFETY: `fd` as below; `b` is valid for 1 byte. MSG_PEEK leaves
+        // any pipelined bytes for hyper; MSG_DONTWAIT never blocks.
+        let n = unsafe { libc::recv(fd, b.as_mut_ptr().cast(), 1, libc::MSG_PEEK | libc::MSG_DONTWAIT) };
+        if n != 0 {
+            return false;
+        }
+        act.read_eof.store(true, Ordering::Relaxed);
+    }
+    if !act.probed.swap(true, Ordering::Relaxed) {
+        const PROBE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+        // SAFETY: `fd` is the connection's socket, open for as long as the
+        // connection future that owns it (this function is called from that
+        // future's own loop); the buffer is valid for its length. While the
+        // handler runs hyper writes nothing on this connection, so the 25
+        // bytes cannot interleave with a response. MSG_DONTWAIT: never
+        // blocks (a full socket buffer just means the probe is not sent and
+        // the client is taken to be there); MSG_NOSIGNAL: no SIGPIPE.
+        let _ = unsafe { libc::send(fd, PROBE.as_ptr().cast(), PROBE.len(), libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
+        return false;
+    }
+    let mut err: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: as above for `fd`; `err` and `len` are valid for writes of the
+    // sizes given.
+    let rc = unsafe { libc::getsockopt(fd, libc::SOL_SOCKET, libc::SO_ERROR, (&mut err as *mut libc::c_int).cast(), &mut len) };
+    rc == 0 && err != 0
 }
 
 /// Answer a connection above the cap: a 503 at once, then close.

@@ -26,7 +26,10 @@ pub fn status_for(e: &Error) -> StatusCode {
     match e {
         Error::InvalidArgument(_) | Error::Shape { .. } => StatusCode::BAD_REQUEST,
         Error::Overloaded { .. } => StatusCode::TOO_MANY_REQUESTS,
-        Error::ShutDown(_) | Error::DeviceShutDown(_) => StatusCode::SERVICE_UNAVAILABLE,
+        // A poisoned device (every device, with `cuda:all`: the replicas
+        // take one that fails out of rotation) will not recover in this
+        // process; another instance can serve.
+        Error::ShutDown(_) | Error::DeviceShutDown(_) | Error::DevicePoisoned { .. } => StatusCode::SERVICE_UNAVAILABLE,
         Error::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     }
@@ -88,6 +91,10 @@ pub fn client_message(e: &Error) -> String {
         Error::Overloaded { capacity } => format!("server overloaded: {capacity} texts already waiting; retry later"),
         Error::ShutDown(_) | Error::DeviceShutDown(_) => "the server is shutting down; retry on another instance or later".into(),
         Error::Timeout(d) => format!("the text was not started within its deadline ({} ms)", d.as_millis()),
+        Error::DevicePoisoned { .. } => {
+            eprintln!("serve: error: {e}");
+            "no device of this server can run the model (see /health); retry on another instance".into()
+        }
         Error::PoolExhausted { .. } => {
             eprintln!("serve: error: {e}");
             "server misconfigured: its batcher has more workers (--workers) than the device's stream pool has worker streams; the operator must lower --workers or enlarge the pool (details in the server log)".into()

@@ -13,7 +13,10 @@
 //! - `braid_texts_submitted_total`, `braid_texts_completed_total`,
 //!   `braid_texts_cancelled_total`, `braid_texts_rejected_total`,
 //!   `braid_texts_timed_out_total`, `braid_batches_total` (counters mirrored
-//!   from the batcher's own counters at each scrape).
+//!   from the batcher's own counters at each scrape);
+//! - per device (`{device="cuda:0 (#1)"}`, one series per replica with
+//!   `--device cuda:all`): `braid_device_serving` (1 in rotation, 0 out),
+//!   `braid_device_batches` (counter), `braid_device_allocator_reserved_bytes`.
 
 use braid_batch::BatcherStats;
 use prometheus_client::metrics::counter::Counter;
@@ -44,6 +47,18 @@ pub struct Metrics {
     rejected: Counter,
     timed_out: Counter,
     batches: Counter,
+    device_serving: Family<Labels, Gauge>,
+    device_batches: Family<Labels, Counter>,
+    device_reserved: Family<Labels, Gauge>,
+}
+
+/// What `render` reports per device: label, in rotation, batches run,
+/// allocator reserved bytes.
+pub struct DeviceFigures {
+    pub label: String,
+    pub serving: bool,
+    pub batches: u64,
+    pub reserved: usize,
 }
 
 fn seconds() -> Histogram {
@@ -71,6 +86,9 @@ impl Metrics {
             rejected: Counter::default(),
             timed_out: Counter::default(),
             batches: Counter::default(),
+            device_serving: Family::default(),
+            device_batches: Family::default(),
+            device_reserved: Family::default(),
         };
         {
             let mut r = m.registry.lock().unwrap_or_else(|p| p.into_inner());
@@ -90,6 +108,9 @@ impl Metrics {
             r.register("braid_texts_rejected", "Texts refused because the queue was full (429)", m.rejected.clone());
             r.register("braid_texts_timed_out", "Texts whose deadline passed before their batch started (504)", m.timed_out.clone());
             r.register("braid_batches", "Forwards run by the batcher", m.batches.clone());
+            r.register("braid_device_serving", "1 while the device is in rotation, 0 once it was taken out", m.device_serving.clone());
+            r.register("braid_device_batches", "Forwards run on the device", m.device_batches.clone());
+            r.register("braid_device_allocator_reserved_bytes", "Device bytes held from the backend, per device", m.device_reserved.clone());
         }
         m
     }
@@ -102,7 +123,7 @@ impl Metrics {
     }
 
     /// The text exposition, with the batcher's and allocator's figures as of now.
-    pub fn render(&self, s: &BatcherStats, alloc: Option<(usize, usize)>) -> String {
+    pub fn render(&self, s: &BatcherStats, alloc: Option<(usize, usize)>, devices: &[DeviceFigures]) -> String {
         let reg = self.registry.lock().unwrap_or_else(|p| p.into_inner());
         // Under the registry lock, so two scrapes never both add a delta.
         let mirror = |c: &Counter, v: u64| {
@@ -118,6 +139,13 @@ impl Metrics {
         if let Some((a, r)) = alloc {
             self.allocated.set(a as i64);
             self.reserved.set(r as i64);
+        }
+        for d in devices {
+            let l: Labels = vec![("device".to_string(), d.label.clone())];
+            self.device_serving.get_or_create(&l).set(d.serving as i64);
+            let c = self.device_batches.get_or_create(&l);
+            mirror(&c, d.batches);
+            self.device_reserved.get_or_create(&l).set(d.reserved as i64);
         }
         let mut out = String::new();
         // Writing into a String cannot fail.

@@ -13,7 +13,7 @@ use crate::conn::ConnConfig;
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::tokens::{Direction, ServeTokenizer};
-use braid_batch::{BatchModel, Batcher, BatcherConfig};
+use braid_batch::{BatchModel, Batcher, BatcherConfig, ReplicaStatus, Replicas};
 use braid_nn::{ops, BertInput, SentenceEmbedder};
 use braid_runtime::{Error, Result};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -32,7 +32,9 @@ pub enum Want {
     Tokens,
 }
 
-/// One text for the server's batcher.
+/// One text for the server's batcher (cloned only to retry a batch on
+/// another device when one fails).
+#[derive(Clone)]
 pub struct Job {
     pub ids: Vec<u32>,
     pub want: Want,
@@ -183,8 +185,14 @@ struct TokenizeCounters {
 
 /// What the handlers share.
 pub struct AppState {
+    /// The first replica: what `/info`, the tokenizer and the shapes come from.
     pub(crate) embedder: Arc<SentenceEmbedder>,
-    pub(crate) batcher: Batcher<ServeModel>,
+    /// One replica per device (`--device cuda:all`, `cpu:0,1`), in device order.
+    pub(crate) embedders: Vec<Arc<SentenceEmbedder>>,
+    /// The batcher over every replica: one admission queue, each device's
+    /// own workers (see `braid_batch::Replicas`).
+    pub(crate) batcher: Batcher<Replicas<ServeModel>>,
+    pub(crate) replicas: Arc<Replicas<ServeModel>>,
     pub(crate) config: ServeConfig,
     /// The cross-encoder behind `/rerank` and `/predict`, if one was given.
     pub(crate) reranker: Option<Arc<crate::routes::rerank::Reranker>>,
@@ -220,6 +228,19 @@ impl AppState {
 
     /// As [`new`](Self::new), with a cross-encoder for `/rerank` and `/predict`.
     pub fn with_reranker(embedder: Arc<SentenceEmbedder>, reranker: Option<Arc<braid_nn::CrossEncoder>>, device: String, config: ServeConfig) -> Result<Arc<AppState>> {
+        Self::with_replicas(vec![embedder], reranker, device, config)
+    }
+
+    /// One replica of the model per device (the same model directory loaded
+    /// on each), behind one batcher with `config.batcher.workers` workers per
+    /// device; a device that fails leaves rotation and the rest serve.
+    pub fn with_replicas(embedders: Vec<Arc<SentenceEmbedder>>, reranker: Option<Arc<braid_nn::CrossEncoder>>, device: String, config: ServeConfig) -> Result<Arc<AppState>> {
+        let Some(embedder) = embedders.first().cloned() else { return Err(Error::InvalidArgument("the server needs at least one model replica".into())) };
+        for e in &embedders[1..] {
+            if e.dim() != embedder.dim() || e.max_seq_length() != embedder.max_seq_length() || e.dir() != embedder.dir() {
+                return Err(Error::InvalidArgument(format!("replicas must be the same model: {} and {} differ", embedder.dir().display(), e.dir().display())));
+            }
+        }
         if config.max_inputs == 0 {
             return Err(Error::InvalidArgument("max_inputs must be at least 1".into()));
         }
@@ -229,15 +250,17 @@ impl AppState {
         // Each batcher worker binds a stream of its own: the pool must have
         // a free worker stream for each (checked here with a clear message;
         // the workers then bind theirs before the server answers anything).
-        let pool = embedder.encoder().device().pool();
-        let free = pool.free_slots();
-        let workers = config.batcher.workers;
-        if pool.config().assignment == braid_runtime::Assignment::Exclusive && workers > free {
-            return Err(Error::InvalidArgument(format!(
-                "--workers {workers} needs {workers} worker streams but the device's stream pool has {free} free (pool size {}, BRAID_STREAM_POOL_SIZE): lower --workers or raise BRAID_STREAM_POOL_SIZE to at least {}",
-                pool.size(),
-                pool.size() + workers - free
-            )));
+        for e in &embedders {
+            let pool = e.encoder().device().pool();
+            let free = pool.free_slots();
+            let workers = config.batcher.workers;
+            if pool.config().assignment == braid_runtime::Assignment::Exclusive && workers > free {
+                return Err(Error::InvalidArgument(format!(
+                    "--workers {workers} needs {workers} worker streams but the device's stream pool has {free} free (pool size {}, BRAID_STREAM_POOL_SIZE): lower --workers or raise BRAID_STREAM_POOL_SIZE to at least {}",
+                    pool.size(),
+                    pool.size() + workers - free
+                )));
+            }
         }
         if let Some(t) = config.batcher.max_batch_tokens {
             if t < embedder.max_seq_length() {
@@ -254,10 +277,12 @@ impl AppState {
         let tokenizer = Arc::new(ServeTokenizer::load(embedder.dir(), embedder.max_seq_length(), embedder.encoder().vocab_size(), embedder.modules().sbert.do_lower_case)?);
         let model_id = config.model_id.clone().unwrap_or_else(|| embedder.dir().file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into()));
         let metrics = Arc::new(Metrics::new());
-        let batcher = Batcher::new(Arc::new(ServeModel { embedder: embedder.clone(), metrics: metrics.clone() }), config.batcher.clone())?;
+        let replicas = Arc::new(Replicas::new(embedders.iter().map(|e| (e.encoder().device().label().to_string(), ServeModel { embedder: e.clone(), metrics: metrics.clone() })).collect())?);
+        // Workers per device: worker i serves device i % n.
+        let batcher = Batcher::new(replicas.clone(), BatcherConfig { workers: config.batcher.workers * embedders.len(), ..config.batcher.clone() })?;
         let tokenizers = Arc::new(tokio::sync::Semaphore::new(config.tokenize_concurrency));
         let reranker = reranker.map(|m| crate::routes::rerank::Reranker::new(m, config.batcher.clone()).map(Arc::new)).transpose()?;
-        Ok(Arc::new(AppState { embedder, batcher, config, reranker, device, started: Instant::now(), metrics, tokenizer, model_id, prompts, default_prompt, tokenizers, tok_counters: Arc::default() }))
+        Ok(Arc::new(AppState { embedder, embedders, batcher, replicas, config, reranker, device, started: Instant::now(), metrics, tokenizer, model_id, prompts, default_prompt, tokenizers, tok_counters: Arc::default() }))
     }
 
     /// The tokenizer's counters.
@@ -383,7 +408,26 @@ impl AppState {
     /// straight on the model (not through the queue, so a busy server is
     /// still healthy), on the blocking pool, within `health_timeout`.
     pub async fn probe(&self) -> Result<Duration> {
-        let e = self.embedder.clone();
+        // The first device in rotation; a device that fails the probe with
+        // a device error leaves rotation, and the next one is probed.
+        loop {
+            let Some(i) = self.replicas.status().iter().position(|r| r.serving) else {
+                return Err(Error::DevicePoisoned { device: "every device".into(), cause: "no device is in rotation".into() });
+            };
+            match self.probe_on(i).await {
+                Err(e) if braid_batch::condemns_device(&e) => self.replicas.take_out(i, e.to_string()),
+                other => return other,
+            }
+        }
+    }
+
+    /// Each device's replica: name, in rotation, why not, batches.
+    pub fn devices(&self) -> Vec<ReplicaStatus> {
+        self.replicas.status()
+    }
+
+    async fn probe_on(&self, replica: usize) -> Result<Duration> {
+        let e = self.embedders[replica].clone();
         let ids = self.tokenizer.encode_ids("", true, false, crate::tokens::Direction::Right).map_err(|e| Error::InvalidArgument(e.message))?;
         let t0 = Instant::now();
         let job = tokio::task::spawn_blocking(move || -> Result<()> {
@@ -402,9 +446,20 @@ impl AppState {
         }
     }
 
-    /// The device allocator's (allocated, reserved) bytes.
+    /// The devices' allocators' (allocated, reserved) bytes, summed.
     pub fn allocator_bytes(&self) -> (usize, usize) {
-        let s = self.embedder.encoder().device().allocator().stats();
-        (s.allocated, s.reserved)
+        self.embedders.iter().map(|e| e.encoder().device().allocator().stats()).fold((0, 0), |(a, r), s| (a + s.allocated, r + s.reserved))
+    }
+
+    /// Each device's label and allocator (allocated, reserved) bytes.
+    pub fn allocator_bytes_by_device(&self) -> Vec<(String, usize, usize)> {
+        self.embedders
+            .iter()
+            .map(|e| {
+                let d = e.encoder().device();
+                let s = d.allocator().stats();
+                (d.label().to_string(), s.allocated, s.reserved)
+            })
+            .collect()
     }
 }

@@ -367,7 +367,7 @@ fn client_errors_name_no_internals() {
     }
     let Some(e) = embedder("client_errors_name_no_internals") else { return };
     let srv = Server::start(e, ServeConfig::default());
-    for body in [r#"{"inputs": 7}"#, r#"{"input": "x"}"#, r#"{"inputs": [1, 2]}"#] {
+    for body in [r#"{"inputs": 7}"#, r#"{"input": "x"}"#, r#"{"inputs": [true, 2]}"#] {
         let (status, resp) = request(srv.addr, "POST", "/embed", "localhost", body);
         assert_json_error(status, 400, &resp);
         assert!(!resp.contains("untagged enum") && !resp.contains("Inputs") && !resp.contains("EmbedRequest"), "{resp}");

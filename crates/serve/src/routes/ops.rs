@@ -15,9 +15,12 @@ use serde_json::json;
 use std::sync::Arc;
 
 async fn health(State(st): State<Arc<AppState>>) -> std::result::Result<Json<serde_json::Value>, ApiError> {
-    match st.probe().await {
-        Ok(took) => Ok(Json(json!({ "status": "ok", "device": st.device, "uptime_s": st.started.elapsed().as_secs_f64(), "probe_ms": took.as_secs_f64() * 1e3 }))),
-        Err(e) => Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("unhealthy: the probe forward failed: {e}"))),
+    let probe = st.probe().await;
+    // Which devices serve, and why the others do not (`--device cuda:all`).
+    let devices: Vec<serde_json::Value> = st.devices().into_iter().map(|d| json!({ "device": d.name, "serving": d.serving, "reason": d.reason, "batches": d.batches, "retried": d.retried })).collect();
+    match probe {
+        Ok(took) => Ok(Json(json!({ "status": "ok", "device": st.device, "devices": devices, "uptime_s": st.started.elapsed().as_secs_f64(), "probe_ms": took.as_secs_f64() * 1e3 }))),
+        Err(e) => Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("unhealthy: the probe forward failed: {}; devices: {}", crate::error::client_message(&e), serde_json::Value::Array(devices)))),
     }
 }
 
@@ -60,7 +63,14 @@ async fn info(State(st): State<Arc<AppState>>) -> Json<serde_json::Value> {
 }
 
 async fn metrics(State(st): State<Arc<AppState>>) -> impl IntoResponse {
-    let text = st.metrics.render(&st.batcher.stats(), Some(st.allocator_bytes()));
+    let reserved = st.allocator_bytes_by_device();
+    let devices: Vec<crate::metrics::DeviceFigures> = st
+        .devices()
+        .into_iter()
+        .zip(reserved)
+        .map(|(d, (label, _, r))| crate::metrics::DeviceFigures { label, serving: d.serving, batches: d.batches as u64, reserved: r })
+        .collect();
+    let text = st.metrics.render(&st.batcher.stats(), Some(st.allocator_bytes()), &devices);
     // The OpenMetrics text format (what prometheus-client writes: counter
     // families named without `_total`, `# EOF` at the end); Prometheus
     // scrapes it by this content type.

@@ -304,7 +304,7 @@ def main():
         srv.stop()
 
     key = "s3cret-key"
-    srv = Server(a.braid, a.model, "--api-key", key, "--workers", "1", "--max-batch", "1", "--capacity", "8", "--max-delay-ms", "0")
+    srv = Server(a.braid, a.model, "--api-key", key, "--workers", "1", "--max-batch", "1", "--capacity", "8", "--max-client-batch-size", "8", "--max-delay-ms", "0")
     auth = {"Authorization": f"Bearer {key}"}
     try:
         @check("api key: /health is open; other routes need the Bearer key (401 otherwise); the SDK with the key works")
