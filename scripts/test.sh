@@ -3,6 +3,8 @@
 # machine it installs what it needs: the MiniLM model (pip), then runs
 #   1. every crate's tests (release build: the model and stress tests are
 #      heavy in debug) -- GPU tests print SKIPPED lines where there is no GPU;
+#      then the real HTTP client libraries against `braid serve`, the deploy
+#      manifests, and a replica failover behind nginx;
 #   1b. the HTTP client libraries (openai, huggingface_hub, langchain-openai,
 #      prometheus_client; pip) against a real `braid serve` on loopback;
 #   2. every loom model (`--cfg loom`, own target dir);
@@ -39,6 +41,16 @@ if ! python3 crates/serve/tests/clients/test_clients.py --braid target/release/b
   echo "FAILED: HTTP client tests (target/clients.log)"
   exit 1
 fi
+
+echo "== deploy: the Kubernetes manifests, and two replicas behind nginx with one failing (docs/deploy.md)"
+bash scripts/validate-deploy.sh 2>&1 | grep -v "^INFO" || { echo "FAILED: deploy manifests"; exit 1; }
+command -v nginx >/dev/null || command -v /usr/sbin/nginx >/dev/null || { apt-get update -qq && apt-get install -y -qq nginx >/dev/null; } || echo "WARNING: nginx could not be installed"
+set +e
+python3 scripts/failover.py --braid target/release/braid --logdir target/failover 2>&1 | tail -3
+rc=${PIPESTATUS[0]}
+set -e
+# 2: something it needs is missing (it printed SKIPPED); 1: a failure.
+[ "$rc" = 1 ] && { echo "FAILED: replica failover behind nginx (target/failover)"; exit 1; }
 
 echo "== loom models"
 for crate in braid-runtime braid-batch; do

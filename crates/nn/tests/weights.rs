@@ -115,7 +115,7 @@ fn bad_configs_and_model_dirs_are_errors() {
     let dir = tmp("dir");
     let (w, _) = tiny_bert(&mut Rng::new(7)).unwrap();
     w.save_safetensors(dir.join("model.safetensors")).unwrap();
-    std::fs::write(dir.join("config.json"), r#"{"vocab_size": 50, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 64, "max_position_embeddings": 40}"#).unwrap();
+    std::fs::write(dir.join("config.json"), r#"{"model_type": "bert", "vocab_size": 50, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 64, "max_position_embeddings": 40}"#).unwrap();
     std::fs::write(dir.join("tokenizer.json"), "{ not json").unwrap();
     match SentenceEmbedder::load(&dir, &device) {
         Err(Error::Io { path, message }) => assert!(path.ends_with("tokenizer.json") && message.contains("tokenizer"), "{path}: {message}"),
