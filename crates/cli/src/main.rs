@@ -161,7 +161,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let r = match cli.cmd {
         Cmd::Info { model } => info::run(model.as_deref()),
-        Cmd::Embed { model, device, json, texts } => Device::parse(&device).and_then(|d| embed::run(&d, &model, &texts, json)),
+        Cmd::Embed { model, device, json, texts } => Device::parse_many(&device).and_then(|d| embed::run(&d, &model, &texts, json)),
         Cmd::Serve(opts) => serve::run(&opts),
         Cmd::Soak { minutes, device, threads, model, json } => Device::parse_many(&device).and_then(|d| soak::run(&d, minutes, threads, &model, json.as_deref())),
         Cmd::Check { device, threads, iters, model, fixtures } => Device::parse(&device).and_then(|d| check::run(&d, threads, iters, &model, &fixtures)),
