@@ -144,7 +144,8 @@ def main():
             print(f"failover: SKIPPED ({what} not found at {path})")
             return 2
 
-    logdir = a.logdir or tempfile.mkdtemp(prefix="braid-failover-")
+    # Absolute: nginx resolves -c and the paths in its config against -p.
+    logdir = os.path.abspath(a.logdir or tempfile.mkdtemp(prefix="braid-failover-"))
     os.makedirs(logdir, exist_ok=True)
     pa, pb, plb = free_port(), free_port(), free_port()
     ra = Replica("a", a.braid, a.model, pa, logdir)
