@@ -174,6 +174,9 @@ http {{
     listen 127.0.0.1:{plb};
     location / {{
       proxy_pass http://braid;
+      # braid bound to loopback without --api-key serves only loopback Host
+      # names (DNS-rebinding guard): pass the client's own (127.0.0.1:port).
+      proxy_set_header Host $host;
       proxy_connect_timeout 1s;
       proxy_read_timeout 60s;
       proxy_next_upstream error timeout http_502 http_503 non_idempotent;
