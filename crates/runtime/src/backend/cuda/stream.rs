@@ -197,6 +197,21 @@ fn flash_name(d: DType, dpad: usize, bq: u32) -> &'static str {
     }
 }
 
+/// The checks and kernel arguments every attention kernel shares: q, k, v,
+/// mask, out, seq, heads, head_dim, row stride, scale; `None` when there is
+/// nothing to compute.
+fn attention_args(p: &Attention) -> Result<Option<(i32, [Arg; 10])>> {
+    if p.batch == 0 || p.seq == 0 || p.heads == 0 || p.head_dim == 0 {
+        return Ok(None);
+    }
+    if p.heads > 65535 || p.batch > 65535 {
+        return Err(Error::InvalidArgument(format!("attention: heads ({}) and batch ({}) must be at most 65535 on CUDA", p.heads, p.batch)));
+    }
+    let seq = i32_dim(p.seq, "seq")?;
+    let hd = i32_dim(p.head_dim, "head_dim")?;
+    Ok(Some((seq, [Arg::Ptr(p.q), Arg::Ptr(p.k), Arg::Ptr(p.v), opt(p.mask), Arg::Ptr(p.out), Arg::I32(seq), Arg::I32(p.heads as i32), Arg::I32(hd), Arg::I64(p.row_stride as i64), Arg::F32(p.scale)])))
+}
+
 impl CudaStream {
     /// Attention with a chosen kernel (tests and benchmarks compare them);
     /// `BackendStream::attention` is `attention_with(p, AttnKernel::Auto)`.
@@ -204,26 +219,7 @@ impl CudaStream {
     /// # Safety
     /// As [`BackendStream::attention`]: the descriptor's buffers are valid.
     pub unsafe fn attention_with(&self, p: &Attention, kernel: AttnKernel) -> Result<()> {
-        if p.batch == 0 || p.seq == 0 || p.heads == 0 || p.head_dim == 0 {
-            return Ok(());
-        }
-        if p.heads > 65535 || p.batch > 65535 {
-            return Err(Error::InvalidArgument(format!("attention: heads ({}) and batch ({}) must be at most 65535 on CUDA", p.heads, p.batch)));
-        }
-        let seq = i32_dim(p.seq, "seq")?;
-        let hd = i32_dim(p.head_dim, "head_dim")?;
-        let args = [
-            Arg::Ptr(p.q),
-            Arg::Ptr(p.k),
-            Arg::Ptr(p.v),
-            opt(p.mask),
-            Arg::Ptr(p.out),
-            Arg::I32(seq),
-            Arg::I32(p.heads as i32),
-            Arg::I32(hd),
-            Arg::I64(p.row_stride as i64),
-            Arg::F32(p.scale),
-        ];
+        let Some((seq, args)) = attention_args(p)? else { return Ok(()) };
         // On an H100 the 64-query tile beat both the 32-query tile and the
         // simple kernel at every measured shape, batch 1 included (RESULTS.md).
         let bq = match kernel {
@@ -461,27 +457,8 @@ impl BackendStream for CudaStream {
     }
 
     unsafe fn attention_bias(&self, p: &Attention, bias: DevicePtr) -> Result<()> {
-        if p.batch == 0 || p.seq == 0 || p.heads == 0 || p.head_dim == 0 {
-            return Ok(());
-        }
-        if p.heads > 65535 || p.batch > 65535 {
-            return Err(Error::InvalidArgument(format!("attention: heads ({}) and batch ({}) must be at most 65535 on CUDA", p.heads, p.batch)));
-        }
-        let seq = i32_dim(p.seq, "seq")?;
-        let hd = i32_dim(p.head_dim, "head_dim")?;
-        let args = [
-            Arg::Ptr(p.q),
-            Arg::Ptr(p.k),
-            Arg::Ptr(p.v),
-            opt(p.mask),
-            Arg::Ptr(p.out),
-            Arg::I32(seq),
-            Arg::I32(p.heads as i32),
-            Arg::I32(hd),
-            Arg::I64(p.row_stride as i64),
-            Arg::F32(p.scale),
-            Arg::Ptr(bias),
-        ];
+        let Some((seq, a)) = attention_args(p)? else { return Ok(()) };
+        let args = [a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8], a[9], Arg::Ptr(bias)];
         let smem = (p.head_dim + p.seq) * 4;
         if smem > 48 * 1024 {
             return Err(Error::Unsupported { backend: "cuda", what: format!("attention with a bias and seq {} + head_dim {} > 12288 floats of shared memory", p.seq, p.head_dim) });
