@@ -154,8 +154,8 @@ impl Dense {
             return Err(Error::Io { path: wpath.display().to_string(), message: "Dense weights not found (braid reads model.safetensors, not pytorch_model.bin)".into() });
         }
         let w = HostWeights::load_safetensors(&wpath)?;
-        let weight = w.get("linear.weight", &[out, inp])?.data.clone();
-        let bias_v = if bias { Some(w.get("linear.bias", &[out])?.data.clone()) } else { None };
+        let weight = w.get("linear.weight", &[out, inp])?.data.into_owned();
+        let bias_v = if bias { Some(w.get("linear.bias", &[out])?.data.into_owned()) } else { None };
         let linear = Linear::load(&w, "linear", inp, out, bias, device, dtype)?;
         Ok(Dense { linear, weight, bias: bias_v, in_features: inp, out_features: out, act })
     }

@@ -1,30 +1,112 @@
-//! [`HostWeights`]: named f32 tensors on the host, the one form every
-//! module loads from: a safetensors file (HF checkpoints; f32, f16 and bf16
-//! are widened to f32), or weights made from a seed by the built-in
-//! workloads. Owns the checks of a weights file (a missing tensor, a wrong
-//! shape or a non-float dtype is an error naming the tensor; a truncated or
-//! corrupt file is an error, never a crash) and writing safetensors, so the
-//! PyTorch peer can load exactly the weights braid runs.
+//! [`HostWeights`]: named tensors on the host, the one form every module
+//! loads from: a safetensors file (HF checkpoints; f32, f16 and bf16), or
+//! weights made from a seed by the built-in workloads. Owns the checks of a
+//! weights file (a missing tensor, a wrong shape or a non-float dtype is an
+//! error naming the tensor; a truncated or corrupt file is an error, never a
+//! crash) and writing safetensors, so the PyTorch peer can load exactly the
+//! weights braid runs.
+//!
+//! A file is memory-mapped and its tensors are *views* into the map: nothing
+//! is copied when the file is opened, an f32 tensor is handed to the upload
+//! straight from the mapped pages, and an f16/bf16 one is widened only for
+//! the moment it is uploaded. Models that rename or regroup tensors do it
+//! with [`HostWeights::alias`], which shares the view instead of copying the
+//! data; only genuinely new tensors (a fused QKV weight) are built.
 
 use crate::tensor::{numel, Tensor};
 use braid_runtime::{DType, Device, Error, Result};
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Arc;
 
-/// One host tensor: row-major f32 data and its shape.
+/// One host tensor as a caller sees it: its shape and row-major f32 values,
+/// borrowed from the mapped file where the file stores f32, widened
+/// otherwise.
 #[derive(Clone, Debug, PartialEq)]
-pub struct HostTensor {
+pub struct HostTensor<'a> {
     pub shape: Vec<usize>,
-    pub data: Vec<f32>,
+    pub data: Cow<'a, [f32]>,
+}
+
+/// The bytes a set of views points into: a memory-mapped file, or an image
+/// held in memory (`from_safetensors` on a buffer).
+enum Image {
+    Mapped(memmap2::Mmap),
+    Owned(Vec<u8>),
+}
+
+impl Image {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Image::Mapped(m) => m,
+            Image::Owned(v) => v,
+        }
+    }
+}
+
+/// How a file stores a float tensor.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum FileDType {
+    F32,
+    F16,
+    BF16,
+}
+
+/// Where a tensor's values live.
+#[derive(Clone)]
+enum Data {
+    /// `image.bytes()[start..end]`, in the file's dtype (little-endian).
+    View { image: Arc<Image>, start: usize, end: usize, dtype: FileDType },
+    /// Values made in memory (workloads, fused tensors).
+    Owned(Arc<Vec<f32>>),
+}
+
+#[derive(Clone)]
+struct Entry {
+    shape: Vec<usize>,
+    data: Data,
+}
+
+impl Entry {
+    fn values(&self) -> Cow<'_, [f32]> {
+        match &self.data {
+            Data::Owned(v) => Cow::Borrowed(v.as_slice()),
+            Data::View { image, start, end, dtype } => {
+                let raw = &image.bytes()[*start..*end];
+                match dtype {
+                    FileDType::F32 => {
+                        // Zero-copy where the view is aligned for f32 (safetensors
+                        // pads its header to 8 bytes, so it normally is) and the
+                        // host is little-endian like the file format.
+                        if cfg!(target_endian = "little") {
+                            if let Ok(v) = bytemuck::try_cast_slice::<u8, f32>(raw) {
+                                return Cow::Borrowed(v);
+                            }
+                        }
+                        Cow::Owned(raw.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
+                    }
+                    FileDType::BF16 => Cow::Owned(raw.chunks_exact(2).map(|c| crate::tensor::bf16_to_f32(u16::from_le_bytes([c[0], c[1]]))).collect()),
+                    FileDType::F16 => Cow::Owned(raw.chunks_exact(2).map(|c| f16_to_f32(u16::from_le_bytes([c[0], c[1]]))).collect()),
+                }
+            }
+        }
+    }
 }
 
 /// Named host tensors, with the name of where they came from for errors.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Default)]
 pub struct HostWeights {
     origin: String,
-    tensors: BTreeMap<String, HostTensor>,
+    tensors: BTreeMap<String, Entry>,
     /// Tensors present in the file with a dtype that is not a float (name -> dtype).
     other: BTreeMap<String, String>,
+}
+
+impl std::fmt::Debug for HostWeights {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HostWeights").field("origin", &self.origin).field("tensors", &self.tensors.len()).finish()
+    }
 }
 
 fn f16_to_f32(h: u16) -> f32 {
@@ -65,7 +147,16 @@ impl HostWeights {
         if numel(shape) != data.len() {
             return Err(Error::Model(format!("{}: tensor {name}: {} values do not fill shape {shape:?}", self.origin, data.len())));
         }
-        self.tensors.insert(name, HostTensor { shape: shape.to_vec(), data });
+        self.tensors.insert(name, Entry { shape: shape.to_vec(), data: Data::Owned(Arc::new(data)) });
+        Ok(())
+    }
+
+    /// Make `from`'s tensor `name` (which must have `shape`) available here
+    /// as `to`, sharing its data: a rename, not a copy.
+    pub fn alias(&mut self, to: impl Into<String>, from: &HostWeights, name: &str, shape: &[usize]) -> Result<()> {
+        from.get(name, shape)?;
+        let e = from.tensors.get(name).expect("checked by get").clone();
+        self.tensors.insert(to.into(), e);
         Ok(())
     }
 
@@ -78,9 +169,9 @@ impl HostWeights {
     }
 
     /// The tensor `name`, which must have `shape`.
-    pub fn get(&self, name: &str, shape: &[usize]) -> Result<&HostTensor> {
+    pub fn get(&self, name: &str, shape: &[usize]) -> Result<HostTensor<'_>> {
         match self.tensors.get(name) {
-            Some(t) if t.shape == shape => Ok(t),
+            Some(t) if t.shape == shape => Ok(HostTensor { shape: t.shape.clone(), data: t.values() }),
             Some(t) => Err(Error::Model(format!("{}: tensor {name} has shape {:?}, expected {shape:?}", self.origin, t.shape))),
             None => match self.other.get(name) {
                 Some(dt) => Err(Error::Model(format!("{}: tensor {name} has dtype {dt}, expected a float type (F32, F16 or BF16)", self.origin))),
@@ -89,49 +180,87 @@ impl HostWeights {
         }
     }
 
+    /// The shape of tensor `name`, if present.
+    pub fn shape(&self, name: &str) -> Option<&[usize]> {
+        self.tensors.get(name).map(|t| t.shape.as_slice())
+    }
+
     /// The tensor `name`, whatever its shape.
-    pub fn get_any(&self, name: &str) -> Result<&HostTensor> {
+    pub fn get_any(&self, name: &str) -> Result<HostTensor<'_>> {
         match self.tensors.get(name) {
-            Some(t) => Ok(t),
+            Some(t) => Ok(HostTensor { shape: t.shape.clone(), data: t.values() }),
             None => self.get(name, &[]),
         }
     }
 
-    /// The tensor `name` (of `shape`) on `device` as `dtype`.
+    /// The tensor `name` (of `shape`) on `device` as `dtype`. An f32 file
+    /// tensor goes to the device straight from the mapped pages.
     pub fn tensor(&self, name: &str, shape: &[usize], device: &Device, dtype: DType) -> Result<Tensor> {
         let t = self.get(name, shape)?;
         Tensor::from_slice_as(device, &t.data, shape, dtype)
     }
 
-    /// Parse a safetensors image. Float tensors are widened to f32; others
-    /// are remembered by dtype so that asking for them names the dtype.
-    pub fn from_safetensors(bytes: &[u8], origin: impl Into<String>) -> Result<HostWeights> {
+    /// Index a safetensors image: each float tensor becomes a view into
+    /// `image`; others are remembered by dtype so that asking for them names
+    /// the dtype.
+    fn index(image: Image, origin: String) -> Result<HostWeights> {
         use safetensors::tensor::Dtype;
-        let origin = origin.into();
-        let st = safetensors::SafeTensors::deserialize(bytes).map_err(|e| Error::Io { path: origin.clone(), message: format!("not a valid safetensors file: {e}") })?;
+        let image = Arc::new(image);
+        let (header, meta) = safetensors::SafeTensors::read_metadata(image.bytes()).map_err(|e| Error::Io { path: origin.clone(), message: format!("not a valid safetensors file: {e}") })?;
+        // Validate the whole image (offsets inside the file, no overlaps, sizes
+        // matching shapes) with the crate's own checks before trusting offsets.
+        safetensors::SafeTensors::deserialize(image.bytes()).map_err(|e| Error::Io { path: origin.clone(), message: format!("not a valid safetensors file: {e}") })?;
+        let base = 8 + header;
         let mut w = HostWeights::new(origin);
-        for (name, view) in st.tensors() {
-            let shape = view.shape().to_vec();
-            let raw = view.data();
-            let data: Vec<f32> = match view.dtype() {
-                Dtype::F32 => raw.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
-                Dtype::BF16 => raw.chunks_exact(2).map(|c| crate::tensor::bf16_to_f32(u16::from_le_bytes([c[0], c[1]]))).collect(),
-                Dtype::F16 => raw.chunks_exact(2).map(|c| f16_to_f32(u16::from_le_bytes([c[0], c[1]]))).collect(),
+        for (name, info) in meta.tensors() {
+            let dtype = match info.dtype {
+                Dtype::F32 => FileDType::F32,
+                Dtype::F16 => FileDType::F16,
+                Dtype::BF16 => FileDType::BF16,
                 other => {
                     w.other.insert(name, format!("{other:?}"));
                     continue;
                 }
             };
-            w.insert(name, &shape, data)?;
+            let (start, end) = (base + info.data_offsets.0, base + info.data_offsets.1);
+            let elem = if dtype == FileDType::F32 { 4 } else { 2 };
+            if end > image.bytes().len() || start > end || (end - start) != numel(&info.shape) * elem {
+                return Err(Error::Io { path: w.origin.clone(), message: format!("tensor {name}: its data range does not match its shape") });
+            }
+            w.tensors.insert(name, Entry { shape: info.shape.clone(), data: Data::View { image: image.clone(), start, end, dtype } });
         }
         Ok(w)
     }
 
-    /// Read a safetensors file.
+    /// Parse a safetensors image held in memory.
+    pub fn from_safetensors(bytes: &[u8], origin: impl Into<String>) -> Result<HostWeights> {
+        HostWeights::index(Image::Owned(bytes.to_vec()), origin.into())
+    }
+
+    /// Open a safetensors file: memory-mapped, nothing read until a tensor
+    /// is asked for.
     pub fn load_safetensors(path: impl AsRef<Path>) -> Result<HostWeights> {
         let path = path.as_ref();
-        let bytes = std::fs::read(path).map_err(|e| Error::Io { path: path.display().to_string(), message: e.to_string() })?;
-        HostWeights::from_safetensors(&bytes, path.display().to_string())
+        let io = |e: std::io::Error| Error::Io { path: path.display().to_string(), message: e.to_string() };
+        let file = std::fs::File::open(path).map_err(io)?;
+        let len = file.metadata().map_err(io)?.len();
+        let image = if len == 0 {
+            Image::Owned(Vec::new())
+        } else {
+            // SAFETY: the map is read-only and lives as long as the views
+            // (they hold the `Arc<Image>`). Another process truncating or
+            // rewriting the model file while braid runs could change or
+            // unmap the bytes under us, as with every mmap-based loader
+            // (safetensors' own, candle's); model directories are treated as
+            // immutable while loaded, as the README says.
+            match unsafe { memmap2::Mmap::map(&file) } {
+                Ok(m) => Image::Mapped(m),
+                // A file system that cannot map (some FUSE and network mounts):
+                // read it instead.
+                Err(_) => Image::Owned(std::fs::read(path).map_err(io)?),
+            }
+        };
+        HostWeights::index(image, path.display().to_string())
     }
 
     /// The weights as a safetensors image (all F32), e.g. for PyTorch's
@@ -139,7 +268,7 @@ impl HostWeights {
     pub fn to_safetensors(&self) -> Result<Vec<u8>> {
         use safetensors::tensor::{Dtype, TensorView};
         let bytes: Vec<(String, Vec<u8>, Vec<usize>)> =
-            self.tensors.iter().map(|(n, t)| (n.clone(), t.data.iter().flat_map(|v| v.to_le_bytes()).collect(), t.shape.clone())).collect();
+            self.tensors.iter().map(|(n, t)| (n.clone(), t.values().iter().flat_map(|v| v.to_le_bytes()).collect(), t.shape.clone())).collect();
         let views = bytes
             .iter()
             .map(|(n, b, s)| TensorView::new(Dtype::F32, s.clone(), b).map(|v| (n.clone(), v)))

@@ -33,6 +33,55 @@ fn safetensors_round_trip_and_load() {
     BertModel::load(&back, &config, &Device::cpu().unwrap(), DType::F32).unwrap();
 }
 
+/// A file is mapped, not read: f32 tensors are views into the map (no host
+/// copy), f16/bf16 ones are widened exactly, and a renamed tensor shares
+/// its view.
+#[test]
+fn file_tensors_are_views_into_the_map() {
+    use std::borrow::Cow;
+    let path = tmp("views").join("model.safetensors");
+    let mut src = HostWeights::new("made here");
+    let vals: Vec<f32> = (0..96).map(|i| i as f32 * 0.25 - 7.0).collect();
+    src.insert("a.weight", &[8, 12], vals.clone()).unwrap();
+    src.save_safetensors(&path).unwrap();
+    let w = HostWeights::load_safetensors(&path).unwrap();
+    let t = w.get("a.weight", &[8, 12]).unwrap();
+    assert!(matches!(t.data, Cow::Borrowed(_)), "an f32 tensor of a mapped file must be a view, not a copy");
+    assert_eq!(&*t.data, &vals[..]);
+    let mut renamed = HostWeights::new("renamed");
+    renamed.alias("b", &w, "a.weight", &[8, 12]).unwrap();
+    let b = renamed.get("b", &[8, 12]).unwrap();
+    assert!(matches!(b.data, Cow::Borrowed(_)));
+    assert_eq!(b.data.as_ptr(), t.data.as_ptr(), "an alias shares the mapped bytes");
+    assert!(renamed.alias("c", &w, "a.weight", &[12, 8]).unwrap_err().to_string().contains("a.weight"));
+
+    // f16 and bf16 files: widened on request, exactly (these values are representable).
+    for (dtype, enc) in [
+        (safetensors::Dtype::F16, (|v: f32| half_bits(v)) as fn(f32) -> u16),
+        (safetensors::Dtype::BF16, |v: f32| (v.to_bits() >> 16) as u16),
+    ] {
+        let bytes: Vec<u8> = vals.iter().flat_map(|&v| enc(v).to_le_bytes()).collect();
+        let view = safetensors::tensor::TensorView::new(dtype, vec![8, 12], &bytes).unwrap();
+        let image = safetensors::serialize(vec![("h".to_string(), view)], None).unwrap();
+        let p = tmp("views").join(format!("{dtype:?}.safetensors"));
+        std::fs::write(&p, image).unwrap();
+        let w = HostWeights::load_safetensors(&p).unwrap();
+        assert_eq!(&*w.get("h", &[8, 12]).unwrap().data, &vals[..], "{dtype:?}");
+    }
+}
+
+/// f16 bits of a value that f16 holds exactly (multiples of 1/4 below 2^10).
+fn half_bits(v: f32) -> u16 {
+    if v == 0.0 {
+        return 0;
+    }
+    let sign = if v < 0.0 { 0x8000u16 } else { 0 };
+    let a = v.abs();
+    let e = a.log2().floor() as i32;
+    let man = ((a / 2f32.powi(e) - 1.0) * 1024.0).round() as u16;
+    sign | (((e + 15) as u16) << 10) | man
+}
+
 #[test]
 fn missing_misshapen_and_non_float_tensors_are_named() {
     let device = Device::cpu().unwrap();
@@ -45,9 +94,9 @@ fn missing_misshapen_and_non_float_tensors_are_named() {
                 continue;
             }
             if Some(n) == reshape {
-                out.insert(n, &[t.data.len()], t.data.clone()).unwrap();
+                out.insert(n, &[t.data.len()], t.data.to_vec()).unwrap();
             } else {
-                out.insert(n, &t.shape, t.data.clone()).unwrap();
+                out.insert(n, &t.shape, t.data.to_vec()).unwrap();
             }
         }
         out

@@ -75,8 +75,8 @@ pub fn load(config: &ModelConfig, w: &HostWeights, device: &Device, dtype: DType
             ("linear2", "ffn.lin2", vec![d, ff], vec![d]),
             ("norm2", "output_layer_norm", vec![d], vec![d]),
         ] {
-            lw.insert(format!("{to}.weight"), &shape_w, w.get(&format!("{p}.{from}.weight"), &shape_w)?.data.clone())?;
-            lw.insert(format!("{to}.bias"), &shape_b, w.get(&format!("{p}.{from}.bias"), &shape_b)?.data.clone())?;
+            lw.alias(format!("{to}.weight"), w, &format!("{p}.{from}.weight"), &shape_w)?;
+            lw.alias(format!("{to}.bias"), w, &format!("{p}.{from}.bias"), &shape_b)?;
         }
         layers.push(TransformerEncoderLayer::load(&lw, "", d, c.n_heads, ff, act, EPS, device, dtype)?);
     }

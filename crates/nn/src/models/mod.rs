@@ -106,8 +106,8 @@ impl HeadLayer {
         let name = format!("{prefix}.weight");
         let any = w.get_any(&name)?;
         let out = out.unwrap_or_else(|| any.shape.first().copied().unwrap_or(0));
-        let weight = w.get(&name, &[out, inp])?.data.clone();
-        let bias = if w.contains(&format!("{prefix}.bias")) { Some(w.get(&format!("{prefix}.bias"), &[out])?.data.clone()) } else { None };
+        let weight = w.get(&name, &[out, inp])?.data.into_owned();
+        let bias = if w.contains(&format!("{prefix}.bias")) { Some(w.get(&format!("{prefix}.bias"), &[out])?.data.into_owned()) } else { None };
         Ok(HeadLayer { name: prefix.into(), weight, bias, out, inp, tanh, relu })
     }
 

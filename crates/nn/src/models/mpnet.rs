@@ -111,7 +111,7 @@ pub fn load(config: &ModelConfig, w: &HostWeights, device: &Device, dtype: DType
     let position_embeddings = w.tensor(&format!("{root}embeddings.position_embeddings.weight"), &[c.max_position_embeddings, d], device, dtype)?;
     settle_all(&[&word_embeddings, &position_embeddings])?;
     let embeddings_norm = LayerNorm::load(w, &format!("{root}embeddings.LayerNorm"), d, eps, device, dtype)?;
-    let relative_attention_bias = w.get(&format!("{root}encoder.relative_attention_bias.weight"), &[c.relative_attention_num_buckets, c.num_attention_heads])?.data.clone();
+    let relative_attention_bias = w.get(&format!("{root}encoder.relative_attention_bias.weight"), &[c.relative_attention_num_buckets, c.num_attention_heads])?.data.into_owned();
     let mut layers = Vec::with_capacity(c.num_hidden_layers);
     for i in 0..c.num_hidden_layers {
         let p = format!("{root}encoder.layer.{i}");

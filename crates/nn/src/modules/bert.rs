@@ -165,7 +165,7 @@ impl BertModel {
             let qkv = |s: &str| ["query", "key", "value"].map(|n| format!("{p}.attention.self.{n}.{s}")).to_vec();
             lw.insert("self_attn.in_proj_weight", &[3 * d, d], concat(w, &qkv("weight"), &[d, d])?)?;
             lw.insert("self_attn.in_proj_bias", &[3 * d], concat(w, &qkv("bias"), &[d])?)?;
-            let mut copy = |to: &str, from: &str, shape: &[usize]| -> Result<()> { lw.insert(to, shape, w.get(&format!("{p}.{from}"), shape)?.data.clone()) };
+            let mut copy = |to: &str, from: &str, shape: &[usize]| -> Result<()> { lw.alias(to, w, &format!("{p}.{from}"), shape) };
             copy("self_attn.out_proj.weight", "attention.output.dense.weight", &[d, d])?;
             copy("self_attn.out_proj.bias", "attention.output.dense.bias", &[d])?;
             copy("norm1.weight", "attention.output.LayerNorm.weight", &[d])?;

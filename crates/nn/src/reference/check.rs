@@ -222,7 +222,7 @@ impl Checker {
         let mut out = HostWeights::new(w.origin());
         for n in w.names() {
             let t = w.get_any(n)?;
-            out.insert(n, &t.shape, self.round(t.data.clone()))?;
+            out.insert(n, &t.shape, self.round(t.data.to_vec()))?;
         }
         Ok(out)
     }

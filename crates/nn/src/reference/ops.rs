@@ -238,8 +238,9 @@ pub fn bert_embed(w: &HostWeights, c: &BertConfig, input: &BertInput) -> Result<
             ("norm2", "output.LayerNorm"),
         ] {
             for s in ["weight", "bias"] {
-                let t = w.get_any(&format!("{p}.{from}.{s}"))?.clone();
-                lw.insert(format!("{to}.{s}"), &t.shape, t.data)?;
+                let name = format!("{p}.{from}.{s}");
+                let shape = w.get_any(&name)?.shape;
+                lw.alias(format!("{to}.{s}"), w, &name, &shape)?;
             }
         }
         h = encoder_layer(&lw, "", d, c.num_attention_heads, c.intermediate_size, c.activation()?, eps, &h, Some(&mask), b, s)?;
