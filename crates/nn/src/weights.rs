@@ -32,14 +32,14 @@ pub struct HostTensor<'a> {
 /// The bytes a set of views points into: a memory-mapped file, or an image
 /// held in memory (`from_safetensors` on a buffer).
 enum Image {
-    Mapped(memmap2::Mmap),
+    Mapped(braid_runtime::MappedFile),
     Owned(Vec<u8>),
 }
 
 impl Image {
     fn bytes(&self) -> &[u8] {
         match self {
-            Image::Mapped(m) => m,
+            Image::Mapped(m) => m.bytes(),
             Image::Owned(v) => v,
         }
     }
@@ -241,25 +241,7 @@ impl HostWeights {
     /// is asked for.
     pub fn load_safetensors(path: impl AsRef<Path>) -> Result<HostWeights> {
         let path = path.as_ref();
-        let io = |e: std::io::Error| Error::Io { path: path.display().to_string(), message: e.to_string() };
-        let file = std::fs::File::open(path).map_err(io)?;
-        let len = file.metadata().map_err(io)?.len();
-        let image = if len == 0 {
-            Image::Owned(Vec::new())
-        } else {
-            // SAFETY: the map is read-only and lives as long as the views
-            // (they hold the `Arc<Image>`). Another process truncating or
-            // rewriting the model file while braid runs could change or
-            // unmap the bytes under us, as with every mmap-based loader
-            // (safetensors' own, candle's); model directories are treated as
-            // immutable while loaded, as the README says.
-            match unsafe { memmap2::Mmap::map(&file) } {
-                Ok(m) => Image::Mapped(m),
-                // A file system that cannot map (some FUSE and network mounts):
-                // read it instead.
-                Err(_) => Image::Owned(std::fs::read(path).map_err(io)?),
-            }
-        };
+        let image = Image::Mapped(braid_runtime::MappedFile::open(path)?);
         HostWeights::index(image, path.display().to_string())
     }
 
