@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# Issue 13's batching policy, measured: the eager policy (the default: a free
+# worker starts at once with what is queued, requests gather only while every
+# worker is busy) against the original wait policy (gather until the batch is
+# full or the delay has passed), same binary, same run, alternating:
+#   1. `braid bench story --workload W --quick` dynamic rows (in-process
+#      clients sending single samples), BRAID_BATCH_POLICY=wait then eager,
+#      for each W in WORKLOADS;
+#   2. `braid serve --batch-policy wait`, then `eager`, under LOAD (one-text
+#      requests of ~50 tokens, CLIENTS clients, SECONDS_PER_STEP each).
+# Writes OUTDIR/policy-summary.md (eager/wait ratios of req/s and p50).
+#
+#   scripts/batch-policy.sh OUTDIR                              # CPU
+#   DEVICE=cuda:0 WORKLOADS="mlp minilm" scripts/batch-policy.sh OUTDIR   # one GPU
+#
+# Needs BRAID (default .bin/braid; no cargo), python3, and for step 2 and the
+# minilm workload models/all-MiniLM-L6-v2. Knobs: DEVICE (cpu), WORKLOADS
+# (mlp encoder), CLIENTS (1 4 16 64 256), SECONDS_PER_STEP (5), REPEATS (1),
+# SERVE_ARGS, LOAD (default `python3 bench/serve_load.py`, or any command
+# taking its arguments and writing its JSON).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out=${1:?usage: scripts/batch-policy.sh OUTDIR}
+braid=${BRAID:-.bin/braid}
+device=${DEVICE:-cpu}
+workloads=${WORKLOADS:-mlp encoder}
+clients=${CLIENTS:-1 4 16 64 256}
+secs=${SECONDS_PER_STEP:-5}
+repeats=${REPEATS:-1}
+load=${LOAD:-python3 bench/serve_load.py}
+model=${MODEL:-models/all-MiniLM-L6-v2}
+serve_args=${SERVE_ARGS:---workers 2 --max-batch 256 --max-delay-ms 2 --capacity 65536 --log-requests false}
+[ -x "$braid" ] || { echo "batch-policy: no braid binary at $braid (set BRAID)"; exit 2; }
+mkdir -p "$out"
+unset BRAID_INJECT_FAULT
+{ date -u; "$braid" info 2>&1 | head -20; nproc; echo "DEVICE=$device LOAD=$load SERVE_ARGS=$serve_args"; } > "$out/machine.txt" 2>&1
+t_start=$(date +%s)
+for r in $(seq 1 "$repeats"); do
+  for w in $workloads; do
+    for p in wait eager; do
+      echo "== $(date +%T) story $w on $device, policy $p (repeat $r)"
+      BRAID_BATCH_POLICY=$p timeout 600 "$braid" bench story --device "$device" --workload "$w" --model "$model" --quick --json "$out/story-$w-$p-$r.json" > "$out/story-$w-$p-$r.md" 2> "$out/story-$w-$p-$r.err" || { echo "story failed:"; tail -3 "$out/story-$w-$p-$r.err"; }
+    done
+  done
+done
+if [ -f "$model/model.safetensors" ]; then
+  for r in $(seq 1 "$repeats"); do
+    for p in wait eager; do
+      log="$out/serve-$p-$r.log"
+      "$braid" serve --device "$device" --port 0 --model "$model" --batch-policy "$p" $serve_args > "$log" 2>&1 &
+      pid=$!; url=
+      for _ in $(seq 1 1800); do
+        url=$(grep -o 'listening on http://[0-9.:]*' "$log" | head -1 | sed 's/listening on //')
+        [ -n "$url" ] && break
+        kill -0 $pid 2>/dev/null || break
+        sleep 0.1
+      done
+      if [ -z "$url" ]; then echo "serve did not start:"; tail -5 "$log"; continue; fi
+      echo "== $(date +%T) serve on $device, --batch-policy $p (repeat $r), $url"
+      timeout 600 $load --url "$url" --clients $clients --tokens 50 --seconds "$secs" --json "$out/load-$p-$r.json" > "$out/load-$p-$r.md" 2>&1 || tail -3 "$out/load-$p-$r.md"
+      kill -TERM $pid; for _ in $(seq 1 300); do kill -0 $pid 2>/dev/null || break; sleep 0.1; done; kill -KILL $pid 2>/dev/null; wait $pid 2>/dev/null
+    done
+  done
+else
+  echo "batch-policy: no model at $model: serve step SKIPPED (scripts/get-minilm.sh)"
+fi
+echo "== $(date +%T) done in $(( $(date +%s) - t_start )) s"
+python3 - "$out" "$device" "$workloads" <<'PY'
+import glob, json, os, statistics, sys
+out, device, workloads = sys.argv[1], sys.argv[2], sys.argv[3].split()
+def med(xs):
+    return statistics.median(xs) if xs else float("nan")
+L = [f"# Batch policy: eager (new default) vs wait (the original), {device}", "", "Same binary, same run (`scripts/batch-policy.sh`); medians over repeats; machine in `machine.txt`.", ""]
+for w in workloads:
+    runs = {p: [{r["clients"]: r for r in json.load(open(f))["results"] if r.get("kind") == "dynamic"} for f in sorted(glob.glob(f"{out}/story-{w}-{p}-*.json"))] for p in ("wait", "eager")}
+    if not runs["wait"] or not runs["eager"]:
+        L += [f"## story {w}: missing (see story-{w}-*.err)", ""]
+        continue
+    L += [f"## bench story --workload {w} --quick, dynamic rows", "", "| clients | wait req/s | eager req/s | eager/wait | wait p50 ms | eager p50 ms | wait mean batch | eager mean batch |", "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for c in sorted(runs["wait"][0]):
+        g = lambda p, k: med([d[c][k] for d in runs[p] if c in d])
+        L.append(f"| {c} | {g('wait', 'requests_per_s'):,.0f} | {g('eager', 'requests_per_s'):,.0f} | {g('eager', 'requests_per_s') / g('wait', 'requests_per_s'):.2f} | {g('wait', 'p50_ms'):.3f} | {g('eager', 'p50_ms'):.3f} | {g('wait', 'mean_batch'):.1f} | {g('eager', 'mean_batch'):.1f} |")
+    L.append("")
+runs = {p: [{r["clients"]: r for r in json.load(open(f))["rows"]} for f in sorted(glob.glob(f"{out}/load-{p}-*.json"))] for p in ("wait", "eager")}
+if runs["wait"] and runs["eager"]:
+    L += ["## braid serve, one-text requests (~50 tokens)", "", "| clients | wait req/s | eager req/s | eager/wait | wait p50 ms | eager p50 ms | wait p99 ms | eager p99 ms | wait mean batch | eager mean batch | errors |", "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for c in sorted(runs["wait"][0]):
+        g = lambda p, k: med([d[c][k] for d in runs[p] if c in d])
+        L.append(f"| {c} | {g('wait', 'req_s'):,.0f} | {g('eager', 'req_s'):,.0f} | {g('eager', 'req_s') / g('wait', 'req_s'):.2f} | {g('wait', 'p50_ms'):.2f} | {g('eager', 'p50_ms'):.2f} | {g('wait', 'p99_ms'):.2f} | {g('eager', 'p99_ms'):.2f} | {g('wait', 'mean_batch'):.1f} | {g('eager', 'mean_batch'):.1f} | {sum(d[c]['errors'] for p in runs for d in runs[p] if c in d)} |")
+text = "\n".join(L) + "\n"
+open(f"{out}/policy-summary.md", "w").write(text)
+print(text)
+PY
