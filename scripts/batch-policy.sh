@@ -7,7 +7,10 @@
 #      clients sending single samples), BRAID_BATCH_POLICY=wait then eager,
 #      for each W in WORKLOADS;
 #   2. `braid serve --batch-policy wait`, then `eager`, under LOAD (one-text
-#      requests of ~50 tokens, CLIENTS clients, SECONDS_PER_STEP each).
+#      requests of ~50 tokens, CLIENTS clients, SECONDS_PER_STEP each);
+#   3. one client against both servers at once, requests interleaved
+#      (scripts/ab-latency.py): latency, and the server's own mean queue wait
+#      (what the policy decides) and forward time.
 # Writes OUTDIR/policy-summary.md (eager/wait ratios of req/s and p50).
 #
 #   scripts/batch-policy.sh OUTDIR                              # CPU
@@ -61,6 +64,21 @@ if [ -f "$model/model.safetensors" ]; then
       kill -TERM $pid; for _ in $(seq 1 300); do kill -0 $pid 2>/dev/null || break; sleep 0.1; done; kill -KILL $pid 2>/dev/null; wait $pid 2>/dev/null
     done
   done
+  # 3. One client, both servers up at once, requests interleaved A B A B:
+  # the same machine conditions for both (robust to drift and to other load).
+  for p in wait eager; do
+    "$braid" serve --device "$device" --port 0 --model "$model" --batch-policy "$p" $serve_args > "$out/serve-ab-$p.log" 2>&1 &
+    eval "pid_$p=$!"
+  done
+  for _ in $(seq 1 1800); do
+    uw=$(grep -o 'listening on http://[0-9.:]*' "$out/serve-ab-wait.log" | head -1 | sed 's/listening on //')
+    ue=$(grep -o 'listening on http://[0-9.:]*' "$out/serve-ab-eager.log" | head -1 | sed 's/listening on //')
+    [ -n "$uw" ] && [ -n "$ue" ] && break
+    sleep 0.1
+  done
+  echo "== $(date +%T) one client, interleaved: wait $uw, eager $ue"
+  timeout 300 python3 scripts/ab-latency.py --url "wait=$uw" --url "eager=$ue" --requests "${AB_REQUESTS:-400}" --seconds 240 --json "$out/ab-1-client.json" | tee "$out/ab-1-client.txt"
+  kill -TERM $pid_wait $pid_eager; wait $pid_wait $pid_eager 2>/dev/null
 else
   echo "batch-policy: no model at $model: serve step SKIPPED (scripts/get-minilm.sh)"
 fi
@@ -87,6 +105,16 @@ if runs["wait"] and runs["eager"]:
     for c in sorted(runs["wait"][0]):
         g = lambda p, k: med([d[c][k] for d in runs[p] if c in d])
         L.append(f"| {c} | {g('wait', 'req_s'):,.0f} | {g('eager', 'req_s'):,.0f} | {g('eager', 'req_s') / g('wait', 'req_s'):.2f} | {g('wait', 'p50_ms'):.2f} | {g('eager', 'p50_ms'):.2f} | {g('wait', 'p99_ms'):.2f} | {g('eager', 'p99_ms'):.2f} | {g('wait', 'mean_batch'):.1f} | {g('eager', 'mean_batch'):.1f} | {sum(d[c]['errors'] for p in runs for d in runs[p] if c in d)} |")
+try:
+    ab = json.load(open(f"{out}/ab-1-client.json"))
+    w, e = ab["wait"], ab["eager"]
+    L += ["", "## braid serve, one client, requests interleaved between a wait and an eager server (scripts/ab-latency.py)", "",
+          "| policy | requests | p50 ms | p90 ms | p99 ms | server mean queue wait ms | server mean forward ms |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for n, r in (("wait", w), ("eager", e)):
+        L.append(f"| {n} | {r['requests']} | {r['p50_ms']:.2f} | {r['p90_ms']:.2f} | {r['p99_ms']:.2f} | {r['server_mean_queue_wait_ms']:.3f} | {r['server_mean_compute_ms']:.3f} |")
+    L.append(f"\neager/wait p50: {e['p50_ms'] / w['p50_ms']:.2f}; errors: {ab['errors']}")
+except (OSError, KeyError, ValueError):
+    L += ["", "(one-client interleaved run: missing)"]
 text = "\n".join(L) + "\n"
 open(f"{out}/policy-summary.md", "w").write(text)
 print(text)

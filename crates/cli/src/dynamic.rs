@@ -23,7 +23,10 @@ const MAX_DELAY: Duration = Duration::from_millis(1);
 /// `braid serve`), `eager` when unset.
 pub fn policy() -> Result<BatchPolicy> {
     match std::env::var("BRAID_BATCH_POLICY") {
-        Ok(v) => v.parse().map_err(|e: braid_runtime::Error| braid_runtime::Error::InvalidArgument(format!("BRAID_BATCH_POLICY: {e}"))),
+        Ok(v) => v.parse().map_err(|e| match e {
+            braid_runtime::Error::InvalidArgument(m) => braid_runtime::Error::InvalidArgument(format!("BRAID_BATCH_POLICY: {m}")),
+            e => e,
+        }),
         Err(_) => Ok(BatchPolicy::Eager),
     }
 }

@@ -235,7 +235,10 @@ pub fn config(o: &Options) -> Result<(ServeConfig, Option<usize>)> {
         }
     }
     let cache = parse_bytes(&o.max_cache_bytes, &o.device)?;
-    let policy: BatchPolicy = o.batch_policy.parse().map_err(|e: Error| Error::InvalidArgument(format!("--batch-policy: {e}")))?;
+    let policy: BatchPolicy = o.batch_policy.parse().map_err(|e| match e {
+        Error::InvalidArgument(m) => Error::InvalidArgument(format!("--batch-policy: {m}")),
+        e => e,
+    })?;
     let config = ServeConfig {
         batcher: BatcherConfig {
             max_batch_size: o.max_batch,
