@@ -6,7 +6,8 @@
 //! command-line options (each also settable from a `BRAID_*` environment
 //! variable, as TEI allows for containers), their bounds and translation
 //! to `ServeConfig`, the device's cache budget, signals, and the runtime
-//! set-up.
+//! set-up. The fault drill (`BRAID_INJECT_FAULT`) is checked before the
+//! model loads and armed once listening (`crate::drill`).
 
 use braid_batch::{BatchPolicy, BatcherConfig};
 use braid_nn::SentenceEmbedder;
