@@ -2,16 +2,19 @@
 # Issue 13's batching policy, measured: the eager policy (the default: a free
 # worker starts at once with what is queued, requests gather only while every
 # worker is busy) against the original wait policy (gather until the batch is
-# full or the delay has passed), same binary, same run, alternating:
+# full or the delay has passed), and `follow` (eager, but a free worker waits,
+# at most the delay, until as many requests are queued as the last batch
+# held), same binary, same run, alternating (POLICIES, wait first: the ratios
+# are against it):
 #   1. `braid bench story --workload W --quick` dynamic rows (in-process
 #      clients sending single samples), BRAID_BATCH_POLICY=wait then eager,
 #      for each W in WORKLOADS;
 #   2. `braid serve --batch-policy wait`, then `eager`, under LOAD (one-text
 #      requests of ~50 tokens, CLIENTS clients, SECONDS_PER_STEP each);
-#   3. one client against both servers at once, requests interleaved
+#   3. one client against all the servers at once, requests interleaved
 #      (scripts/ab-latency.py): latency, and the server's own mean queue wait
 #      (what the policy decides) and forward time.
-# Writes OUTDIR/policy-summary.md (eager/wait ratios of req/s and p50).
+# Writes OUTDIR/policy-summary.md (ratios of req/s and p50 against wait).
 #
 #   scripts/batch-policy.sh OUTDIR                              # CPU
 #   DEVICE=cuda:0 WORKLOADS="mlp minilm" scripts/batch-policy.sh OUTDIR   # one GPU
@@ -31,6 +34,7 @@ clients=${CLIENTS:-1 4 16 64 256}
 secs=${SECONDS_PER_STEP:-5}
 repeats=${REPEATS:-1}
 load=${LOAD:-python3 bench/serve_load.py}
+policies=${POLICIES:-wait eager follow}
 model=${MODEL:-models/all-MiniLM-L6-v2}
 serve_args=${SERVE_ARGS:---workers 2 --max-batch 256 --max-delay-ms 2 --capacity 65536 --log-requests false}
 [ -x "$braid" ] || { echo "batch-policy: no braid binary at $braid (set BRAID)"; exit 2; }
@@ -40,7 +44,7 @@ unset BRAID_INJECT_FAULT
 t_start=$(date +%s)
 for r in $(seq 1 "$repeats"); do
   for w in $workloads; do
-    for p in wait eager; do
+    for p in $policies; do
       echo "== $(date +%T) story $w on $device, policy $p (repeat $r)"
       BRAID_BATCH_POLICY=$p timeout 600 "$braid" bench story --device "$device" --workload "$w" --model "$model" --quick --json "$out/story-$w-$p-$r.json" > "$out/story-$w-$p-$r.md" 2> "$out/story-$w-$p-$r.err" || { echo "story failed:"; tail -3 "$out/story-$w-$p-$r.err"; }
     done
@@ -48,7 +52,7 @@ for r in $(seq 1 "$repeats"); do
 done
 if [ -f "$model/model.safetensors" ]; then
   for r in $(seq 1 "$repeats"); do
-    for p in wait eager; do
+    for p in $policies; do
       log="$out/serve-$p-$r.log"
       "$braid" serve --device "$device" --port 0 --model "$model" --batch-policy "$p" $serve_args > "$log" 2>&1 &
       pid=$!; url=
@@ -66,53 +70,59 @@ if [ -f "$model/model.safetensors" ]; then
   done
   # 3. One client, both servers up at once, requests interleaved A B A B:
   # the same machine conditions for both (robust to drift and to other load).
-  for p in wait eager; do
+  pids=; urls=
+  for p in $policies; do
     "$braid" serve --device "$device" --port 0 --model "$model" --batch-policy "$p" $serve_args > "$out/serve-ab-$p.log" 2>&1 &
-    eval "pid_$p=$!"
+    pids="$pids $!"
   done
-  for _ in $(seq 1 1800); do
-    uw=$(grep -o 'listening on http://[0-9.:]*' "$out/serve-ab-wait.log" | head -1 | sed 's/listening on //')
-    ue=$(grep -o 'listening on http://[0-9.:]*' "$out/serve-ab-eager.log" | head -1 | sed 's/listening on //')
-    [ -n "$uw" ] && [ -n "$ue" ] && break
-    sleep 0.1
+  for p in $policies; do
+    u=
+    for _ in $(seq 1 1800); do
+      u=$(grep -o 'listening on http://[0-9.:]*' "$out/serve-ab-$p.log" | head -1 | sed 's/listening on //')
+      [ -n "$u" ] && break
+      sleep 0.1
+    done
+    urls="$urls --url $p=$u"
   done
-  echo "== $(date +%T) one client, interleaved: wait $uw, eager $ue"
-  timeout 300 python3 scripts/ab-latency.py --url "wait=$uw" --url "eager=$ue" --requests "${AB_REQUESTS:-400}" --seconds 240 --json "$out/ab-1-client.json" | tee "$out/ab-1-client.txt"
-  kill -TERM $pid_wait $pid_eager; wait $pid_wait $pid_eager 2>/dev/null
+  echo "== $(date +%T) one client, interleaved:$urls"
+  timeout 300 python3 scripts/ab-latency.py $urls --requests "${AB_REQUESTS:-400}" --seconds 240 --json "$out/ab-1-client.json" | tee "$out/ab-1-client.txt"
+  kill -TERM $pids; wait $pids 2>/dev/null
 else
   echo "batch-policy: no model at $model: serve step SKIPPED (scripts/get-minilm.sh)"
 fi
 echo "== $(date +%T) done in $(( $(date +%s) - t_start )) s"
-python3 - "$out" "$device" "$workloads" <<'PY'
+python3 - "$out" "$device" "$workloads" "$policies" <<'PY'
 import glob, json, os, statistics, sys
-out, device, workloads = sys.argv[1], sys.argv[2], sys.argv[3].split()
+out, device, workloads, policies = sys.argv[1], sys.argv[2], sys.argv[3].split(), sys.argv[4].split()
+base = policies[0]
 def med(xs):
     return statistics.median(xs) if xs else float("nan")
-L = [f"# Batch policy: eager (new default) vs wait (the original), {device}", "", "Same binary, same run (`scripts/batch-policy.sh`); medians over repeats; machine in `machine.txt`.", ""]
-for w in workloads:
-    runs = {p: [{r["clients"]: r for r in json.load(open(f))["results"] if r.get("kind") == "dynamic"} for f in sorted(glob.glob(f"{out}/story-{w}-{p}-*.json"))] for p in ("wait", "eager")}
-    if not runs["wait"] or not runs["eager"]:
-        L += [f"## story {w}: missing (see story-{w}-*.err)", ""]
-        continue
-    L += [f"## bench story --workload {w} --quick, dynamic rows", "", "| clients | wait req/s | eager req/s | eager/wait | wait p50 ms | eager p50 ms | wait mean batch | eager mean batch |", "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
-    for c in sorted(runs["wait"][0]):
+L = [f"# Batch policy: {', '.join(policies)} on {device}", "", f"Same binary, same run (`scripts/batch-policy.sh`), policies alternated; medians over repeats; ratios against {base}; machine in `machine.txt`.", ""]
+def table(title, runs, rate, p50, batch):
+    L.extend([title, "", "| clients | " + " | ".join(f"{p} req/s" for p in policies) + " | " + " | ".join(f"{p}/{base}" for p in policies[1:]) + " | " + " | ".join(f"{p} p50 ms" for p in policies) + " | " + " | ".join(f"{p} mean batch" for p in policies) + " |",
+              "| ---: " * (1 + 3 * len(policies) + len(policies) - 1) + "|"])
+    for c in sorted(runs[base][0]):
         g = lambda p, k: med([d[c][k] for d in runs[p] if c in d])
-        L.append(f"| {c} | {g('wait', 'requests_per_s'):,.0f} | {g('eager', 'requests_per_s'):,.0f} | {g('eager', 'requests_per_s') / g('wait', 'requests_per_s'):.2f} | {g('wait', 'p50_ms'):.3f} | {g('eager', 'p50_ms'):.3f} | {g('wait', 'mean_batch'):.1f} | {g('eager', 'mean_batch'):.1f} |")
+        L.append(f"| {c} | " + " | ".join(f"{g(p, rate):,.0f}" for p in policies) + " | " + " | ".join(f"{g(p, rate) / g(base, rate):.2f}" for p in policies[1:]) + " | " + " | ".join(f"{g(p, p50):.3f}" for p in policies) + " | " + " | ".join(f"{g(p, batch):.1f}" for p in policies) + " |")
     L.append("")
-runs = {p: [{r["clients"]: r for r in json.load(open(f))["rows"]} for f in sorted(glob.glob(f"{out}/load-{p}-*.json"))] for p in ("wait", "eager")}
-if runs["wait"] and runs["eager"]:
-    L += ["## braid serve, one-text requests (~50 tokens)", "", "| clients | wait req/s | eager req/s | eager/wait | wait p50 ms | eager p50 ms | wait p99 ms | eager p99 ms | wait mean batch | eager mean batch | errors |", "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
-    for c in sorted(runs["wait"][0]):
-        g = lambda p, k: med([d[c][k] for d in runs[p] if c in d])
-        L.append(f"| {c} | {g('wait', 'req_s'):,.0f} | {g('eager', 'req_s'):,.0f} | {g('eager', 'req_s') / g('wait', 'req_s'):.2f} | {g('wait', 'p50_ms'):.2f} | {g('eager', 'p50_ms'):.2f} | {g('wait', 'p99_ms'):.2f} | {g('eager', 'p99_ms'):.2f} | {g('wait', 'mean_batch'):.1f} | {g('eager', 'mean_batch'):.1f} | {sum(d[c]['errors'] for p in runs for d in runs[p] if c in d)} |")
+for w in workloads:
+    runs = {p: [{r["clients"]: r for r in json.load(open(f))["results"] if r.get("kind") == "dynamic"} for f in sorted(glob.glob(f"{out}/story-{w}-{p}-*.json"))] for p in policies}
+    if all(runs.values()):
+        table(f"## bench story --workload {w} --quick, dynamic rows", runs, "requests_per_s", "p50_ms", "mean_batch")
+    else:
+        L += [f"## story {w}: missing (see story-{w}-*.err)", ""]
+runs = {p: [{r["clients"]: r for r in json.load(open(f))["rows"]} for f in sorted(glob.glob(f"{out}/load-{p}-*.json"))] for p in policies}
+if all(runs.values()):
+    table("## braid serve, one-text requests (~50 tokens)", runs, "req_s", "p50_ms", "mean_batch")
+    L.append(f"errors: {sum(d[c]['errors'] for p in runs for d in runs[p] for c in d)}")
 try:
     ab = json.load(open(f"{out}/ab-1-client.json"))
-    w, e = ab["wait"], ab["eager"]
-    L += ["", "## braid serve, one client, requests interleaved between a wait and an eager server (scripts/ab-latency.py)", "",
+    L += ["", "## braid serve, one client, requests interleaved between the servers (scripts/ab-latency.py)", "",
           "| policy | requests | p50 ms | p90 ms | p99 ms | server mean queue wait ms | server mean forward ms |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
-    for n, r in (("wait", w), ("eager", e)):
-        L.append(f"| {n} | {r['requests']} | {r['p50_ms']:.2f} | {r['p90_ms']:.2f} | {r['p99_ms']:.2f} | {r['server_mean_queue_wait_ms']:.3f} | {r['server_mean_compute_ms']:.3f} |")
-    L.append(f"\neager/wait p50: {e['p50_ms'] / w['p50_ms']:.2f}; errors: {ab['errors']}")
+    for p in policies:
+        r = ab[p]
+        L.append(f"| {p} | {r['requests']} | {r['p50_ms']:.2f} | {r['p90_ms']:.2f} | {r['p99_ms']:.2f} | {r['server_mean_queue_wait_ms']:.3f} | {r['server_mean_compute_ms']:.3f} |")
+    L.append(f"\nerrors: {ab['errors']}")
 except (OSError, KeyError, ValueError):
     L += ["", "(one-client interleaved run: missing)"]
 text = "\n".join(L) + "\n"

@@ -49,6 +49,13 @@ pub enum BatchPolicy {
     /// The original's: a batch starts when its bucket is full or its oldest
     /// request has waited `max_queue_delay`, even if a worker sits idle.
     Wait,
+    /// Eager, but an idle worker waits (at most `max_queue_delay`) until
+    /// its bucket holds as many requests as the last batch did: a lone
+    /// client still never waits (the last batch was 1), while clients
+    /// answered together and coming back together are not split into two
+    /// forwards by the first one back (closed-loop load, or any model whose
+    /// forward has a large fixed cost).
+    Follow,
 }
 
 impl BatchPolicy {
@@ -56,6 +63,7 @@ impl BatchPolicy {
         match self {
             BatchPolicy::Eager => "eager",
             BatchPolicy::Wait => "wait",
+            BatchPolicy::Follow => "follow",
         }
     }
 }
@@ -67,7 +75,8 @@ impl std::str::FromStr for BatchPolicy {
         match s.trim().to_ascii_lowercase().as_str() {
             "eager" => Ok(BatchPolicy::Eager),
             "wait" => Ok(BatchPolicy::Wait),
-            _ => Err(Error::InvalidArgument(format!("batch policy {s:?}: expected `eager` (start at once when a worker is idle) or `wait` (gather up to the delay)"))),
+            "follow" => Ok(BatchPolicy::Follow),
+            _ => Err(Error::InvalidArgument(format!("batch policy {s:?}: expected `eager` (start at once when a worker is idle), `wait` (gather up to the delay) or `follow` (start once as many are queued as the last batch held, or at the delay)"))),
         }
     }
 }
@@ -168,6 +177,8 @@ struct State<I, O> {
     /// lock, so a submit that sees 0 knows every worker will look at the
     /// queue before it next sleeps).
     idle: usize,
+    /// Size of the last batch taken (`Follow`'s target; starts at 1).
+    last_batch: usize,
 }
 
 struct Counters {
@@ -237,7 +248,7 @@ impl<M: BatchModel> Batcher<M> {
             compute_ns: AtomicU64::new(0),
             histogram: Mutex::new(Vec::new()),
         };
-        let shared = Arc::new(Shared { model, config: config.clone(), state: Mutex::new(State { waiting: VecDeque::new(), accepting: true, idle: 0 }), cv: Condvar::new(), counters, limit: AtomicUsize::new(config.max_batch_size) });
+        let shared = Arc::new(Shared { model, config: config.clone(), state: Mutex::new(State { waiting: VecDeque::new(), accepting: true, idle: 0, last_batch: 1 }), cv: Condvar::new(), counters, limit: AtomicUsize::new(config.max_batch_size) });
         let b = Batcher { shared: shared.clone(), workers: Workers::new() };
         let sh = shared.clone();
         let started = b.workers.start(
@@ -394,9 +405,11 @@ fn wake_for<M: BatchModel>(sh: &Shared<M>, st: &State<M::Input, M::Output>, adde
         // request added while any sleeps (a worker that is not asleep looks
         // at the queue before it next sleeps: `idle` is counted under the
         // lock). More than one for a group: its requests may span buckets.
-        BatchPolicy::Eager if st.idle == 0 => Wake::None,
-        BatchPolicy::Eager if added == 1 && st.idle >= 1 => Wake::One,
-        BatchPolicy::Eager => Wake::All,
+        // Follow: the same (the woken worker starts once its bucket holds
+        // the last batch's size; until then it sleeps to the delay).
+        BatchPolicy::Eager | BatchPolicy::Follow if st.idle == 0 => Wake::None,
+        BatchPolicy::Eager | BatchPolicy::Follow if added == 1 => Wake::One,
+        BatchPolicy::Eager | BatchPolicy::Follow => Wake::All,
         // Wait: wake for a first request (it starts the delay clock) and
         // whenever a bucket may have become full. (Relaxed limit: see
         // `Shared::limit`; a stale value costs at most one extra or one
@@ -418,7 +431,8 @@ fn wake_for<M: BatchModel>(sh: &Shared<M>, st: &State<M::Input, M::Output>, adde
 /// request whose length bucket holds a full batch (`limit` requests) goes
 /// with its bucket-mates; failing that, the oldest request's bucket goes as
 /// it is: at once under `Eager` (this worker is idle), once the oldest has
-/// waited `max_queue_delay` under `Wait` (or at shutdown). Within a bucket
+/// waited `max_queue_delay` under `Wait` (or at shutdown), under `Follow`
+/// once it holds as many as the last batch taken, or at the delay. Within a bucket
 /// requests leave in arrival order. Under `Eager`, a worker that leaves
 /// requests behind wakes another idle one for them.
 fn next_batch<M: BatchModel>(sh: &Shared<M>) -> Option<Vec<Request<M::Input, M::Output>>> {
@@ -487,6 +501,7 @@ fn next_batch<M: BatchModel>(sh: &Shared<M>) -> Option<Vec<Request<M::Input, M::
         let chosen = match full {
             Some(k) => Some(k),
             None if !st.accepting || cfg.policy == BatchPolicy::Eager || crate::sync::passed(full_at) => Some(key(oldest)),
+            None if cfg.policy == BatchPolicy::Follow && counts[key(oldest)] >= st.last_batch.min(limit) => Some(key(oldest)),
             None => None,
         };
         if let Some(k) = chosen {
@@ -516,9 +531,10 @@ fn next_batch<M: BatchModel>(sh: &Shared<M>) -> Option<Vec<Request<M::Input, M::
             if let Some(a) = &cfg.adaptive {
                 adapt(sh, a, limit, st.waiting.len(), now.saturating_duration_since(batch[0].arrived));
             }
-            // Eager: requests left behind (another bucket, or past the
-            // limit) go to another idle worker now, not when this one is free.
-            let more = cfg.policy == BatchPolicy::Eager && !st.waiting.is_empty() && st.idle > 0;
+            st.last_batch = batch.len();
+            // Eager, Follow: requests left behind (another bucket, or past
+            // the limit) go to another idle worker now, not when this one is free.
+            let more = cfg.policy != BatchPolicy::Wait && !st.waiting.is_empty() && st.idle > 0;
             drop(st);
             if more {
                 sh.cv.notify_one();

@@ -491,9 +491,42 @@ fn eager_idle_worker_starts_while_another_is_busy() {
 fn batch_policy_parses_or_names_the_choices() {
     assert_eq!("eager".parse::<BatchPolicy>().unwrap(), BatchPolicy::Eager);
     assert_eq!(" WAIT ".parse::<BatchPolicy>().unwrap(), BatchPolicy::Wait);
+    assert_eq!("follow".parse::<BatchPolicy>().unwrap(), BatchPolicy::Follow);
     match "soon".parse::<BatchPolicy>() {
-        Err(Error::InvalidArgument(m)) => assert!(m.contains("soon") && m.contains("eager") && m.contains("wait"), "{m}"),
+        Err(Error::InvalidArgument(m)) => assert!(m.contains("soon") && m.contains("eager") && m.contains("wait") && m.contains("follow"), "{m}"),
         other => panic!("{other:?}"),
     }
     assert_eq!(BatcherConfig::default().policy, BatchPolicy::Eager);
+}
+
+/// Follow: a lone request starts at once (the last batch held 1); after a
+/// batch of 4, the next batch waits (up to the delay, here a minute) until
+/// its bucket holds 4 again, so 4 callers answered together and coming back
+/// one by one are not split into several forwards (under `Eager` the first
+/// one back would go alone).
+#[test]
+fn follow_waits_for_as_many_as_the_last_batch() {
+    let model = Arc::new(Sum::default());
+    let b = Batcher::new(model.clone(), BatcherConfig { max_batch_size: 8, policy: BatchPolicy::Follow, max_queue_delay: Duration::from_secs(60), ..Default::default() }).unwrap();
+    let busy = b.submit(vec![GATE]).unwrap();
+    model.gate.wait_entered();
+    let four: Vec<_> = (0..4).map(|i| b.submit(vec![i as f32]).unwrap()).collect();
+    model.gate.open();
+    busy.wait_timeout(Duration::from_secs(30)).unwrap();
+    for h in four {
+        h.wait_timeout(Duration::from_secs(30)).unwrap();
+    }
+    // One by one, as closed-loop clients come back.
+    let again: Vec<_> = (0..4)
+        .map(|i| {
+            let h = b.submit(vec![10.0 + i as f32]).unwrap();
+            std::thread::sleep(Duration::from_millis(2));
+            h
+        })
+        .collect();
+    for (i, h) in again.into_iter().enumerate() {
+        assert_eq!(h.wait_timeout(Duration::from_secs(30)).unwrap().0, 10.0 + i as f32);
+    }
+    let sizes: Vec<usize> = model.batches.lock().unwrap().iter().map(|b| b.0).collect();
+    assert_eq!(sizes, vec![1, 4, 4]);
 }

@@ -302,6 +302,12 @@ fn batcher_wait_policy_gathers_and_answers_each_caller() {
     gathers_and_answers_each_caller(BatchPolicy::Wait);
 }
 
+/// The same under `Follow` (eager's wake-up rule, with a gathering target).
+#[test]
+fn batcher_follow_policy_gathers_and_answers_each_caller() {
+    gathers_and_answers_each_caller(BatchPolicy::Follow);
+}
+
 fn gathers_and_answers_each_caller(policy: BatchPolicy) {
     let seen: Seen = Default::default();
     let s = seen.clone();

@@ -43,7 +43,7 @@ pub struct Options {
     /// How long the oldest waiting text waits for others (milliseconds, 0..=60000); under --batch-policy eager only an upper bound (never waited out).
     #[arg(long, env = "BRAID_MAX_DELAY_MS", default_value_t = 2.0)]
     pub max_delay_ms: f64,
-    /// When a batch starts: eager (a free worker starts at once with what is queued; texts gather only while every worker is busy) or wait (gather until the batch is full or --max-delay-ms has passed, the original's policy).
+    /// When a batch starts: eager (a free worker starts at once with what is queued; texts gather only while every worker is busy), wait (gather until the batch is full or --max-delay-ms has passed, the original's policy) or follow (a free worker starts once as many texts are queued as the last batch held, or at --max-delay-ms).
     #[arg(long, env = "BRAID_BATCH_POLICY", default_value = "eager")]
     pub batch_policy: String,
     /// Batcher worker threads, each running whole batches on its own stream of the device's pool (1..=64, and no more than the pool's worker streams).
