@@ -1,8 +1,12 @@
 //! [`Batcher`]: dynamic batching for callers that each hold one input. It
-//! gathers requests up to `max_batch_size`, or until `max_queue_delay` has
-//! passed since the oldest waiting request, groups them by length bucket (so
-//! a short text does not pay for a long one), runs one forward and hands
-//! each caller its own output. Owns the waiting queue, the gathering policy,
+//! groups requests by length bucket (so a short text does not pay for a
+//! long one), runs one forward per batch of up to `max_batch_size` and hands
+//! each caller its own output. When a batch starts is the [`BatchPolicy`]:
+//! `Eager` (the default) starts at once whenever a worker is idle, so
+//! requests gather only while every worker is busy (continuous batching);
+//! `Wait` (the original's) holds a batch until it is full or its oldest
+//! request has waited `max_queue_delay`. Owns the waiting queue, the
+//! gathering policy,
 //! per-request deadlines (`Error::Timeout`, never silence), overload
 //! (`Error::Overloaded`), all-or-nothing admission of a group
 //! ([`Batcher::submit_all`]), cancellation (a request whose [`Handle`] was
@@ -33,10 +37,58 @@ pub trait BatchModel: Send + Sync + 'static {
     fn forward(&self, worker: &mut Self::Worker, inputs: Vec<Self::Input>) -> Result<Vec<Self::Output>>;
 }
 
+/// When a batch starts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum BatchPolicy {
+    /// A worker that is idle takes what is queued at once (up to the batch
+    /// limit); requests gather only while every worker is busy, so a lone
+    /// client never pays a gathering delay, and batches grow with load.
+    /// `max_queue_delay` is then an upper bound that is never reached.
+    #[default]
+    Eager,
+    /// The original's: a batch starts when its bucket is full or its oldest
+    /// request has waited `max_queue_delay`, even if a worker sits idle.
+    Wait,
+    /// Eager, but an idle worker waits (at most `max_queue_delay`) until
+    /// its bucket holds as many requests as the last batch did: a lone
+    /// client still never waits (the last batch was 1), while clients
+    /// answered together and coming back together are not split into two
+    /// forwards by the first one back (closed-loop load, or any model whose
+    /// forward has a large fixed cost).
+    Follow,
+}
+
+impl BatchPolicy {
+    pub fn name(self) -> &'static str {
+        match self {
+            BatchPolicy::Eager => "eager",
+            BatchPolicy::Wait => "wait",
+            BatchPolicy::Follow => "follow",
+        }
+    }
+}
+
+impl std::str::FromStr for BatchPolicy {
+    type Err = Error;
+    /// `eager` or `wait` (any case); anything else is an error naming both.
+    fn from_str(s: &str) -> Result<Self> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "eager" => Ok(BatchPolicy::Eager),
+            "wait" => Ok(BatchPolicy::Wait),
+            "follow" => Ok(BatchPolicy::Follow),
+            _ => Err(Error::InvalidArgument(format!("batch policy {s:?}: expected `eager` (start at once when a worker is idle), `wait` (gather up to the delay) or `follow` (start once as many are queued as the last batch held, or at the delay)"))),
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct BatcherConfig {
     pub max_batch_size: usize,
-    /// How long the oldest request may wait for others to join it.
+    /// When a batch starts (see [`BatchPolicy`]).
+    pub policy: BatchPolicy,
+    /// `Wait`: how long the oldest request may wait for others to join it.
+    /// `Eager`: an upper bound on it (never reached: an idle worker starts
+    /// at once, and a busy one looks at the queue as soon as it is free).
     pub max_queue_delay: Duration,
     /// Requests waiting, at most; beyond it `submit` returns `Overloaded`.
     pub capacity: usize,
@@ -73,9 +125,10 @@ pub struct Adaptive {
 }
 
 impl Default for BatcherConfig {
-    /// The original's defaults: batch 8, 10 ms, one worker.
+    /// The original's defaults (batch 8, 10 ms, one worker), with the
+    /// eager policy.
     fn default() -> Self {
-        BatcherConfig { max_batch_size: 8, max_queue_delay: Duration::from_millis(10), capacity: 4096, workers: 1, bucket_by_length: true, preferred_batch_sizes: Vec::new(), default_deadline: None, adaptive: None, throttle: None, max_batch_tokens: None }
+        BatcherConfig { max_batch_size: 8, policy: BatchPolicy::Eager, max_queue_delay: Duration::from_millis(10), capacity: 4096, workers: 1, bucket_by_length: true, preferred_batch_sizes: Vec::new(), default_deadline: None, adaptive: None, throttle: None, max_batch_tokens: None }
     }
 }
 
@@ -120,6 +173,12 @@ struct Request<I, O> {
 struct State<I, O> {
     waiting: VecDeque<Request<I, O>>,
     accepting: bool,
+    /// Workers blocked on `Shared::cv` in `next_batch` (counted under this
+    /// lock, so a submit that sees 0 knows every worker will look at the
+    /// queue before it next sleeps).
+    idle: usize,
+    /// Size of the last batch taken (`Follow`'s target; starts at 1).
+    last_batch: usize,
 }
 
 struct Counters {
@@ -189,7 +248,7 @@ impl<M: BatchModel> Batcher<M> {
             compute_ns: AtomicU64::new(0),
             histogram: Mutex::new(Vec::new()),
         };
-        let shared = Arc::new(Shared { model, config: config.clone(), state: Mutex::new(State { waiting: VecDeque::new(), accepting: true }), cv: Condvar::new(), counters, limit: AtomicUsize::new(config.max_batch_size) });
+        let shared = Arc::new(Shared { model, config: config.clone(), state: Mutex::new(State { waiting: VecDeque::new(), accepting: true, idle: 0, last_batch: 1 }), cv: Condvar::new(), counters, limit: AtomicUsize::new(config.max_batch_size) });
         let b = Batcher { shared: shared.clone(), workers: Workers::new() };
         let sh = shared.clone();
         let started = b.workers.start(
@@ -229,15 +288,9 @@ impl<M: BatchModel> Batcher<M> {
         // Relaxed: statistics; counted under the lock before any worker can
         // complete the request.
         sh.counters.submitted.fetch_add(1, Ordering::Relaxed);
-        // Wake a worker for a first request (it starts the delay clock) and
-        // whenever a bucket may have become full.
-        // (Relaxed limit: see `Shared::limit`; a stale value costs at most
-        // one extra or one late wake-up, and the delay timer still runs.)
-        let wake = st.waiting.len() == 1 || st.waiting.len() >= sh.limit.load(Ordering::Relaxed) || sh.config.max_batch_tokens.is_some();
+        let wake = wake_for(sh, &st, 1);
         drop(st);
-        if wake {
-            sh.cv.notify_all();
-        }
+        wake.notify(&sh.cv);
         Ok(handle)
     }
 
@@ -270,12 +323,9 @@ impl<M: BatchModel> Batcher<M> {
         // Relaxed: statistics, counted under the lock before any worker can
         // complete these requests (as in `submit_with_deadline`).
         sh.counters.submitted.fetch_add(n as u64, Ordering::Relaxed);
-        // Relaxed limit: see `submit_with_deadline`.
-        let wake = n > 0 && (was == 0 || st.waiting.len() >= sh.limit.load(Ordering::Relaxed) || sh.config.max_batch_tokens.is_some());
+        let wake = if n > 0 { wake_for(sh, &st, st.waiting.len() - was) } else { Wake::None };
         drop(st);
-        if wake {
-            sh.cv.notify_all();
-        }
+        wake.notify(&sh.cv);
         Ok(handles)
     }
 
@@ -330,13 +380,61 @@ impl<M: BatchModel> Drop for Batcher<M> {
     }
 }
 
+/// Whom a submit wakes.
+enum Wake {
+    None,
+    One,
+    All,
+}
+
+impl Wake {
+    fn notify(self, cv: &Condvar) {
+        match self {
+            Wake::None => {}
+            Wake::One => cv.notify_one(),
+            Wake::All => cv.notify_all(),
+        }
+    }
+}
+
+/// The wake-up owed after `added` requests were queued (called under the
+/// state lock).
+fn wake_for<M: BatchModel>(sh: &Shared<M>, st: &State<M::Input, M::Output>, added: usize) -> Wake {
+    match sh.config.policy {
+        // Eager: an idle worker takes what is queued, so wake one per
+        // request added while any sleeps (a worker that is not asleep looks
+        // at the queue before it next sleeps: `idle` is counted under the
+        // lock). More than one for a group: its requests may span buckets.
+        // Follow: the same (the woken worker starts once its bucket holds
+        // the last batch's size; until then it sleeps to the delay).
+        BatchPolicy::Eager | BatchPolicy::Follow if st.idle == 0 => Wake::None,
+        BatchPolicy::Eager | BatchPolicy::Follow if added == 1 => Wake::One,
+        BatchPolicy::Eager | BatchPolicy::Follow => Wake::All,
+        // Wait: wake for a first request (it starts the delay clock) and
+        // whenever a bucket may have become full. (Relaxed limit: see
+        // `Shared::limit`; a stale value costs at most one extra or one
+        // late wake-up, and the delay timer still runs.)
+        BatchPolicy::Wait => {
+            let first = st.waiting.len() == added;
+            if first || st.waiting.len() >= sh.limit.load(Ordering::Relaxed) || sh.config.max_batch_tokens.is_some() {
+                Wake::All
+            } else {
+                Wake::None
+            }
+        }
+    }
+}
+
 /// Wait for and take the next batch; `None` when shut down and drained.
 ///
 /// Policy: expired requests are answered `Timeout` first. Then the oldest
 /// request whose length bucket holds a full batch (`limit` requests) goes
-/// with its bucket-mates; failing that, once the oldest request has waited
-/// `max_queue_delay` (or at shutdown), its bucket goes as it is. Within a
-/// bucket requests leave in arrival order.
+/// with its bucket-mates; failing that, the oldest request's bucket goes as
+/// it is: at once under `Eager` (this worker is idle), once the oldest has
+/// waited `max_queue_delay` under `Wait` (or at shutdown), under `Follow`
+/// once it holds as many as the last batch taken, or at the delay. Within a bucket
+/// requests leave in arrival order. Under `Eager`, a worker that leaves
+/// requests behind wakes another idle one for them.
 fn next_batch<M: BatchModel>(sh: &Shared<M>) -> Option<Vec<Request<M::Input, M::Output>>> {
     let cfg = &sh.config;
     let mut st = lock(&sh.state);
@@ -382,7 +480,9 @@ fn next_batch<M: BatchModel>(sh: &Shared<M>) -> Option<Vec<Request<M::Input, M::
             if !st.accepting {
                 return None;
             }
+            st.idle += 1;
             st = wait(&sh.cv, st);
+            st.idle -= 1;
             continue;
         };
         let key = |r: &Request<M::Input, M::Output>| if cfg.bucket_by_length { bucket(r.len) } else { 0 };
@@ -400,7 +500,8 @@ fn next_batch<M: BatchModel>(sh: &Shared<M>) -> Option<Vec<Request<M::Input, M::
         let full_at = oldest.arrived + cfg.max_queue_delay;
         let chosen = match full {
             Some(k) => Some(k),
-            None if !st.accepting || crate::sync::passed(full_at) => Some(key(oldest)),
+            None if !st.accepting || cfg.policy == BatchPolicy::Eager || crate::sync::passed(full_at) => Some(key(oldest)),
+            None if cfg.policy == BatchPolicy::Follow && counts[key(oldest)] >= st.last_batch.min(limit) => Some(key(oldest)),
             None => None,
         };
         if let Some(k) = chosen {
@@ -430,10 +531,20 @@ fn next_batch<M: BatchModel>(sh: &Shared<M>) -> Option<Vec<Request<M::Input, M::
             if let Some(a) = &cfg.adaptive {
                 adapt(sh, a, limit, st.waiting.len(), now.saturating_duration_since(batch[0].arrived));
             }
+            st.last_batch = batch.len();
+            // Eager, Follow: requests left behind (another bucket, or past
+            // the limit) go to another idle worker now, not when this one is free.
+            let more = cfg.policy != BatchPolicy::Wait && !st.waiting.is_empty() && st.idle > 0;
+            drop(st);
+            if more {
+                sh.cv.notify_one();
+            }
             return Some(batch);
         }
         let until = earliest_deadline.map_or(full_at, |d| d.min(full_at));
+        st.idle += 1;
         st = wait_until(&sh.cv, st, until);
+        st.idle -= 1;
     }
 }
 

@@ -15,7 +15,7 @@ pub mod queue;
 pub mod replicas;
 pub mod sync;
 
-pub use batcher::{Adaptive, BatchModel, Batcher, BatcherConfig, BatcherStats};
+pub use batcher::{Adaptive, BatchModel, BatchPolicy, Batcher, BatcherConfig, BatcherStats};
 pub use handle::Handle;
 pub use pipeline::{Completion, Pipeline};
 pub use queue::{BatchQueue, QueueConfig, QueueStats, WhenFull};

@@ -2,9 +2,10 @@
 //! The dynamic batcher with a deterministic toy model (the sum of each
 //! padded input): batched results equal unbatched for every caller,
 //! including mixed lengths; bucketing, preferred sizes, deadlines, overload,
-//! shutdown under load, 256 concurrent callers, model errors and panics.
+//! shutdown under load, 256 concurrent callers, model errors and panics;
+//! both batch policies (`Eager`, the default, and the original's `Wait`).
 
-use braid_batch::{Adaptive, BatchModel, Batcher, BatcherConfig};
+use braid_batch::{Adaptive, BatchModel, BatchPolicy, Batcher, BatcherConfig};
 use braid_runtime::{Error, Result};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -127,7 +128,7 @@ fn batched_equals_unbatched_for_256_callers_with_mixed_lengths() {
 #[test]
 fn requests_queued_behind_a_busy_worker_share_one_batch() {
     let model = Arc::new(Sum::default());
-    let b = Batcher::new(model.clone(), BatcherConfig { max_batch_size: 8, max_queue_delay: Duration::from_secs(60), ..Default::default() }).unwrap();
+    let b = Batcher::new(model.clone(), BatcherConfig { max_batch_size: 8, policy: BatchPolicy::Wait, max_queue_delay: Duration::from_secs(60), ..Default::default() }).unwrap();
     // Shutdown (at the end) drains at once, so the 60 s delay is never waited out.
     let gated: Vec<_> = (0..8).map(|i| b.submit(if i == 0 { vec![GATE] } else { vec![i as f32] }).unwrap()).collect();
     model.gate.wait_entered();
@@ -158,7 +159,7 @@ fn requests_queued_behind_a_busy_worker_share_one_batch() {
 #[test]
 fn full_batches_are_cut_to_preferred_sizes_and_a_lone_request_goes_after_the_delay() {
     let model = Arc::new(Sum::default());
-    let b = Batcher::new(model.clone(), BatcherConfig { max_batch_size: 8, max_queue_delay: Duration::from_secs(60), preferred_batch_sizes: vec![4], ..Default::default() }).unwrap();
+    let b = Batcher::new(model.clone(), BatcherConfig { max_batch_size: 8, policy: BatchPolicy::Wait, max_queue_delay: Duration::from_secs(60), preferred_batch_sizes: vec![4], ..Default::default() }).unwrap();
     let hs: Vec<_> = (0..8).map(|i| b.submit(vec![i as f32]).unwrap()).collect();
     // The first 4 leave as soon as 8 are waiting; the other 4 wait out the
     // delay, cut short by shutdown.
@@ -169,14 +170,14 @@ fn full_batches_are_cut_to_preferred_sizes_and_a_lone_request_goes_after_the_del
     let sizes: Vec<usize> = model.batches.lock().unwrap().iter().map(|b| b.0).collect();
     assert_eq!(sizes, vec![4, 4]);
     // A lone request still goes after max_queue_delay.
-    let b = Batcher::new(Arc::new(Sum::default()), BatcherConfig { max_batch_size: 8, max_queue_delay: Duration::from_millis(5), ..Default::default() }).unwrap();
+    let b = Batcher::new(Arc::new(Sum::default()), BatcherConfig { max_batch_size: 8, policy: BatchPolicy::Wait, max_queue_delay: Duration::from_millis(5), ..Default::default() }).unwrap();
     assert_eq!(b.infer(vec![5.0]).unwrap(), (5.0, 1, 1));
 }
 
 #[test]
 fn a_full_bucket_does_not_wait_behind_an_older_request_of_another_bucket() {
     let model = Arc::new(Sum::default());
-    let b = Batcher::new(model.clone(), BatcherConfig { max_batch_size: 4, max_queue_delay: Duration::from_secs(60), ..Default::default() }).unwrap();
+    let b = Batcher::new(model.clone(), BatcherConfig { max_batch_size: 4, policy: BatchPolicy::Wait, max_queue_delay: Duration::from_secs(60), ..Default::default() }).unwrap();
     let long = b.submit(vec![1.0; 100]).unwrap();
     let short: Vec<_> = (0..4).map(|i| b.submit(vec![i as f32, 1.0]).unwrap()).collect();
     for (i, h) in short.into_iter().enumerate() {
@@ -305,7 +306,7 @@ fn overload_and_shutdown_lose_nothing_accepted() {
 #[test]
 fn model_panic_reaches_every_caller_of_the_batch_and_batcher_survives() {
     let model = Arc::new(Sum { fail_on: Some(-1.0), ..Default::default() });
-    let b = Batcher::new(model, BatcherConfig { max_batch_size: 4, max_queue_delay: Duration::from_millis(50), ..Default::default() }).unwrap();
+    let b = Batcher::new(model, BatcherConfig { max_batch_size: 4, policy: BatchPolicy::Wait, max_queue_delay: Duration::from_millis(50), ..Default::default() }).unwrap();
     let bad = b.submit(vec![-1.0]).unwrap();
     let other = b.submit(vec![3.0]).unwrap();
     assert!(matches!(bad.wait(), Err(Error::JobPanicked(_))));
@@ -441,4 +442,91 @@ fn batches_stay_within_the_token_budget() {
         assert!(n * longest <= budget || n == 1, "a batch of {n} x {longest} tokens is over the budget {budget}");
     }
     assert!(Batcher::new(Arc::new(Sum::default()), BatcherConfig { max_batch_tokens: Some(0), ..Default::default() }).is_err());
+}
+
+/// Eager (the default): a lone request starts at once although the delay is
+/// a minute (the bounded wait below is a hang guard, not a timing: under
+/// `Wait` the same request would sit out the 60 s); requests that arrive
+/// while the worker is busy gather and leave together when it is free,
+/// full batches first, the rest at once (no delay waited out).
+#[test]
+fn eager_starts_at_once_and_gathers_only_behind_a_busy_worker() {
+    let model = Arc::new(Sum::default());
+    let b = Batcher::new(model.clone(), BatcherConfig { max_batch_size: 8, max_queue_delay: Duration::from_secs(60), ..Default::default() }).unwrap();
+    assert_eq!(b.submit(vec![5.0]).unwrap().wait_timeout(Duration::from_secs(30)).unwrap(), (5.0, 1, 1));
+    let busy = b.submit(vec![GATE]).unwrap();
+    model.gate.wait_entered();
+    let hs: Vec<_> = (0..20).map(|i| b.submit(vec![100.0 + i as f32]).unwrap()).collect();
+    model.gate.open();
+    busy.wait().unwrap();
+    for (i, h) in hs.into_iter().enumerate() {
+        assert_eq!(h.wait_timeout(Duration::from_secs(30)).unwrap().0, 100.0 + i as f32, "request {i}");
+    }
+    let sizes: Vec<usize> = model.batches.lock().unwrap().iter().map(|b| b.0).collect();
+    assert_eq!(sizes, vec![1, 1, 8, 8, 4]);
+    let st = b.stats();
+    assert_eq!((st.submitted, st.completed, st.batches), (22, 22, 5));
+}
+
+/// Eager with two workers: while one is busy, the other takes a new
+/// request at once (it does not wait for company), and a group spanning two
+/// buckets is run, one batch per bucket, while the first is still busy.
+#[test]
+fn eager_idle_worker_starts_while_another_is_busy() {
+    let model = Arc::new(Sum::default());
+    let b = Batcher::new(model.clone(), BatcherConfig { workers: 2, max_batch_size: 8, max_queue_delay: Duration::from_secs(60), ..Default::default() }).unwrap();
+    let busy = b.submit(vec![GATE]).unwrap();
+    model.gate.wait_entered();
+    // The gate is still closed: only the second worker can answer these.
+    assert_eq!(b.submit(vec![3.0]).unwrap().wait_timeout(Duration::from_secs(30)).unwrap(), (3.0, 1, 1));
+    let group = b.submit_all(vec![vec![1.0; 100], vec![2.0, 2.0], vec![1.0; 90]]).unwrap();
+    let got: Vec<_> = group.into_iter().map(|h| h.wait_timeout(Duration::from_secs(30)).unwrap()).collect();
+    assert_eq!(got, vec![(100.0, 100, 2), (4.0, 2, 1), (90.0, 90, 2)]);
+    assert!(!busy.is_ready());
+    model.gate.open();
+    busy.wait().unwrap();
+}
+
+#[test]
+fn batch_policy_parses_or_names_the_choices() {
+    assert_eq!("eager".parse::<BatchPolicy>().unwrap(), BatchPolicy::Eager);
+    assert_eq!(" WAIT ".parse::<BatchPolicy>().unwrap(), BatchPolicy::Wait);
+    assert_eq!("follow".parse::<BatchPolicy>().unwrap(), BatchPolicy::Follow);
+    match "soon".parse::<BatchPolicy>() {
+        Err(Error::InvalidArgument(m)) => assert!(m.contains("soon") && m.contains("eager") && m.contains("wait") && m.contains("follow"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(BatcherConfig::default().policy, BatchPolicy::Eager);
+}
+
+/// Follow: a lone request starts at once (the last batch held 1); after a
+/// batch of 4, the next batch waits (up to the delay, here a minute) until
+/// its bucket holds 4 again, so 4 callers answered together and coming back
+/// one by one are not split into several forwards (under `Eager` the first
+/// one back would go alone).
+#[test]
+fn follow_waits_for_as_many_as_the_last_batch() {
+    let model = Arc::new(Sum::default());
+    let b = Batcher::new(model.clone(), BatcherConfig { max_batch_size: 8, policy: BatchPolicy::Follow, max_queue_delay: Duration::from_secs(60), ..Default::default() }).unwrap();
+    let busy = b.submit(vec![GATE]).unwrap();
+    model.gate.wait_entered();
+    let four: Vec<_> = (0..4).map(|i| b.submit(vec![i as f32]).unwrap()).collect();
+    model.gate.open();
+    busy.wait_timeout(Duration::from_secs(30)).unwrap();
+    for h in four {
+        h.wait_timeout(Duration::from_secs(30)).unwrap();
+    }
+    // One by one, as closed-loop clients come back.
+    let again: Vec<_> = (0..4)
+        .map(|i| {
+            let h = b.submit(vec![10.0 + i as f32]).unwrap();
+            std::thread::sleep(Duration::from_millis(2));
+            h
+        })
+        .collect();
+    for (i, h) in again.into_iter().enumerate() {
+        assert_eq!(h.wait_timeout(Duration::from_secs(30)).unwrap().0, 10.0 + i as f32);
+    }
+    let sizes: Vec<usize> = model.batches.lock().unwrap().iter().map(|b| b.0).collect();
+    assert_eq!(sizes, vec![1, 4, 4]);
 }

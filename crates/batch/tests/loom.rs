@@ -203,9 +203,13 @@ fn two_jobs_across_shutdown() {
 
 /// Two workers, two concurrent callers: each job runs once, on either
 /// worker, and its result reaches its own caller.
+// Bound 2 always: bound 3 explores 1,106,355 interleavings (passed
+// 2026-11-25 on this code, 12 minutes on a loaded 2-core VM; most of this
+// file's CI time), and the property (two workers, one wake-up each, no job
+// run twice or lost) shows at bound 2.
 #[test]
 fn two_workers_two_callers() {
-    explore("batch queue: 2 workers, 2 callers", 2, || {
+    explore_capped("batch queue: 2 workers, 2 callers", 2, 2, || {
         let ran = Arc::new(AtomicUsize::new(0));
         let r = ran.clone();
         let q = Arc::new(BatchQueue::new(QueueConfig { workers: 2, capacity: 2, when_full: WhenFull::Block }, |i| Ok(i), move |_, x: usize| {
@@ -223,7 +227,7 @@ fn two_workers_two_callers() {
 
 // ---- Batcher: gathering, buckets, deadlines, shutdown ----
 
-use braid_batch::{BatchModel, Batcher, BatcherConfig};
+use braid_batch::{BatchModel, BatchPolicy, Batcher, BatcherConfig};
 use std::time::Duration;
 
 /// Multiplies by 10; the input is also its length (for bucketing). Checks,
@@ -261,13 +265,22 @@ impl BatchModel for Times10 {
 
 type Seen = std::sync::Arc<std::sync::Mutex<std::collections::BTreeSet<usize>>>;
 
+/// A batcher with the default policy (`Eager`: an idle worker takes what is
+/// queued at once, idle workers are woken one per request, and a worker
+/// leaving requests behind wakes another: a lost wake-up would leave a
+/// request queued with every worker asleep, which loom reports as a
+/// deadlock).
 fn batcher(workers: usize, max_batch_size: usize, seen: &Seen) -> (Arc<Batcher<Times10>>, Arc<AtomicUsize>) {
+    batcher_with(BatchPolicy::Eager, workers, max_batch_size, seen)
+}
+
+fn batcher_with(policy: BatchPolicy, workers: usize, max_batch_size: usize, seen: &Seen) -> (Arc<Batcher<Times10>>, Arc<AtomicUsize>) {
     let ran = Arc::new(AtomicUsize::new(0));
     let model = Arc::new(Times10 { ran: ran.clone(), sizes_seen: seen.clone() });
-    // Under loom the gathering delay counts as passed whenever a worker looks
-    // (loom has no clock), so both "wait for a full batch" and "close what
-    // is there" are explored.
-    let config = BatcherConfig { max_batch_size, workers, capacity: 4, max_queue_delay: Duration::from_secs(3600), ..BatcherConfig::default() };
+    // `Wait`: under loom the gathering delay counts as passed whenever a
+    // worker looks (loom has no clock), so both "wait for a full batch" and
+    // "close what is there" are explored.
+    let config = BatcherConfig { policy, max_batch_size, workers, capacity: 4, max_queue_delay: Duration::from_secs(3600), ..BatcherConfig::default() };
     (Arc::new(Batcher::new(model, config).unwrap()), ran)
 }
 
@@ -279,10 +292,27 @@ fn batcher(workers: usize, max_batch_size: usize, seen: &Seen) -> (Arc<Batcher<T
 /// explores gathering).
 #[test]
 fn batcher_gathers_and_answers_each_caller() {
+    gathers_and_answers_each_caller(BatchPolicy::Eager);
+}
+
+/// The same under the original `Wait` policy (its own wake-up rule:
+/// everyone, for a first request or a full bucket).
+#[test]
+fn batcher_wait_policy_gathers_and_answers_each_caller() {
+    gathers_and_answers_each_caller(BatchPolicy::Wait);
+}
+
+/// The same under `Follow` (eager's wake-up rule, with a gathering target).
+#[test]
+fn batcher_follow_policy_gathers_and_answers_each_caller() {
+    gathers_and_answers_each_caller(BatchPolicy::Follow);
+}
+
+fn gathers_and_answers_each_caller(policy: BatchPolicy) {
     let seen: Seen = Default::default();
     let s = seen.clone();
-    explore("batcher: 2 callers, one bucket, limit 2", 3, move || {
-        let (b, ran) = batcher(1, 2, &s);
+    explore(&format!("batcher ({}): 2 callers, one bucket, limit 2", policy.name()), 3, move || {
+        let (b, ran) = batcher_with(policy, 1, 2, &s);
         let b2 = b.clone();
         let t = thread::spawn(move || b2.infer(4).unwrap());
         assert_eq!(b.infer(3).unwrap(), 30);

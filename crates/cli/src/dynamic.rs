@@ -2,11 +2,13 @@
 //! samples through braid-batch's dynamic [`Batcher`], for a fixed time;
 //! requests/s, p50 and p99 latency, mean batch size. Over several devices
 //! (`--device cuda:all`, `cpu:0,1`) the batcher feeds one replica per device
-//! through `braid_batch::Replicas`, with one worker per device.
+//! through `braid_batch::Replicas`, with one worker per device. The batch
+//! policy is `eager` unless `BRAID_BATCH_POLICY=wait` (to compare the two
+//! from one binary).
 
 use crate::report::Row;
 use crate::workloads::{EncoderBench, MiniLmBench, MlpBench};
-use braid_batch::{BatchModel, Batcher, BatcherConfig, Replicas};
+use braid_batch::{BatchModel, BatchPolicy, Batcher, BatcherConfig, Replicas};
 use braid_nn::{workloads as wl, Mlp, Tensor, TransformerEncoderLayer};
 use braid_runtime::{Device, Result};
 use std::sync::Arc;
@@ -16,6 +18,18 @@ use std::time::{Duration, Instant};
 /// waits for company.
 const MAX_BATCH: usize = 256;
 const MAX_DELAY: Duration = Duration::from_millis(1);
+
+/// The batch policy of the dynamic rows: `BRAID_BATCH_POLICY` (as for
+/// `braid serve`), `eager` when unset.
+pub fn policy() -> Result<BatchPolicy> {
+    match std::env::var("BRAID_BATCH_POLICY") {
+        Ok(v) => v.parse().map_err(|e| match e {
+            braid_runtime::Error::InvalidArgument(m) => braid_runtime::Error::InvalidArgument(format!("BRAID_BATCH_POLICY: {m}")),
+            e => e,
+        }),
+        Err(_) => Ok(BatchPolicy::Eager),
+    }
+}
 
 /// Rows of `dim` floats in, rows out: the batcher's view of a dense model.
 pub struct Dense<F> {
@@ -61,8 +75,9 @@ where
 
 fn measure<M: BatchModel>(model: Arc<M>, workers: usize, clients: &[usize], seconds: f64, sample: impl Fn(usize) -> M::Input + Sync) -> Result<Vec<Row>> {
     let mut rows = Vec::new();
+    let policy = policy()?;
     for &n in clients {
-        let batcher = Batcher::new(model.clone(), BatcherConfig { max_batch_size: MAX_BATCH, max_queue_delay: MAX_DELAY, capacity: 1 << 16, workers, ..Default::default() })?;
+        let batcher = Batcher::new(model.clone(), BatcherConfig { max_batch_size: MAX_BATCH, policy, max_queue_delay: MAX_DELAY, capacity: 1 << 16, workers, ..Default::default() })?;
         // Warm-up: one batch through the worker's stream.
         batcher.infer(sample(0))?;
         let end = Instant::now() + Duration::from_secs_f64(seconds);

@@ -5,6 +5,7 @@
 mod chart;
 mod check;
 mod compare;
+mod drill;
 mod dynamic;
 mod embed;
 mod info;
@@ -197,7 +198,13 @@ fn story_cmd(device: &str, workload: &str, quick: bool, json: Option<&str>, mode
     let replicated = device.contains(',') || device.trim().ends_with(":all");
     let settings = story::Settings::new(quick);
     let d0 = &devices[0];
-    eprintln!("braid bench story: workload {workload} on {} ({}){}{}", d0.name(), d0.kind().name(), if quick { ", quick" } else { "" }, if replicated { format!(", dynamic rows over {} device(s)", devices.len()) } else { String::new() });
+    // Checked before anything runs: a bad policy, or a fault drill the
+    // story would not honour, is an error, not ignored.
+    let policy = dynamic::policy()?;
+    if std::env::var_os(drill::VAR).is_some() {
+        return Err(braid_runtime::Error::InvalidArgument(format!("{} is honoured by `braid serve` only; unset it for `bench story`", drill::VAR)));
+    }
+    eprintln!("braid bench story: workload {workload} on {} ({}){}{}, batch policy {}", d0.name(), d0.kind().name(), if quick { ", quick" } else { "" }, if replicated { format!(", dynamic rows over {} device(s)", devices.len()) } else { String::new() }, policy.name());
     let report = match workload {
         "mlp" => story::run(&devices, &devices.iter().map(workloads::MlpBench::new).collect::<braid_runtime::Result<Vec<_>>>()?, replicated, &settings)?,
         "encoder" => story::run(&devices, &devices.iter().map(workloads::EncoderBench::new).collect::<braid_runtime::Result<Vec<_>>>()?, replicated, &settings)?,

@@ -6,9 +6,10 @@
 //! command-line options (each also settable from a `BRAID_*` environment
 //! variable, as TEI allows for containers), their bounds and translation
 //! to `ServeConfig`, the device's cache budget, signals, and the runtime
-//! set-up.
+//! set-up. The fault drill (`BRAID_INJECT_FAULT`) is checked before the
+//! model loads and armed once listening (`crate::drill`).
 
-use braid_batch::BatcherConfig;
+use braid_batch::{BatchPolicy, BatcherConfig};
 use braid_nn::SentenceEmbedder;
 use braid_runtime::{Device, DeviceOptions, Error, Result};
 use braid_serve::{AppState, ConnConfig, ServeConfig};
@@ -39,9 +40,12 @@ pub struct Options {
     /// Token budget of one batch (texts x longest text, as padded); must be at least the model's max input length.
     #[arg(long, env = "BRAID_MAX_BATCH_TOKENS")]
     pub max_batch_tokens: Option<usize>,
-    /// How long the oldest waiting text waits for others (milliseconds, 0..=60000).
+    /// How long the oldest waiting text waits for others (milliseconds, 0..=60000); under --batch-policy eager only an upper bound (never waited out).
     #[arg(long, env = "BRAID_MAX_DELAY_MS", default_value_t = 2.0)]
     pub max_delay_ms: f64,
+    /// When a batch starts: eager (a free worker starts at once with what is queued; texts gather only while every worker is busy), wait (gather until the batch is full or --max-delay-ms has passed, the original's policy) or follow (a free worker starts once as many texts are queued as the last batch held, or at --max-delay-ms).
+    #[arg(long, env = "BRAID_BATCH_POLICY", default_value = "eager")]
+    pub batch_policy: String,
     /// Batcher worker threads, each running whole batches on its own stream of the device's pool (1..=64, and no more than the pool's worker streams).
     #[arg(long, env = "BRAID_WORKERS", default_value_t = 2)]
     pub workers: usize,
@@ -232,9 +236,14 @@ pub fn config(o: &Options) -> Result<(ServeConfig, Option<usize>)> {
         }
     }
     let cache = parse_bytes(&o.max_cache_bytes, &o.device)?;
+    let policy: BatchPolicy = o.batch_policy.parse().map_err(|e| match e {
+        Error::InvalidArgument(m) => Error::InvalidArgument(format!("--batch-policy: {m}")),
+        e => e,
+    })?;
     let config = ServeConfig {
         batcher: BatcherConfig {
             max_batch_size: o.max_batch,
+            policy,
             max_queue_delay: Duration::from_secs_f64(o.max_delay_ms / 1e3),
             workers: o.workers,
             capacity: o.capacity,
@@ -283,6 +292,8 @@ fn bound_host_malloc() {
 
 pub fn run(o: &Options) -> Result<ExitCode> {
     let (config, cache) = config(o)?;
+    // The fault drill (BRAID_INJECT_FAULT): checked now, armed once listening.
+    let faults = crate::drill::from_env()?;
     bound_host_malloc();
     let io = |e: std::io::Error| Error::Io { path: format!("{}:{}", o.host, o.port), message: e.to_string() };
     // The address first: a port in use is reported before the model loads.
@@ -292,9 +303,10 @@ pub fn run(o: &Options) -> Result<ExitCode> {
     // One device, or several (`cuda:all`, `cuda:0,1`, `cpu:0,1`): one model
     // replica each, loaded in parallel, behind one batcher.
     let devices = Device::parse_many_with(&o.device, options)?;
+    let faults = crate::drill::resolve(&faults, &devices)?;
     let device = devices[0].clone();
     let names: Vec<String> = devices.iter().map(|d| d.label().to_string()).collect();
-    eprintln!("serve: loading {} on {} ({}; device cache budget: {})", o.model, device.name(), names.join(", "), cache.map(|b| format!("{b} bytes each")).unwrap_or_else(|| "unlimited".into()));
+    eprintln!("serve: loading {} on {} ({}; device cache budget: {}; batch policy {})", o.model, device.name(), names.join(", "), cache.map(|b| format!("{b} bytes each")).unwrap_or_else(|| "unlimited".into()), config.batcher.policy.name());
     let embedders: Vec<Arc<SentenceEmbedder>> = std::thread::scope(|s| {
         let loads: Vec<_> = devices
             .iter()
@@ -327,6 +339,7 @@ pub fn run(o: &Options) -> Result<ExitCode> {
         let listener = tokio::net::TcpListener::from_std(std_listener).map_err(io)?;
         let addr = listener.local_addr().map_err(io)?;
         eprintln!("serve: listening on http://{addr} (TEI: POST /embed, /, /embed_all, /similarity, /tokenize, /decode, /rerank, /predict; OpenAI: POST /v1/embeddings; GET /health, /info, /metrics); Ctrl-C stops");
+        crate::drill::arm(faults, "serve");
         braid_serve::serve(listener, state, shutdown_signal(shutdown_timeout)).await.map_err(io)
     });
     // Tasks still running (a tokenization, a batcher drain past the

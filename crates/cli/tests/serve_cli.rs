@@ -288,3 +288,107 @@ fn workers_that_do_not_fit_the_pool_stop_start_up() {
     let _ = exit_within(&mut child, Duration::from_secs(60));
     assert!(resp.starts_with("HTTP/1.1 200"), "pool 2, --workers 1: {resp}");
 }
+
+fn http(addr: &str, method: &str, path: &str, body: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    write!(s, "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len()).unwrap();
+    let mut resp = String::new();
+    let _ = s.read_to_string(&mut resp);
+    let status = resp.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    (status, resp.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default())
+}
+
+/// The fault drill (issue 18): `BRAID_INJECT_FAULT=cpu:1@1s` on `braid serve
+/// --device cpu:0,1` takes cpu:1 down a second after serving starts, under
+/// load from 3 clients over real sockets: no request is lost (every one is
+/// a 200), `/health` names cpu:1 as out with the drill as the reason, and
+/// the server goes on serving on cpu:0. A malformed value, or a device not
+/// served, is a clear start-up error before the model loads.
+#[test]
+fn fault_drill_takes_a_device_down_and_loses_nothing() {
+    let run = |fault: &str, device: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_braid")).env("BRAID_INJECT_FAULT", fault).args(["serve", "--device", device, "--port", "0", "--model", "/nonexistent"]).output().unwrap();
+        assert!(!out.status.success(), "{fault} accepted");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let err = run("cpu:1@soon", "cpu:0,1");
+    assert!(err.contains("BRAID_INJECT_FAULT") && err.contains("DEVICE@DELAY") && !err.contains("/nonexistent") && !err.contains("panicked"), "{err}");
+    let err = run("cpu:2@1s", "cpu:0,1");
+    assert!(err.contains("cpu:2 is not one of the devices served (cpu:0, cpu:1)") && !err.contains("/nonexistent"), "{err}");
+    let out = Command::new(env!("CARGO_BIN_EXE_braid")).env("BRAID_INJECT_FAULT", "cpu:1@1s").args(["bench", "story", "--device", "cpu", "--workload", "mlp", "--quick"]).output().unwrap();
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("honoured by `braid serve` only"), "{out:?}");
+    if !have_model("fault_drill_takes_a_device_down_and_loses_nothing") {
+        return;
+    }
+    let mut child = Command::new(env!("CARGO_BIN_EXE_braid"))
+        .env("BRAID_INJECT_FAULT", "cpu:1@1s")
+        .args(["serve", "--device", "cpu:0,1", "--workers", "1", "--port", "0", "--log-requests", "false", "--model"])
+        .arg(model_dir())
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut err = BufReader::new(child.stderr.take().unwrap());
+    let (mut addr, mut seen, t0) = (None, String::new(), Instant::now());
+    while addr.is_none() && t0.elapsed() < Duration::from_secs(120) {
+        let mut line = String::new();
+        if err.read_line(&mut line).unwrap() == 0 {
+            break;
+        }
+        seen.push_str(&line);
+        addr = line.split("http://").nth(1).and_then(|r| r.split_whitespace().next()).map(str::to_string);
+    }
+    let Some(addr) = addr else {
+        let _ = child.kill();
+        panic!("braid serve never said where it listens: {seen}");
+    };
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (answered, failed) = (std::sync::atomic::AtomicUsize::new(0), std::sync::atomic::AtomicUsize::new(0));
+    let mut health = serde_json::Value::Null;
+    std::thread::scope(|s| {
+        for c in 0..3 {
+            let (addr, stop, answered, failed) = (&addr, &stop, &answered, &failed);
+            s.spawn(move || {
+                // Bounded: at most 2000 requests a client (the stop flag ends it far sooner).
+                for k in 0..2000 {
+                    // Relaxed: a stop flag polled between requests; nothing else is published through it.
+                    if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        break;
+                    }
+                    let (status, body) = http(addr, "POST", "/embed", &format!(r#"{{"inputs": "client {c} text {k}: a drill"}}"#));
+                    let ok = status == 200 && serde_json::from_str::<Vec<Vec<f32>>>(&body).is_ok_and(|v| v.len() == 1 && v[0].len() == 384);
+                    // Relaxed: counters read after the threads are joined.
+                    if ok { answered.fetch_add(1, std::sync::atomic::Ordering::Relaxed) } else { eprintln!("client {c} request {k}: {status} {body}"); failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed) };
+                }
+            });
+        }
+        // Until /health shows cpu:1 out (at most 60 s), then 2 s more of load on cpu:0 alone.
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_secs(60) {
+            let (_, body) = http(&addr, "GET", "/health", "");
+            health = serde_json::from_str(&body).unwrap_or(serde_json::Value::Null);
+            if health["devices"][1]["serving"] == false {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let at_fault = answered.load(std::sync::atomic::Ordering::Relaxed);
+        std::thread::sleep(Duration::from_secs(2));
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        assert!(answered.load(std::sync::atomic::Ordering::Relaxed) > at_fault, "nothing was served after the fault");
+    });
+    signal(&child, libc::SIGTERM);
+    let st = exit_within(&mut child, Duration::from_secs(30));
+    let mut rest = String::new();
+    let _ = err.read_to_string(&mut rest);
+    let (answered, failed) = (answered.into_inner(), failed.into_inner());
+    eprintln!("fault drill: {answered} answered, {failed} failed; /health: {health}");
+    assert_eq!(failed, 0, "requests were lost: {rest}");
+    assert!(answered > 0);
+    assert_eq!(health["devices"][0]["serving"], true, "{health}");
+    assert_eq!(health["devices"][1]["serving"], false, "{health}");
+    assert!(health["devices"][1]["reason"].as_str().unwrap_or_default().contains("BRAID_INJECT_FAULT drill"), "{health}");
+    assert!(rest.contains("fault drill armed: cpu:1 fails in 1s") && rest.contains("cpu:1 is now failing (fault drill)"), "{rest}");
+    assert!(st.is_some_and(|s| s.success()), "{rest}");
+}

@@ -223,9 +223,9 @@ fn errors_map_to_statuses() {
 #[test]
 fn graceful_shutdown_answers_what_it_accepted() {
     let Some(e) = embedder("graceful_shutdown_answers_what_it_accepted") else { return };
-    // A long gathering delay keeps the accepted texts waiting in the batcher
-    // while the server is told to stop.
-    let config = ServeConfig { batcher: braid_batch::BatcherConfig { max_batch_size: 64, max_queue_delay: Duration::from_millis(500), ..Default::default() }, max_inputs: 8, ..ServeConfig::default() };
+    // A long gathering delay (the `Wait` policy) keeps the accepted texts
+    // waiting in the batcher while the server is told to stop.
+    let config = ServeConfig { batcher: braid_batch::BatcherConfig { max_batch_size: 64, policy: braid_batch::BatchPolicy::Wait, max_queue_delay: Duration::from_millis(500), ..Default::default() }, max_inputs: 8, ..ServeConfig::default() };
     let mut srv = Server::start(e, config);
     let addr = srv.addr;
     let clients: Vec<_> = (0..8)

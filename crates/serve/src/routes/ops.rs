@@ -54,6 +54,7 @@ async fn info(State(st): State<Arc<AppState>>) -> Json<serde_json::Value> {
         "modules": st.embedder.describe(),
         "max_inputs": st.config.max_inputs,
         "max_batch_size": b.max_batch_size,
+        "batch_policy": b.policy.name(),
         "max_queue_delay_ms": b.max_queue_delay.as_secs_f64() * 1e3,
         "workers": b.workers,
         "capacity": b.capacity,
