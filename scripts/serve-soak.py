@@ -7,7 +7,9 @@ to /embed or /v1/embeddings; about 1 request in 20 is deliberately bad (a
 wrong shape, a 3 MB body, a foreign Host) and must get its JSON 4xx. Samples
 the server's RSS (/proc/PID/status) and, where nvidia-smi sees the process,
 its device memory, every SAMPLE seconds into a CSV, draws both against time
-as an SVG, and prints a summary. Exits 1 when an accepted request failed,
+(memory.png via matplotlib, see scripts/serve-soak-plot.py; memory.svg
+always), and writes summary.md (duration, requests, errors by kind, host RSS
+and device memory at start and end). Exits 1 when an accepted request failed,
 or when RSS after warm-up grew more than TOLERANCE (fraction) above its
 value at the end of warm-up (falling is memory given back, not a failure;
 both directions are printed).
@@ -56,20 +58,28 @@ class Counts:
         self.refused_early = 0
         self.texts = 0
         self.first_errors = []
+        # "kind" (an exception type, or "HTTP <status>") -> count.
+        self.kinds = {}
 
-    def add(self, field, n=1, err=None):
+    def add(self, field, n=1, err=None, kind=None):
         with self.lock:
             setattr(self, field, getattr(self, field) + n)
             if err and len(self.first_errors) < 10:
                 self.first_errors.append(err)
+            if kind:
+                self.kinds[kind] = self.kinds.get(kind, 0) + 1
 
 
 def client(host, port, stop, counts, seed):
     rng = random.Random(seed)
     conn = None
+    # Whether the last request on this connection was a deliberately bad one
+    # (issue 16's broken pipes followed those: errors are told apart by it).
+    after_bad = False
     while not stop.is_set():
         if conn is None:
             conn = http.client.HTTPConnection(host, port, timeout=120)
+            after_bad = False
         n = rng.randint(1, 8)
         texts = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(1, 400))) for _ in range(n)]
         roll = rng.random()
@@ -91,7 +101,7 @@ def client(host, port, stop, counts, seed):
             r = conn.getresponse()
             data = r.read()
             if r.status != want:
-                counts.add("errors", err=f"{path} want {want} got {r.status}: {data[:200]!r}")
+                counts.add("errors", err=f"{path} want {want} got {r.status}: {data[:200]!r}", kind=f"HTTP {r.status} (wanted {want})")
             elif want == 200:
                 counts.add("ok")
                 counts.add("texts", n)
@@ -99,6 +109,7 @@ def client(host, port, stop, counts, seed):
                 j = json.loads(data)
                 assert isinstance(j.get("error"), str)
                 counts.add("bad_ok")
+            after_bad = want != 200
             if r.getheader("connection", "").lower() == "close" or want == 413:
                 conn.close()
                 conn = None
@@ -110,7 +121,7 @@ def client(host, port, stop, counts, seed):
                 # Not a lost request: counted apart.
                 counts.add("refused_early")
             else:
-                counts.add("errors", err=f"{path}: {type(e).__name__}: {e}")
+                counts.add("errors", err=f"{path}: {type(e).__name__}: {e}", kind=f"{type(e).__name__} ({'after a bad request' if after_bad else 'ordinary'})")
             try:
                 conn.close()
             except Exception:
@@ -140,6 +151,17 @@ def svg(rows, path):
         f.write("\n".join(out))
 
 
+def plot_png(out):
+    """memory.png from memory.csv via scripts/serve-soak-plot.py; None when
+    matplotlib is absent (the GPU machine has no network to install it)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    r = subprocess.run([sys.executable, os.path.join(here, "serve-soak-plot.py"), out], capture_output=True, text=True)
+    if r.returncode != 0:
+        print(f"no PNG: {(r.stderr or r.stdout).strip().splitlines()[-1:]}")
+        return None
+    return f"{out}/memory.png"
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--pid", type=int, required=True)
@@ -150,6 +172,7 @@ def main():
     ap.add_argument("--sample", type=float, default=5)
     ap.add_argument("--tolerance", type=float, default=0.15)
     ap.add_argument("--out", default="target/serve-soak")
+    ap.add_argument("--label", default="", help="what ran (device, binary), for summary.md")
     a = ap.parse_args()
     os.makedirs(a.out, exist_ok=True)
     stop = threading.Event()
@@ -188,7 +211,20 @@ def main():
         print(f"device memory: start {dev[0]:.0f} MB, end {dev[-1]:.0f} MB, max {max(dev):.0f} MB")
     else:
         print("device memory: not sampled (no nvidia-smi entry for the process)")
-    print(f"written: {a.out}/memory.csv, {a.out}/memory.svg")
+    png = plot_png(a.out)
+    lines = [f"# braid serve soak{(' - ' + a.label) if a.label else ''}", "",
+             f"- duration: {rows[-1][0]:.0f} s ({a.clients} keep-alive clients; warm-up {a.warmup:.0f} s)",
+             f"- requests answered 200: {counts.ok} ({counts.texts} texts); deliberately bad requests answered with their JSON 4xx: {counts.bad_ok}; over-limit bodies refused before fully sent: {counts.refused_early}",
+             f"- errors: {counts.errors}" + ("" if not counts.kinds else ": " + ", ".join(f"{k}: {v}" for k, v in sorted(counts.kinds.items(), key=lambda kv: -kv[1]))),
+             f"- host RSS: start {rows[0][1]:.0f} MB, end of warm-up {base:.0f} MB, end {rows[-1][1]:.0f} MB (after warm-up min {lo:.0f} / max {hi:.0f} MB, growth {growth*100:+.1f}%, tolerance {a.tolerance*100:.0f}%)",
+             (f"- device memory (nvidia-smi, this process): start {dev[0]:.0f} MB, end {dev[-1]:.0f} MB, max {max(dev):.0f} MB" if dev else "- device memory: not sampled (no nvidia-smi entry for the process)"),
+             f"- plot: {'memory.png' if png else 'memory.svg (matplotlib absent: python3 scripts/serve-soak-plot.py ' + a.out + ' makes memory.png)'}; samples: memory.csv",
+             f"- verdict: {'FAIL' if (counts.errors > 0 or counts.ok == 0 or growth > a.tolerance) else 'pass'}"]
+    if counts.first_errors:
+        lines += ["", "First errors:", ""] + [f"    {e}" for e in counts.first_errors]
+    with open(f"{a.out}/summary.md", "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print(f"written: {a.out}/memory.csv, {a.out}/memory.svg{', ' + png if png else ''}, {a.out}/summary.md")
     for e in counts.first_errors:
         print("  error:", e)
     bad = counts.errors > 0 or counts.ok == 0 or growth > a.tolerance

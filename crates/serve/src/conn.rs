@@ -22,7 +22,17 @@
 //!   to unparseable requests (400, 414, 431) and axum's empty 405;
 //! - graceful shutdown bounded by [`ConnConfig::shutdown_timeout`]: stop
 //!   accepting, let each connection finish its request in flight, close the
-//!   rest when the timeout passes.
+//!   rest when the timeout passes;
+//! - closing a connection whose request body was not read (an answer given
+//!   before the body was needed: 401, 403, 404, 413...) the way keep-alive
+//!   clients handle (issue 16's broken pipes): the answer says
+//!   `Connection: close`, and the socket is closed by a lingering close
+//!   (FIN, then what the client still sends is read and dropped, bounded by
+//!   [`LINGER_TIME`] and [`LINGER_BYTES`]). Without it hyper closed such a
+//!   connection silently after a keep-alive answer, with unread bytes in the
+//!   socket, so the kernel sent a reset: the client's next request on its
+//!   pooled connection failed with a broken pipe, or the reset destroyed the
+//!   answer before the client read it.
 
 use axum::body::Body;
 use axum::http::{header, HeaderValue, Request, Response, StatusCode};
@@ -69,6 +79,12 @@ impl Default for ConnConfig {
 /// Descriptors kept back from the connection cap for the model files, the
 /// listener, the rejecters and the process's own use.
 pub const FD_RESERVE: usize = 128;
+
+/// A lingering close (see the module docs) reads and drops what the client
+/// still sends for at most this long...
+pub const LINGER_TIME: Duration = Duration::from_secs(2);
+/// ...and at most this many bytes.
+pub const LINGER_BYTES: usize = 16 << 20;
 
 /// Connections being answered with a 503 at once, at most; beyond it an
 /// excess connection is closed without an answer (refused).
@@ -123,6 +139,9 @@ struct Activity {
     http11: AtomicBool,
     /// The interim `100 Continue` probe was sent for the running request.
     probed: AtomicBool,
+    /// A request body was left unread (or hyper answered an unparseable
+    /// request): close this connection with a lingering close.
+    linger: AtomicBool,
 }
 
 impl Activity {
@@ -137,6 +156,7 @@ impl Activity {
             read_eof: AtomicBool::new(false),
             http11: AtomicBool::new(false),
             probed: AtomicBool::new(false),
+            linger: AtomicBool::new(false),
         }
     }
     fn now_ms(&self) -> u64 {
@@ -172,6 +192,8 @@ struct WatchedIo {
     pending: Vec<u8>,
     /// After a replacement, hyper's own bytes are dropped (it closes next).
     swallow: bool,
+    /// The lingering close under way: its deadline and the bytes dropped.
+    lingering: Option<(Pin<Box<tokio::time::Sleep>>, usize)>,
 }
 
 impl WatchedIo {
@@ -227,6 +249,8 @@ impl AsyncWrite for WatchedIo {
                 let code = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
                 self.pending = raw_json_response(code, &parse_error_message(code));
                 self.swallow = true;
+                // What follows the unparseable head is never read.
+                self.act.linger.store(true, Ordering::Relaxed);
                 std::task::ready!(self.drain(cx))?;
                 return Poll::Ready(Ok(buf.len()));
             }
@@ -237,9 +261,40 @@ impl AsyncWrite for WatchedIo {
         std::task::ready!(self.drain(cx))?;
         Pin::new(&mut self.inner).poll_flush(cx)
     }
+    /// hyper closes a connection through this (after its last answer). A
+    /// connection with unread request bytes gets a lingering close: FIN,
+    /// then read and drop until the client closes too (or the bounds pass),
+    /// so the kernel never answers those bytes with a reset.
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         std::task::ready!(self.drain(cx))?;
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+        if self.lingering.is_none() {
+            std::task::ready!(Pin::new(&mut self.inner).poll_shutdown(cx))?;
+            // Relaxed: see Activity.
+            if !self.act.linger.load(Ordering::Relaxed) {
+                return Poll::Ready(Ok(()));
+            }
+            self.lingering = Some((Box::pin(tokio::time::sleep(LINGER_TIME)), 0));
+        }
+        let this = &mut *self;
+        let Some((deadline, dropped)) = this.lingering.as_mut() else { return Poll::Ready(Ok(())) };
+        if deadline.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Ok(()));
+        }
+        let mut sink = [0u8; 16 << 10];
+        loop {
+            let mut buf = ReadBuf::new(&mut sink);
+            match Pin::new(&mut this.inner).poll_read(cx, &mut buf) {
+                Poll::Ready(Ok(())) if !buf.filled().is_empty() => {
+                    *dropped += buf.filled().len();
+                    if *dropped > LINGER_BYTES {
+                        return Poll::Ready(Ok(()));
+                    }
+                }
+                // The client closed too (or its socket failed): done.
+                Poll::Ready(_) => return Poll::Ready(Ok(())),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
     }
 }
 
@@ -317,8 +372,45 @@ struct Front {
 /// in pieces; this one always does.
 pub const MAX_HEAD_BYTES: usize = 64 << 10;
 
+/// A request body that records whether it was read to its end.
+struct Tracked {
+    inner: Incoming,
+    ended: Arc<AtomicBool>,
+}
+
+impl axum::body::HttpBody for Tracked {
+    type Data = axum::body::Bytes;
+    type Error = hyper::Error;
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        let r = Pin::new(&mut self.inner).poll_frame(cx);
+        if matches!(r, Poll::Ready(None)) || self.inner.is_end_stream() {
+            // Relaxed: read by the same connection task after the handler
+            // returned (see Activity).
+            self.ended.store(true, Ordering::Relaxed);
+        }
+        r
+    }
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 impl Front {
-    async fn handle(self, req: Request<Incoming>) -> Response<Body> {
+    /// Answer `req`; the flag: whether its body was read to the end (if
+    /// not, the connection must close after the answer: see the module
+    /// docs).
+    async fn handle_tracked(self, req: Request<Incoming>) -> (Response<Body>, bool) {
+        let ended = Arc::new(AtomicBool::new(axum::body::HttpBody::is_end_stream(req.body())));
+        let req = req.map(|inner| Tracked { inner, ended: ended.clone() });
+        let resp = self.handle(req).await;
+        // Relaxed: see Tracked.
+        (resp, ended.load(Ordering::Relaxed))
+    }
+
+    async fn handle(self, req: Request<Tracked>) -> Response<Body> {
         let head: usize = req.uri().to_string().len() + req.headers().iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum::<usize>();
         if head > MAX_HEAD_BYTES {
             let mut r = json_response(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, &format!("request head of {head} bytes; at most {MAX_HEAD_BYTES}"));
@@ -396,7 +488,7 @@ async fn connection(stream: TcpStream, front: Front, config: Arc<ConnConfig>, mu
     #[cfg(unix)]
     let fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
     let act = Arc::new(Activity::new());
-    let io = WatchedIo { inner: stream, act: act.clone(), pending: Vec::new(), swallow: false };
+    let io = WatchedIo { inner: stream, act: act.clone(), pending: Vec::new(), swallow: false, lingering: None };
     let a = act.clone();
     let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
         let running = Running::new(a.clone());
@@ -405,7 +497,14 @@ async fn connection(stream: TcpStream, front: Front, config: Arc<ConnConfig>, mu
         a.probed.store(false, Ordering::Relaxed);
         let front = front.clone();
         async move {
-            let resp = front.handle(req).await;
+            let (mut resp, body_read) = front.handle_tracked(req).await;
+            if !body_read {
+                // hyper will not keep a connection with an unread body: say
+                // so, and close it without a reset (see the module docs).
+                resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+                // Relaxed: see Activity.
+                running.0.linger.store(true, Ordering::Relaxed);
+            }
             // Relaxed: see Activity. Counted before hyper writes the head.
             running.0.responses_pending.fetch_add(1, Ordering::Relaxed);
             drop(running);

@@ -4,9 +4,10 @@
 //! [`TokenEmbedder`] (token ids in, normalised embedding out; the
 //! in-process peer `braid bench story` measures). Owns submitting a
 //! request's texts (all admitted or none), the per-request timings the
-//! response headers report, the health probe, tokenizing off the async
-//! threads (each text cut first, see [`crate::front`]; at most
-//! `tokenize_concurrency` tokenizations at once), and the start-up check
+//! response headers report, the health probe, tokenizing (each text cut
+//! first, see [`crate::front`]; a short request on its async thread, a
+//! longer one on the blocking pool, at most `tokenize_concurrency` of those
+//! at once), and the start-up check
 //! that the batcher's workers fit the device's stream pool.
 
 use crate::conn::ConnConfig;
@@ -130,8 +131,8 @@ pub struct ServeConfig {
     pub health_timeout: Duration,
     /// Connections: timeouts, cap, shutdown bound.
     pub conn: ConnConfig,
-    /// Tokenizations running at once, at most (each on tokio's blocking
-    /// pool); others wait their turn.
+    /// Tokenizations running at once on tokio's blocking pool, at most
+    /// (requests over [`INLINE_TOKENIZE_BYTES`]); others wait their turn.
     pub tokenize_concurrency: usize,
 }
 
@@ -218,6 +219,31 @@ pub struct Timings {
     /// Longest forward among the request's batches.
     pub inference: Duration,
     pub tokens: usize,
+}
+
+/// A request whose texts (prompt included) total at most this many bytes is
+/// tokenized on the async thread that handles it (see
+/// [`AppState::tokenize_request`]); a longer one goes to the blocking pool,
+/// at most `tokenize_concurrency` at once. 4 KiB: about 1,000 tokens of
+/// English, a few hundred microseconds of tokenizing at most.
+pub const INLINE_TOKENIZE_BYTES: usize = 4 << 10;
+
+/// The embedding routes' tokenization of `texts`, counted in `c`.
+fn encode_all(tok: &ServeTokenizer, c: &TokenizeCounters, texts: &[String], prompt: Option<&str>, truncate: bool, dir: Direction) -> std::result::Result<Vec<Vec<u32>>, ApiError> {
+    texts
+        .iter()
+        .map(|s| {
+            let (ids, used) = match prompt {
+                Some(p) => tok.encode_ids_counted(&format!("{p}{s}"), true, truncate, dir)?,
+                None => tok.encode_ids_counted(s, true, truncate, dir)?,
+            };
+            // Relaxed: statistics.
+            c.texts.fetch_add(1, Ordering::Relaxed);
+            c.bytes_in.fetch_add(s.len() as u64, Ordering::Relaxed);
+            c.bytes_tokenized.fetch_add(used.min(s.len()) as u64, Ordering::Relaxed);
+            Ok(ids)
+        })
+        .collect()
 }
 
 impl AppState {
@@ -342,36 +368,36 @@ impl AppState {
     /// records the tokenization time.
     ///
     /// Each text is cut before it is tokenized ([`crate::front`]), so a long
-    /// text costs what is kept, and at most `tokenize_concurrency` requests
-    /// tokenize at once (the rest wait their turn here).
+    /// text costs what is kept. A short request (at most
+    /// [`INLINE_TOKENIZE_BYTES`]) is tokenized on the async thread; longer
+    /// ones on the blocking pool, at most `tokenize_concurrency` at once (the
+    /// rest wait their turn here).
     pub(crate) async fn tokenize_request(&self, texts: Vec<String>, prompt: Option<String>, truncate: bool, dir: Direction, t: &mut Timings) -> std::result::Result<Vec<Vec<u32>>, ApiError> {
         let t0 = Instant::now();
-        let permit = self.tokenizers.clone().acquire_owned().await.map_err(|_| ApiError::from(Error::ShutDown("the tokenizer is shut down".into())))?;
-        let tok = self.tokenizer.clone();
-        let c = self.tok_counters.clone();
-        let ids = tokio::task::spawn_blocking(move || {
-            let _permit = permit;
-            // Relaxed: statistics; the semaphore does the bounding.
-            let now = c.running.fetch_add(1, Ordering::Relaxed) + 1;
-            c.peak_running.fetch_max(now, Ordering::Relaxed);
-            let r = texts
-                .iter()
-                .map(|s| {
-                    let (ids, used) = match &prompt {
-                        Some(p) => tok.encode_ids_counted(&format!("{p}{s}"), true, truncate, dir)?,
-                        None => tok.encode_ids_counted(s, true, truncate, dir)?,
-                    };
-                    c.texts.fetch_add(1, Ordering::Relaxed);
-                    c.bytes_in.fetch_add(s.len() as u64, Ordering::Relaxed);
-                    c.bytes_tokenized.fetch_add(used.min(s.len()) as u64, Ordering::Relaxed);
-                    Ok(ids)
-                })
-                .collect::<std::result::Result<Vec<_>, ApiError>>();
-            c.running.fetch_sub(1, Ordering::Relaxed);
-            r
-        })
-        .await
-        .map_err(|j| ApiError::from(Error::JobPanicked(format!("tokenizer: {j}"))))??;
+        let bytes = texts.iter().map(|s| s.len() + prompt.as_ref().map_or(0, |p| p.len())).sum::<usize>();
+        let ids = if bytes <= INLINE_TOKENIZE_BYTES {
+            // A short request (the common one-text case): tokenizing costs
+            // tens of microseconds, less than the two thread hand-offs of the
+            // blocking pool, so it runs here. Bounded without the semaphore:
+            // at most one such request per runtime thread, each at most
+            // INLINE_TOKENIZE_BYTES.
+            encode_all(&self.tokenizer, &self.tok_counters, &texts, prompt.as_deref(), truncate, dir)?
+        } else {
+            let permit = self.tokenizers.clone().acquire_owned().await.map_err(|_| ApiError::from(Error::ShutDown("the tokenizer is shut down".into())))?;
+            let tok = self.tokenizer.clone();
+            let c = self.tok_counters.clone();
+            tokio::task::spawn_blocking(move || {
+                let _permit = permit;
+                // Relaxed: statistics; the semaphore does the bounding.
+                let now = c.running.fetch_add(1, Ordering::Relaxed) + 1;
+                c.peak_running.fetch_max(now, Ordering::Relaxed);
+                let r = encode_all(&tok, &c, &texts, prompt.as_deref(), truncate, dir);
+                c.running.fetch_sub(1, Ordering::Relaxed);
+                r
+            })
+            .await
+            .map_err(|j| ApiError::from(Error::JobPanicked(format!("tokenizer: {j}"))))??
+        };
         t.tokenization = t0.elapsed();
         self.metrics.tokenization.observe(t.tokenization.as_secs_f64());
         Ok(ids)

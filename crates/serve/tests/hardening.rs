@@ -420,3 +420,67 @@ fn loopback_host_names() {
         assert!(!is_loopback_host(h), "{h}");
     }
 }
+
+/// The tiny committed BERT fixture (crates/nn/tests/fixtures/bert_mean): a
+/// forward costs microseconds, so the connection layer is what is tested.
+fn fixture_embedder() -> Arc<SentenceEmbedder> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../nn/tests/fixtures/bert_mean");
+    let device = Device::cpu().unwrap();
+    let e = SentenceEmbedder::load(&dir, &device).unwrap();
+    device.pool().release_current();
+    Arc::new(e)
+}
+
+/// Send `head` + `body` on a keep-alive connection from a writer thread
+/// (the whole body, as HTTP clients do before reading), read the answer,
+/// then read on: the server must close with a FIN (EOF), never a reset, and
+/// the writer must have sent every byte (no broken pipe). Returns (status,
+/// head, body of the answer).
+fn answer_then_clean_close(addr: SocketAddr, head: String, body: Vec<u8>) -> (u16, String, String) {
+    let mut s = connect(addr);
+    let mut w = s.try_clone().unwrap();
+    let writer = std::thread::spawn(move || {
+        w.write_all(head.as_bytes())?;
+        w.write_all(&body)
+    });
+    let (status, head, text) = read_response(&mut s);
+    let mut rest = [0u8; 1024];
+    let after = s.read(&mut rest);
+    assert!(matches!(after, Ok(0)), "after a {status} the server must close with a FIN, not a reset or more bytes: {after:?}");
+    let sent = writer.join().unwrap();
+    assert!(sent.is_ok(), "the client could not send its whole request ({status}): {sent:?}");
+    (status, head, text)
+}
+
+// Issue 16's broken pipes: an answer given before the request body was read
+// (a 403 for a foreign Host, a 413 over the payload limit) used to go out as
+// a keep-alive answer; hyper then closed the connection with the body
+// unread, the kernel reset it, and the client's next request on its pooled
+// connection failed with a broken pipe (or the reset destroyed the answer).
+// Now such an answer says `Connection: close` and the server closes with a
+// lingering close; requests whose body is read keep their connection.
+#[test]
+fn unread_bodies_close_the_connection_without_a_reset() {
+    let srv = Server::start(fixture_embedder(), ServeConfig { payload_limit: 1 << 20, ..ServeConfig::default() });
+    let texts = format!("{{\"inputs\": [\"{}\"]}}", "a b c ".repeat(80 << 10));
+    // A foreign Host: refused before the body is needed.
+    let head = format!("POST /embed HTTP/1.1\r\nHost: evil.example\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n", texts.len());
+    let (status, h, body) = answer_then_clean_close(srv.addr, head, texts.clone().into_bytes());
+    assert_json_error(status, 403, &body);
+    assert!(h.to_ascii_lowercase().contains("connection: close"), "403 before the body was read must say Connection: close: {h}");
+    // Over the payload limit: 413, the rest of the body never read.
+    let big = vec![b'x'; 3 << 20];
+    let head = format!("POST /embed HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n", big.len());
+    let (status, h, body) = answer_then_clean_close(srv.addr, head, big);
+    assert_json_error(status, 413, &body);
+    assert!(h.to_ascii_lowercase().contains("connection: close"), "413 before the body was read must say Connection: close: {h}");
+    // Bodies that are read: the connection stays open for the next request,
+    // errors (400) included.
+    let mut s = connect(srv.addr);
+    for (body, want) in [(r#"{"inputs": ["one"]}"#, 200), (r#"{"input": ["wrong field"]}"#, 400), (r#"{"inputs": ["two", "three"]}"#, 200)] {
+        write!(s, "POST /embed HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len()).unwrap();
+        let (status, h, text) = read_response(&mut s);
+        assert_eq!(status, want, "{text}");
+        assert!(!h.to_ascii_lowercase().contains("connection: close"), "a request whose body was read keeps its connection: {h}");
+    }
+}
