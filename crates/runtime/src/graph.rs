@@ -52,10 +52,11 @@ impl CapturedGraph {
 pub fn capture<T: Any + Send + Sync>(stream: &Stream, forward: impl FnOnce() -> Result<T>) -> Result<CapturedGraph> {
     // Work already queued must not be swept into the capture's dependencies.
     stream.synchronize()?;
-    stream.raw().begin_capture()?;
+    let cap = stream.raw().capture().ok_or_else(|| crate::Error::Unsupported { backend: stream.backend().kind().name(), what: "graph capture".into() })?;
+    cap.begin_capture()?;
     let state = forward();
     // End the capture whatever happened, so the stream is usable again.
-    let graph = stream.raw().end_capture();
+    let graph = cap.end_capture();
     let state = state?;
     Ok(CapturedGraph { graph: graph?, state: Box::new(state), stream: stream.clone() })
 }

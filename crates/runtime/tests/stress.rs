@@ -59,11 +59,11 @@ fn wait_mode_64_threads_8_slots() {
                 for c in 0..cycles {
                     let v = [(t as usize + c) as u8; 256];
                     // SAFETY: block holds 256 bytes and lives past the d2h, which waits.
-                    unsafe { stream.raw().h2d(&v, block.ptr()).unwrap() };
+                    unsafe { stream.raw().h2d(&v, block.slice()).unwrap() };
                     stream.synchronize().unwrap();
                     if c % 100 == 0 {
                         // SAFETY: the block is at least as large as the buffer and outlives the copy (h2d stages its source, d2h waits).
-                        unsafe { stream.raw().d2h(block.ptr(), &mut back).unwrap() };
+                        unsafe { stream.raw().d2h(block.slice(), &mut back).unwrap() };
                         assert_eq!(back, v, "thread {t} cycle {c} saw another thread's data");
                     }
                 }
