@@ -23,6 +23,13 @@ if [ "${BRAID_SKIP_MODEL:-0}" != 1 ] && [ -x scripts/get-minilm.sh ] && [ ! -f m
   bash scripts/get-minilm.sh || echo "WARNING: model install failed; MiniLM tests will print SKIPPED"
 fi
 
+# Mesa's software Vulkan driver (lavapipe), so the wgpu backend's tests and
+# `braid check --device wgpu` run on a machine without a GPU.
+if ! ls /usr/share/vulkan/icd.d/lvp_icd*.json >/dev/null 2>&1; then
+  echo "== installing mesa-vulkan-drivers (lavapipe, for the wgpu backend)"
+  { apt-get update -qq && apt-get install -y -qq mesa-vulkan-drivers >/dev/null; } || echo "WARNING: mesa-vulkan-drivers could not be installed; wgpu tests will print SKIPPED"
+fi
+
 echo "== cargo test --workspace --release"
 mkdir -p target
 # --nocapture: the tests' figures (threads, cycles, slots leaked) and every
@@ -40,6 +47,15 @@ cargo build --release -p braid 2>&1 | tail -1
 if ! python3 crates/serve/tests/clients/test_clients.py --braid target/release/braid 2>&1 | tee target/clients.log; then
   echo "FAILED: HTTP client tests (target/clients.log)"
   exit 1
+fi
+
+echo "== braid check --device wgpu (lavapipe here: every op and module vs the f64 reference)"
+if target/release/braid check --device wgpu --threads 4 --iters 2 > target/check-wgpu.log 2>&1; then
+  grep -cE "^PASS" target/check-wgpu.log | sed 's/^/PASS lines: /'; grep -E "^SKIPPED" target/check-wgpu.log || true
+elif grep -q "no wgpu adapter" target/check-wgpu.log; then
+  echo "SKIPPED: braid check --device wgpu (no wgpu adapter)"
+else
+  tail -20 target/check-wgpu.log; echo "FAILED: braid check --device wgpu (target/check-wgpu.log)"; exit 1
 fi
 
 echo "== deploy: the Kubernetes manifests, and two replicas behind nginx with one failing (docs/deploy.md)"

@@ -110,7 +110,9 @@ impl std::fmt::Debug for Device {
 #[derive(Clone, Debug)]
 pub struct DeviceOptions {
     pub pool: PoolConfig,
-    /// Cap on in-flight submissions (`BRAID_MAX_INFLIGHT`); `None` = unlimited.
+    /// Cap on model forwards in flight (`BRAID_MAX_INFLIGHT`): the batcher
+    /// glue of braid-nn and `CommandBuffer::submit` hold a permit of
+    /// [`Device::throttle`]; `None` = unlimited.
     pub max_inflight: Option<usize>,
     /// Reserved bytes above which the allocator trims its cache.
     pub high_watermark: Option<usize>,
