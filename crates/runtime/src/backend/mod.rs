@@ -24,6 +24,7 @@
 //! must implement.
 
 pub mod cpu;
+pub mod done_flag;
 #[cfg(all(feature = "cuda", not(loom)))]
 pub mod cuda;
 #[cfg(all(feature = "wgpu", not(loom)))]

@@ -29,7 +29,8 @@ use super::{Activation, Attention, Backend, BackendEvent, BackendKind, BackendSt
 use crate::error::{Error, Result};
 use std::any::Any;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use super::done_flag::DoneFlag;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 use wgpu::util::DeviceExt;
@@ -319,7 +320,7 @@ impl Backend for WgpuBackend {
 #[derive(Clone)]
 struct Submitted {
     index: wgpu::SubmissionIndex,
-    done: Arc<AtomicBool>,
+    done: DoneFlag,
 }
 
 #[derive(Default)]
@@ -355,11 +356,9 @@ impl WgpuStream {
     fn submit(&self, st: &mut StreamState) -> Option<Submitted> {
         if let Some(enc) = st.encoder.take() {
             let index = self.sh.queue.submit([enc.finish()]);
-            let done = Arc::new(AtomicBool::new(false));
+            let done = DoneFlag::new();
             let d = done.clone();
-            // Release: pairs with the Acquire in `Submitted` readers, so a
-            // reader that sees `true` sees the work's effects (read-backs).
-            self.sh.queue.on_submitted_work_done(move || d.store(true, Ordering::Release));
+            self.sh.queue.on_submitted_work_done(move || d.set());
             st.last = Some(Submitted { index, done });
             st.pending = 0;
         }
@@ -372,8 +371,7 @@ impl WgpuStream {
     }
 
     fn wait(&self, s: &Submitted, timeout: Option<Duration>) -> Result<()> {
-        // Acquire: see `submit`.
-        if s.done.load(Ordering::Acquire) {
+        if s.done.is_set() {
             return self.sh.check();
         }
         wait_on(&self.sh, s, timeout)
@@ -386,10 +384,13 @@ impl WgpuStream {
             return Ok(());
         }
         let pipe = self.sh.pipeline(src, entry, inputs.len())?;
+        // Every shader's uniform struct is at most 16 words: pad to that, so
+        // the binding is never smaller than the struct.
         let mut p = params.to_vec();
-        while p.len() % 4 != 0 {
-            p.push(0);
+        if p.len() > 16 {
+            return Err(Error::InvalidArgument(format!("{entry}: {} kernel parameters (at most 16)", p.len())));
         }
+        p.resize(16, 0);
         let ubuf = self.sh.device.create_buffer_init(&wgpu::util::BufferInitDescriptor { label: Some("params"), contents: bytemuck::cast_slice(&p), usage: wgpu::BufferUsages::UNIFORM });
         let mut bufs: Vec<wgpu::Buffer> = Vec::with_capacity(inputs.len() + 1);
         for s in inputs {
@@ -468,12 +469,11 @@ impl BackendStream for WgpuStream {
     fn query(&self) -> Result<bool> {
         self.sh.check()?;
         let Some(s) = self.flush() else { return Ok(true) };
-        // Acquire: see `submit`.
-        if s.done.load(Ordering::Acquire) {
+        if s.done.is_set() {
             return Ok(true);
         }
         let _ = self.sh.device.poll(wgpu::PollType::Poll);
-        Ok(s.done.load(Ordering::Acquire))
+        Ok(s.done.is_set())
     }
     fn record(&self, event: &dyn BackendEvent) -> Result<()> {
         let ev = event.as_any().downcast_ref::<WgpuEvent>().ok_or_else(|| Error::DeviceMismatch("event of another backend recorded on a wgpu stream".into()))?;
@@ -711,17 +711,15 @@ impl BackendEvent for WgpuEvent {
     fn query(&self) -> Result<bool> {
         self.sh.check()?;
         let Some(s) = crate::sync_std_lock(&self.at).clone() else { return Ok(true) };
-        // Acquire: see `WgpuStream::submit`.
-        if s.done.load(Ordering::Acquire) {
+        if s.done.is_set() {
             return Ok(true);
         }
         let _ = self.sh.device.poll(wgpu::PollType::Poll);
-        Ok(s.done.load(Ordering::Acquire))
+        Ok(s.done.is_set())
     }
     fn synchronize(&self, timeout: Option<Duration>) -> Result<()> {
         let Some(s) = crate::sync_std_lock(&self.at).clone() else { return self.sh.check() };
-        // Acquire: see `WgpuStream::submit`.
-        if s.done.load(Ordering::Acquire) {
+        if s.done.is_set() {
             return self.sh.check();
         }
         wait_on(&self.sh, &s, timeout)

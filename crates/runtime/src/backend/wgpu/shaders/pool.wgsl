@@ -52,15 +52,15 @@ fn rope(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         o[p.oo + e] = x[xb + c];
         return;
     }
-    let half = p.hd / 2u;
+    let hh = p.hd / 2u;
     let within = c % p.hd;
     let base = c - within;
     let pos = r % p.seq;
     var rot = 0.0;
-    if within < half {
-        rot = -x[xb + base + within + half];
+    if within < hh {
+        rot = -x[xb + base + within + hh];
     } else {
-        rot = x[xb + base + within - half];
+        rot = x[xb + base + within - hh];
     }
     o[p.oo + e] = x[xb + c] * m[p.oc + pos * p.hd + within] + rot * sn[p.os + pos * p.hd + within];
 }
