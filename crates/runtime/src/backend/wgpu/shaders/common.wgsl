@@ -4,23 +4,29 @@
 
 const NEG_BIG: f32 = -3.0e38;
 
-fn erf_approx(x: f32) -> f32 {
-    // Abramowitz & Stegun 7.1.26, |error| < 1.5e-7.
-    let s = sign(x);
-    let ax = abs(x);
-    let t = 1.0 / (1.0 + 0.3275911 * ax);
-    let y = 1.0 - (((((1.061405429 * t - 1.453152027) * t) + 1.421413741) * t - 0.284496736) * t + 0.254829592) * t * exp(-ax * ax);
-    return s * y;
+// erfc with a fractional error below 1.2e-7 everywhere (Numerical Recipes'
+// Chebyshev fit), so GELU keeps its relative accuracy for negative inputs,
+// where 1 + erf(x) would cancel.
+fn erfc_approx(x: f32) -> f32 {
+    let z = abs(x);
+    let t = 1.0 / (1.0 + 0.5 * z);
+    let r = t * exp(-z * z - 1.26551223 + t * (1.00002368 + t * (0.37409196 + t * (0.09678418 + t * (-0.18628806 + t * (0.27886807 + t * (-1.13520398 + t * (1.48851587 + t * (-0.82215223 + t * 0.17087277)))))))));
+    if x >= 0.0 {
+        return r;
+    }
+    return 2.0 - r;
 }
 
 // 0 none, 1 relu, 2 gelu (erf), 3 gelu (tanh), 4 silu: as `act_code` in wgpu/mod.rs.
 fn act(x: f32, a: u32) -> f32 {
     switch a {
         case 1u: { return max(x, 0.0); }
-        case 2u: { return 0.5 * x * (1.0 + erf_approx(x * 0.70710678118654752)); }
+        // 0.5 x (1 + erf(x / sqrt 2)) = 0.5 x erfc(-x / sqrt 2)
+        case 2u: { return 0.5 * x * erfc_approx(-x * 0.70710678118654752); }
+        // 0.5 x (1 + tanh u) = x / (1 + exp(-2u)): no cancellation for x < 0
         case 3u: {
-            let u = clamp(0.7978845608028654 * (x + 0.044715 * x * x * x), -15.0, 15.0);
-            return 0.5 * x * (1.0 + tanh(u));
+            let u = 0.7978845608028654 * (x + 0.044715 * x * x * x);
+            return x / (1.0 + exp(-2.0 * u));
         }
         case 4u: { return x / (1.0 + exp(-x)); }
         default: { return x; }
