@@ -70,7 +70,7 @@ tw=$(grep -c "^SUMMARY: ThreadSanitizer" "$out/tsan.log")
 echo "tsan: $passed tests passed, $tw reports"
 [ "$tw" -eq 0 ] || { rc=1; grep "^SUMMARY: ThreadSanitizer" "$out/tsan.log" | sort | uniq -c | sort -rn | head -12; }
 
-cargo test -q -p braid-runtime --test stress --no-run 2>/dev/null
+cargo test -q -p braid-runtime --no-default-features --test stress --no-run 2>/dev/null
 bin=$(ls -t target/debug/deps/stress-* | grep -v '\.d$' | head -1)
 echo "== helgrind over $bin (BRAID_STRESS_SCALE_PCT=2), informational"
 BRAID_STRESS_SCALE_PCT=2 valgrind --tool=helgrind "$bin" --test-threads 1 >"$out/helgrind.log" 2>&1 || rc=$?

@@ -23,6 +23,13 @@ if [ "${BRAID_SKIP_MODEL:-0}" != 1 ] && [ -x scripts/get-minilm.sh ] && [ ! -f m
   bash scripts/get-minilm.sh || echo "WARNING: model install failed; MiniLM tests will print SKIPPED"
 fi
 
+# Mesa's software Vulkan driver (lavapipe), so the wgpu backend's tests and
+# `braid check --device wgpu` run on a machine without a GPU.
+if ! ls /usr/share/vulkan/icd.d/lvp_icd*.json >/dev/null 2>&1; then
+  echo "== installing mesa-vulkan-drivers (lavapipe, for the wgpu backend)"
+  { apt-get update -qq && apt-get install -y -qq mesa-vulkan-drivers >/dev/null; } || echo "WARNING: mesa-vulkan-drivers could not be installed; wgpu tests will print SKIPPED"
+fi
+
 echo "== cargo test --workspace --release"
 mkdir -p target
 # --nocapture: the tests' figures (threads, cycles, slots leaked) and every
@@ -42,6 +49,15 @@ if ! python3 crates/serve/tests/clients/test_clients.py --braid target/release/b
   exit 1
 fi
 
+echo "== braid check --device wgpu (lavapipe here: every op and module vs the f64 reference)"
+if target/release/braid check --device wgpu --threads 4 --iters 2 > target/check-wgpu.log 2>&1; then
+  grep -cE "^PASS" target/check-wgpu.log | sed 's/^/PASS lines: /'; grep -E "^SKIPPED" target/check-wgpu.log || true
+elif grep -q "no wgpu adapter" target/check-wgpu.log; then
+  echo "SKIPPED: braid check --device wgpu (no wgpu adapter)"
+else
+  tail -20 target/check-wgpu.log; echo "FAILED: braid check --device wgpu (target/check-wgpu.log)"; exit 1
+fi
+
 echo "== deploy: the Kubernetes manifests, and two replicas behind nginx with one failing (docs/deploy.md)"
 bash scripts/validate-deploy.sh 2>&1 | grep -v "^INFO" || { echo "FAILED: deploy manifests"; exit 1; }
 command -v nginx >/dev/null || command -v /usr/sbin/nginx >/dev/null || { apt-get update -qq && apt-get install -y -qq nginx >/dev/null; } || echo "WARNING: nginx could not be installed"
@@ -53,11 +69,14 @@ set -e
 [ "$rc" = 1 ] && { echo "FAILED: replica failover behind nginx (target/failover)"; exit 1; }
 
 echo "== loom models"
+# --no-default-features: the models need neither the CUDA nor the wgpu crates
+# (both backends are compiled out under --cfg loom), and building wgpu again
+# in target/loom would cost minutes.
 for crate in braid-runtime braid-batch; do
   for model in crates/${crate#braid-}/tests/loom*.rs; do
     [ -f "$model" ] || continue
     RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom LOOM_MAX_PREEMPTIONS=${LOOM_MAX_PREEMPTIONS:-3} \
-      cargo test --release -p "$crate" --test "$(basename "$model" .rs)" -- --nocapture --test-threads 1 2>&1 | grep -E "loom model|test result|panicked|FAILED"
+      cargo test --release -p "$crate" --no-default-features --test "$(basename "$model" .rs)" -- --nocapture --test-threads 1 2>&1 | grep -E "loom model|test result|panicked|FAILED"
   done
 done
 

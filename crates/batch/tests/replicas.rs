@@ -29,13 +29,10 @@ impl BatchModel for Doubler {
     fn forward(&self, _: &mut (), inputs: Vec<u32>) -> Result<Vec<(u32, usize)>> {
         let s = self.device.current_stream()?;
         let bytes: Vec<u8> = inputs.iter().flat_map(|v| (v * 2).to_le_bytes()).collect();
-        let block = self.device.alloc(bytes.len(), &s)?;
+        let buffer = braid_runtime::Buffer::alloc(&self.device, bytes.len(), &s)?;
         let mut out = vec![0u8; bytes.len()];
-        // SAFETY: the block holds bytes.len() bytes and outlives both copies (h2d stages its source, d2h waits).
-        unsafe {
-            s.raw().h2d(&bytes, block.ptr())?;
-            s.raw().d2h(block.ptr(), &mut out)?;
-        }
+        s.write(buffer.view(), &bytes)?;
+        s.read(buffer.view(), &mut out)?;
         std::thread::sleep(self.delay);
         // Relaxed: a statistic read after the batcher has been shut down (joined).
         self.forwards.fetch_add(1, Ordering::Relaxed);

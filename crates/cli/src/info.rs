@@ -21,7 +21,7 @@ pub fn run(model: Option<&str>) -> Result<ExitCode> {
         }
         Err(e) => println!("  cuda  {e}"),
     }
-    println!("  wgpu  not built (no wgpu backend yet)");
+    wgpu_lines();
     let auto = Device::auto()?;
     println!("default device (Device::auto): {} ({})", auto.kind().name(), auto.name());
     let p = options.pool;
@@ -37,9 +37,17 @@ pub fn run(model: Option<&str>) -> Result<ExitCode> {
     println!("stream pool: {} streams per device (1 default + {} worker slots; BRAID_STREAM_POOL_SIZE, 2..={MAX_POOL_SIZE}), created lazily", p.size, p.workers());
     println!("  when exhausted: {policy}");
     println!("  assignment: {assignment} (BRAID_STREAM_POOL_ASSIGNMENT)");
+    let caps = auto.capabilities();
+    println!(
+        "  can: graph capture {}, host functions {}, timing events {}, dtypes {}",
+        yes(caps.graph_capture),
+        yes(caps.host_functions),
+        yes(caps.timing),
+        caps.dtypes.iter().map(|d| d.name()).collect::<Vec<_>>().join(", ")
+    );
     match options.max_inflight {
-        None => println!("throttle: unlimited in-flight submissions (BRAID_MAX_INFLIGHT unset or 0)"),
-        Some(n) => println!("throttle: at most {n} in-flight submissions (BRAID_MAX_INFLIGHT)"),
+        None => println!("throttle: unlimited model forwards in flight (BRAID_MAX_INFLIGHT unset or 0)"),
+        Some(n) => println!("throttle: at most {n} model forwards in flight per device (BRAID_MAX_INFLIGHT: held around each batched forward of braid serve's models and each CommandBuffer submission)"),
     }
     if let Some(dir) = model {
         let config = braid_nn::ModelConfig::read(std::path::Path::new(dir))?;
@@ -52,4 +60,29 @@ pub fn run(model: Option<&str>) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn yes(b: bool) -> &'static str {
+    if b {
+        "yes"
+    } else {
+        "no"
+    }
+}
+
+/// The wgpu adapters (`--device wgpu:N`), with their graphics backend.
+#[cfg(feature = "wgpu")]
+fn wgpu_lines() {
+    let all = braid_runtime::backend::wgpu::list_adapters();
+    if all.is_empty() {
+        println!("  wgpu  unavailable: no adapter (no Vulkan, Metal or DX12 driver; Debian: apt-get install mesa-vulkan-drivers)");
+    }
+    for a in all {
+        println!("  wgpu:{}  available  {} [{}; {}; {}]", a.index, a.name, a.backend, a.device_type, a.driver);
+    }
+}
+
+#[cfg(not(feature = "wgpu"))]
+fn wgpu_lines() {
+    println!("  wgpu  not built (build with the `wgpu` feature)");
 }

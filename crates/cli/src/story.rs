@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 /// A workload as the story drives it.
 pub trait Bench: Send + Sync {
     type Input: Send + Sync;
-    type Output: Send;
+    type Output: Send + Sync + 'static;
     fn name(&self) -> &'static str;
     /// Batch sizes of the batching table.
     fn batches(&self) -> Vec<usize>;
@@ -156,22 +156,14 @@ pub fn run<B: Bench>(devices: &[Device], benches: &[B], replicated: bool, s: &Se
                     let stream = device.current_stream()?;
                     let x = bench.input(1, tid as u64)?;
                     forward_wait(bench, &stream, &x)?; // warm-up
-                    let graph = if mode == "graph" {
-                        stream.synchronize()?;
-                        stream.raw().begin_capture()?;
-                        let out = bench.forward(&x);
-                        let g = stream.raw().end_capture();
-                        let out = out?;
-                        let g = g?;
-                        Some((g, out))
-                    } else {
-                        None
-                    };
+                    // The runtime's capture (graph.rs): the output stays
+                    // alive in the graph's state as long as the graph.
+                    let graph = if mode == "graph" { Some(braid_runtime::graph::capture(&stream, || bench.forward(&x))?) } else { None };
                     let ev = Event::new_on(&stream, false)?;
                     Ok(move || -> Result<u64> {
                         let _keep = &guard;
                         match &graph {
-                            Some((g, _out)) => g.launch(stream.raw())?,
+                            Some(g) => g.launch()?,
                             None => drop(bench.forward(&x)?),
                         }
                         ev.record(&stream)?;

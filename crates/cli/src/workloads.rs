@@ -49,7 +49,7 @@ impl Bench for MlpBench {
         crate::dynamic::mlp(all, replicated, clients, seconds)
     }
     fn graphs(&self) -> bool {
-        self.device.kind() == braid_runtime::BackendKind::Cuda
+        self.device.capabilities().graph_capture
     }
 }
 
@@ -91,7 +91,7 @@ impl Bench for EncoderBench {
         crate::dynamic::encoder(all, replicated, clients, seconds)
     }
     fn graphs(&self) -> bool {
-        self.device.kind() == braid_runtime::BackendKind::Cuda
+        self.device.capabilities().graph_capture
     }
 }
 

@@ -2,7 +2,9 @@
 //! ids in, one output per row out, rows padded to the longest within a
 //! batch (the batcher groups rows of similar length first). Lives with the
 //! models so the CLI and the server share it: [`TokenEmbedder`] for
-//! [`SentenceEmbedder`], [`PairScorer`] for [`CrossEncoder`].
+//! [`SentenceEmbedder`], [`PairScorer`] for [`CrossEncoder`]. Each forward
+//! holds a permit of its device's throttle (`BRAID_MAX_INFLIGHT`), so the
+//! cap applies to the path the server's models take.
 
 use crate::cross::TypedIds;
 use crate::{BertInput, CrossEncoder, SentenceEmbedder};
@@ -24,6 +26,7 @@ impl BatchModel for TokenEmbedder {
         ids.len()
     }
     fn forward(&self, _: &mut (), inputs: Vec<Vec<u32>>) -> Result<Vec<Vec<f32>>> {
+        let _permit = self.0.encoder().device().throttle().acquire();
         let input = BertInput::from_rows(&inputs, self.0.tokenizer().pad_id());
         let out = self.0.embed_input(&input)?.to_vec()?;
         Ok(out.chunks(self.0.dim()).map(|c| c.to_vec()).collect())
@@ -44,6 +47,7 @@ impl BatchModel for PairScorer {
         row.0.len()
     }
     fn forward(&self, _: &mut (), inputs: Vec<TypedIds>) -> Result<Vec<Vec<f32>>> {
+        let _permit = self.0.encoder().device().throttle().acquire();
         self.0.logits(&inputs)
     }
 }

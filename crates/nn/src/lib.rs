@@ -20,6 +20,8 @@
 //! assert_eq!(y.to_vec().unwrap(), vec![1.0, 0.0, 0.0]);
 //! ```
 
+#![forbid(unsafe_code)]
+
 pub mod ops;
 pub mod rng;
 pub mod storage;

@@ -9,7 +9,7 @@
 //! of threads may read one at once (see `storage.rs` for why that is safe).
 
 use crate::storage::Storage;
-use braid_runtime::{DType, Device, DevicePtr, Error, Result, Stream};
+use braid_runtime::{DType, Device, Error, Result, Stream, View};
 use std::sync::Arc;
 
 /// A row-major tensor on a device. Cheap to clone (clones share memory).
@@ -65,17 +65,9 @@ impl Tensor {
         }
         let stream = device.current_stream()?;
         let t = Tensor::empty_on(device, &stream, shape, DType::F32)?;
-        if !data.is_empty() {
-            // SAFETY: f32 has no padding and every byte is a valid u8; u8 has
-            // alignment 1; the view covers exactly `data`, borrowed for the call.
-            // (Device memory holds f32 in the host's byte order: little-endian
-            // on every platform braid's backends run on.)
-            let bytes = unsafe { std::slice::from_raw_parts(data.as_ptr().cast::<u8>(), std::mem::size_of_val(data)) };
-            // SAFETY: the block holds numel*4 bytes = bytes.len(), was made on
-            // this stream and lives in `t` until the stream is past the copy
-            // (stream-ordered free); `h2d` stages `bytes` before returning.
-            unsafe { stream.raw().h2d(bytes, t.ptr())? };
-        }
+        // Device memory holds f32 in the host's byte order (little-endian on
+        // every platform braid's backends run on).
+        stream.write_f32(t.view(), data)?;
         Ok(t)
     }
 
@@ -90,9 +82,7 @@ impl Tensor {
         let t = Tensor::empty_on(device, &stream, shape, dtype)?;
         let n = numel(shape) * dtype.size();
         if n > 0 {
-            let zeros = vec![0u8; n];
-            // SAFETY: as in `from_slice`: the block holds `n` bytes on this stream.
-            unsafe { stream.raw().h2d(&zeros, t.ptr())? };
+            stream.write(t.view(), &vec![0u8; n])?;
         }
         Ok(t)
     }
@@ -116,9 +106,9 @@ impl Tensor {
     pub fn last_dim(&self) -> usize {
         self.shape.last().copied().unwrap_or(1)
     }
-    /// Device address of the first element.
-    pub fn ptr(&self) -> DevicePtr {
-        self.storage.ptr()
+    /// The tensor's memory as an operand of the runtime's safe op layer.
+    pub fn view(&self) -> View<'_> {
+        self.storage.view()
     }
     pub fn storage(&self) -> &Arc<Storage> {
         &self.storage
@@ -133,14 +123,14 @@ impl Tensor {
     }
 
     /// The calling thread's stream, after checking every input is on
-    /// `device` and making the stream ready to read each (see [`Storage`]).
+    /// `device`. (The runtime's op layer makes the stream ready to read each
+    /// input, see [`Storage`].)
     pub(crate) fn prepare(device: &Device, inputs: &[&Tensor]) -> Result<Stream> {
         let stream = device.current_stream()?;
         for t in inputs {
             if !t.device.same_as(device) {
                 return Err(Error::DeviceMismatch(format!("tensor on {} used with tensors on {}", t.device.label(), device.label())));
             }
-            t.storage.prepare_read(device, &stream)?;
         }
         Ok(stream)
     }
@@ -160,9 +150,7 @@ impl Tensor {
         let stream = Tensor::prepare(&self.device, &[self])?;
         let out = Tensor::empty_on(&self.device, &stream, &self.shape, dtype)?;
         if self.numel() > 0 {
-            // SAFETY: both tensors hold numel elements of their dtypes, are
-            // live for the call and freed stream-ordered after it.
-            unsafe { stream.raw().cast(self.ptr(), self.dtype, out.ptr(), dtype, self.numel())? };
+            stream.cast(self.view(), self.dtype, out.view(), dtype, self.numel())?;
         }
         Ok(out)
     }
@@ -172,14 +160,7 @@ impl Tensor {
         let t = self.to_dtype(DType::F32)?;
         let stream = Tensor::prepare(&t.device, &[&t])?;
         let mut out = vec![0f32; t.numel()];
-        if !out.is_empty() {
-            // SAFETY: as in `from_slice`: a byte view of exactly `out`, and
-            // every byte pattern is a valid f32.
-            let bytes = unsafe { std::slice::from_raw_parts_mut(out.as_mut_ptr().cast::<u8>(), std::mem::size_of_val(out.as_slice())) };
-            // SAFETY: the tensor holds numel f32s; `d2h` returns when the
-            // bytes are in `bytes`, while `t` is still alive.
-            unsafe { stream.raw().d2h(t.ptr(), bytes)? };
-        }
+        stream.read_f32(t.view(), &mut out)?;
         Ok(out)
     }
 }

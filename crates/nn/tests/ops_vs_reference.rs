@@ -7,7 +7,27 @@ use braid_runtime::{Activation, DType, Device, Error};
 #[test]
 fn all_checks_pass() {
     // BRAID_TEST_DEVICE=cuda runs the same checks on a GPU (f32 and bf16).
-    let device = Device::parse(&std::env::var("BRAID_TEST_DEVICE").unwrap_or_else(|_| "cpu".into())).unwrap();
+    all_checks_on(Device::parse(&std::env::var("BRAID_TEST_DEVICE").unwrap_or_else(|_| "cpu".into())).unwrap());
+}
+
+/// The same checks on the first wgpu adapter, SKIPPED where there is none.
+/// CI runs them through `braid check --device wgpu` (scripts/test.sh, with
+/// MiniLM and the model families too), so here they run only with
+/// `BRAID_TEST_WGPU=1` (a minute on lavapipe).
+#[test]
+fn all_checks_pass_wgpu() {
+    if std::env::var("BRAID_TEST_WGPU").as_deref() != Ok("1") {
+        eprintln!("SKIPPED (all_checks_pass_wgpu: covered by `braid check --device wgpu` in scripts/test.sh; BRAID_TEST_WGPU=1 runs it here)");
+        return;
+    }
+    match Device::parse("wgpu") {
+        Ok(d) => all_checks_on(d),
+        Err(Error::Unavailable { reason, .. }) => eprintln!("SKIPPED (all_checks_pass_wgpu: no wgpu adapter: {reason})"),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+fn all_checks_on(device: Device) {
     eprintln!("device: {}", device.name());
     let results = braid_nn::check(&device).unwrap();
     assert!(results.len() > 50, "only {} checks", results.len());

@@ -17,6 +17,27 @@ fn workloads_parallel_equal_serial() {
     eprintln!("{:.1} s", start.elapsed().as_secs_f64());
 }
 
+/// The same 16 threads on wgpu streams (the first adapter; lavapipe in CI,
+/// so one forward per thread after the serial pass: `BRAID_PARALLEL_ITERS_WGPU` overrides).
+#[test]
+fn workloads_parallel_equal_serial_wgpu() {
+    let device = match Device::parse("wgpu") {
+        Ok(d) => d,
+        Err(braid_runtime::Error::Unavailable { reason, .. }) => {
+            eprintln!("SKIPPED (workloads_parallel_equal_serial_wgpu: no wgpu adapter: {reason})");
+            return;
+        }
+        Err(e) => panic!("{e}"),
+    };
+    let iters: usize = std::env::var("BRAID_PARALLEL_ITERS_WGPU").ok().and_then(|v| v.parse().ok()).unwrap_or(1);
+    let start = std::time::Instant::now();
+    for r in braid_nn::check_parallel(&device, 16, iters).unwrap() {
+        eprintln!("wgpu: {} -> {} ({:?})", r.name, if r.passed { "ok" } else { "FAILED" }, r.error);
+        assert!(r.passed, "{r:?}");
+    }
+    eprintln!("wgpu ({}): {:.1} s", device.name(), start.elapsed().as_secs_f64());
+}
+
 #[test]
 fn workload_shapes_and_parameter_counts() {
     let device = Device::cpu().unwrap();

@@ -429,9 +429,14 @@ impl<M: MemorySource> CachingAllocator<M> {
 }
 
 impl<M: MemorySource> Block<M> {
-    /// Device address of the block.
+    /// The handle the memory source returned (for a device, the raw value
+    /// of a [`crate::backend::BufferId`]; see `DeviceBlock::slice`).
     pub fn ptr(&self) -> u64 {
         self.ptr
+    }
+    /// The memory source the block came from.
+    pub fn source(&self) -> &M {
+        &self.inner.mem
     }
     /// Usable size (the rounded size; at least what was requested).
     pub fn size(&self) -> usize {

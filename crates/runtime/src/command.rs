@@ -21,6 +21,21 @@
 //! sub.on_complete(|_| {}); // no completion handler after submission
 //! ```
 //!
+//! Library API: braid's models enqueue through the safe op layer on the
+//! calling thread's stream and do not use command buffers; the throttle
+//! (`BRAID_MAX_INFLIGHT`) they honour is held by the batcher glue instead.
+//! A caller that wants completion handlers and kept-alive objects writes:
+//!
+//! ```
+//! # use braid_runtime::{Device, command::CommandBuffer};
+//! let device = Device::cpu().unwrap();
+//! let mut cb = CommandBuffer::new(&device).unwrap();
+//! let (tx, rx) = std::sync::mpsc::channel();
+//! cb.encode(|s| s.synchronize()).on_complete(move |r| tx.send(r.is_ok()).unwrap());
+//! cb.submit().unwrap().wait().unwrap();
+//! assert!(rx.recv().unwrap());
+//! ```
+//!
 //! Nothing borrowed from a buffer survives its submission, so the buffer
 //! being recorded and the one already submitted never alias:
 //!

@@ -1,11 +1,11 @@
 //! [`Device`]: one backend with its stream pool, caching allocator and
 //! throttle, shared by every thread that uses it. Owns device selection
-//! (`Device::auto`: CUDA, then CPU), the device's lifecycle (shutdown while
+//! (`Device::auto`: CUDA, then a discrete wgpu adapter, then the CPU), the device's lifecycle (shutdown while
 //! other threads hold streams or have work in flight) and the glue that lets
 //! the allocator record fences on the pool's streams.
 
 use crate::alloc::{AllocConfig, AllocStats, Block, CachingAllocator, Fence, MemorySource};
-use crate::backend::{cpu::CpuBackend, Backend, BackendEvent, BackendKind, DType};
+use crate::backend::{cpu::CpuBackend, Backend, BackendEvent, BackendKind, BufSlice, BufferId, Capabilities, DType};
 use crate::config::PoolConfig;
 use crate::error::{Error, Result};
 use crate::event::Event;
@@ -23,6 +23,18 @@ pub struct DeviceMemory {
     backend: Arc<dyn Backend>,
     pool: StreamPool,
     name: String,
+    device_id: u64,
+}
+
+impl DeviceMemory {
+    /// Id of the [`Device`] the memory belongs to.
+    pub fn device_id(&self) -> u64 {
+        self.device_id
+    }
+    /// Stream `index` of the device's pool.
+    pub(crate) fn stream(&self, index: usize) -> Result<Stream> {
+        self.pool.stream(index)
+    }
 }
 
 struct EventFence(Arc<dyn BackendEvent>);
@@ -41,12 +53,12 @@ impl MemorySource for DeviceMemory {
         self.name.clone()
     }
     fn alloc(&self, bytes: usize) -> Result<u64> {
-        self.backend.alloc(bytes)
+        self.backend.alloc(bytes).map(BufferId::raw)
     }
     unsafe fn free(&self, ptr: u64, bytes: usize) {
         // SAFETY: forwarded: the allocator frees a block once, after every
-        // stream that used it is past it.
-        unsafe { self.backend.free(ptr, bytes) }
+        // stream that used it is past it; `ptr` is the raw handle `alloc` made.
+        unsafe { self.backend.free(BufferId::from_raw(ptr), bytes) }
     }
     fn fence(&self, stream: usize) -> Result<Box<dyn Fence>> {
         let s = self.pool.stream(stream)?;
@@ -59,6 +71,15 @@ impl MemorySource for DeviceMemory {
 /// Device memory from the caching allocator. Dropping it frees it, ordered
 /// after the work already enqueued on its stream.
 pub type DeviceBlock = Block<DeviceMemory>;
+
+impl Block<DeviceMemory> {
+    /// The bytes asked for, as a backend operand. Using it is `unsafe`
+    /// (the backend entry points); safe code goes through
+    /// [`crate::buffer::Buffer`] and the checked ops on [`Stream`].
+    pub fn slice(&self) -> BufSlice {
+        BufSlice::whole(BufferId::from_raw(self.ptr()), self.requested())
+    }
+}
 
 struct DeviceInner {
     id: u64,
@@ -89,7 +110,9 @@ impl std::fmt::Debug for Device {
 #[derive(Clone, Debug)]
 pub struct DeviceOptions {
     pub pool: PoolConfig,
-    /// Cap on in-flight submissions (`BRAID_MAX_INFLIGHT`); `None` = unlimited.
+    /// Cap on model forwards in flight (`BRAID_MAX_INFLIGHT`): the batcher
+    /// glue of braid-nn and `CommandBuffer::submit` hold a permit of
+    /// [`Device::throttle`]; `None` = unlimited.
     pub max_inflight: Option<usize>,
     /// Reserved bytes above which the allocator trims its cache.
     pub high_watermark: Option<usize>,
@@ -120,7 +143,7 @@ impl Device {
         // "cuda:0 (#3)": the device as a user names it, and which Device
         // instance of this process (two instances never share memory).
         let label = format!("{}:{} (#{id})", backend.kind().name(), backend.ordinal());
-        let mem = DeviceMemory { backend: backend.clone(), pool: pool.clone(), name: label.clone() };
+        let mem = DeviceMemory { backend: backend.clone(), pool: pool.clone(), name: label.clone(), device_id: id };
         let allocator = CachingAllocator::new(mem, AllocConfig { streams: options.pool.size, high_watermark: options.high_watermark })?;
         Ok(Device {
             inner: Arc::new(DeviceInner { id, backend, pool, allocator, throttle: Throttle::new(options.max_inflight), shut_down: AtomicBool::new(false), fault: std::sync::OnceLock::new(), label }),
@@ -152,17 +175,55 @@ impl Device {
         Err(Error::Unavailable { backend: "cuda", reason: "braid was built without the `cuda` feature".into() })
     }
 
-    /// The best device found: CUDA, then the CPU.
-    pub fn auto() -> Result<Device> {
-        let options = DeviceOptions::from_env()?;
-        match Self::cuda_with(0, options.clone()) {
-            Ok(d) => Ok(d),
-            Err(Error::Unavailable { .. }) => Self::cpu_with(options),
-            Err(e) => Err(e),
-        }
+    /// wgpu adapter `ordinal` (Vulkan, Metal, DX12), with settings from the environment.
+    pub fn wgpu(ordinal: usize) -> Result<Device> {
+        Self::wgpu_with(ordinal, DeviceOptions::from_env()?)
     }
 
-    /// One device by name: `auto`, `cpu`, `cpu:N`, `cuda`, `cuda:N`. A name
+    #[allow(unused_variables)]
+    pub fn wgpu_with(ordinal: usize, options: DeviceOptions) -> Result<Device> {
+        #[cfg(all(feature = "wgpu", not(loom)))]
+        {
+            let b = crate::backend::wgpu::try_new(ordinal)?;
+            Self::with_backend(b, options)
+        }
+        #[cfg(not(all(feature = "wgpu", not(loom))))]
+        Err(Error::Unavailable { backend: "wgpu", reason: "braid was built without the `wgpu` feature".into() })
+    }
+
+    /// How many wgpu adapters there are ([`Error::Unavailable`] without the feature).
+    pub fn wgpu_count() -> Result<usize> {
+        #[cfg(all(feature = "wgpu", not(loom)))]
+        {
+            Ok(crate::backend::wgpu::list_adapters().len())
+        }
+        #[cfg(not(all(feature = "wgpu", not(loom))))]
+        Err(Error::Unavailable { backend: "wgpu", reason: "braid was built without the `wgpu` feature".into() })
+    }
+
+    /// The best device found: CUDA, then a discrete wgpu adapter, then the CPU.
+    pub fn auto() -> Result<Device> {
+        Self::auto_with(DeviceOptions::from_env()?)
+    }
+
+    fn auto_with(options: DeviceOptions) -> Result<Device> {
+        match Self::cuda_with(0, options.clone()) {
+            Ok(d) => return Ok(d),
+            Err(Error::Unavailable { .. }) => {}
+            Err(e) => return Err(e),
+        }
+        #[cfg(all(feature = "wgpu", not(loom)))]
+        if let Some(i) = crate::backend::wgpu::discrete_adapter() {
+            match Self::wgpu_with(i, options.clone()) {
+                Ok(d) => return Ok(d),
+                Err(Error::Unavailable { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Self::cpu_with(options)
+    }
+
+    /// One device by name: `auto`, `cpu`, `cpu:N`, `cuda`, `cuda:N`, `wgpu`, `wgpu:N`. A name
     /// of several devices (`cuda:all`, `cuda:0,1`) is an error here; see
     /// [`Device::parse_many`].
     pub fn parse(name: &str) -> Result<Device> {
@@ -192,7 +253,7 @@ impl Device {
 
     /// As [`Device::parse_many`], every device with these options.
     pub fn parse_many_with(name: &str, options: DeviceOptions) -> Result<Vec<Device>> {
-        let bad = |why: String| Error::InvalidArgument(format!("bad device {name:?}: {why}; expected auto, cpu, cpu:N[,M..], cuda, cuda:N[,M..] or cuda:all (wgpu is not built yet)"));
+        let bad = |why: String| Error::InvalidArgument(format!("bad device {name:?}: {why}; expected auto, cpu, cpu:N[,M..], cuda, cuda:N[,M..], cuda:all, wgpu, wgpu:N[,M..] or wgpu:all"));
         let s = name.trim();
         let (kind, list) = match s.split_once(':') {
             Some((k, l)) => (k, Some(l)),
@@ -214,11 +275,7 @@ impl Device {
             Ok(v)
         };
         match kind {
-            "auto" if list.is_none() => match Self::cuda_with(0, options.clone()) {
-                Ok(d) => Ok(vec![d]),
-                Err(Error::Unavailable { .. }) => Ok(vec![Self::cpu_with(options)?]),
-                Err(e) => Err(e),
-            },
+            "auto" if list.is_none() => Ok(vec![Self::auto_with(options)?]),
             "cpu" => ordinals(None)?.into_iter().map(|i| Self::with_backend(Arc::new(CpuBackend::with_ordinal(i)), options.clone())).collect(),
             "cuda" => {
                 let count = if list.map(str::trim) == Some("all") { Some(Self::cuda_count()?) } else { None };
@@ -227,6 +284,14 @@ impl Device {
                     return Err(Error::Unavailable { backend: "cuda", reason: "cuda:all: the driver sees no CUDA device".into() });
                 }
                 ids.into_iter().map(|i| Self::cuda_with(i, options.clone())).collect()
+            }
+            "wgpu" => {
+                let count = if list.map(str::trim) == Some("all") { Some(Self::wgpu_count()?) } else { None };
+                let ids = ordinals(count)?;
+                if ids.is_empty() {
+                    return Err(Error::Unavailable { backend: "wgpu", reason: "wgpu:all: no adapter found".into() });
+                }
+                ids.into_iter().map(|i| Self::wgpu_with(i, options.clone())).collect()
             }
             _ => Err(bad("unknown device".into())),
         }
@@ -259,6 +324,11 @@ impl Device {
     }
     pub fn supports(&self, dtype: DType) -> bool {
         self.inner.backend.supports(dtype)
+    }
+    /// What the device offers beyond the common boundary (graph capture,
+    /// host functions, operand types, timing events).
+    pub fn capabilities(&self) -> Capabilities {
+        self.inner.backend.capabilities()
     }
     pub fn pool(&self) -> &StreamPool {
         &self.inner.pool

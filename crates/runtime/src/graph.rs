@@ -52,16 +52,37 @@ impl CapturedGraph {
 pub fn capture<T: Any + Send + Sync>(stream: &Stream, forward: impl FnOnce() -> Result<T>) -> Result<CapturedGraph> {
     // Work already queued must not be swept into the capture's dependencies.
     stream.synchronize()?;
-    stream.raw().begin_capture()?;
+    let cap = stream.raw().capture().ok_or_else(|| crate::Error::Unsupported { backend: stream.backend().kind().name(), what: "graph capture".into() })?;
+    cap.begin_capture()?;
     let state = forward();
     // End the capture whatever happened, so the stream is usable again.
-    let graph = stream.raw().end_capture();
+    let graph = cap.end_capture();
     let state = state?;
     Ok(CapturedGraph { graph: graph?, state: Box::new(state), stream: stream.clone() })
 }
 
 /// Captured graphs by (module, shape, stream). Thread-safe; two threads with
 /// different streams never share an entry.
+///
+/// Library API: braid's own product captures through [`capture`] (the
+/// benchmark's graph mode); a server that replays per-shape graphs would
+/// keep them here. Needs a device whose `capabilities().graph_capture` is
+/// true (CUDA); elsewhere `get_or_capture` is an `Unsupported` error.
+///
+/// ```no_run
+/// # use braid_runtime::{graph::GraphCache, Buffer, Device};
+/// let device = Device::cuda(0)?;
+/// let stream = device.current_stream()?;
+/// let cache = GraphCache::new();
+/// let x = Buffer::alloc(&device, 64, &stream)?;
+/// let g = cache.get_or_capture(1, &[16], &stream, || {
+///     let out = Buffer::alloc(&device, 64, &stream)?;
+///     stream.activation(x.view(), out.view(), 16, braid_runtime::Activation::Relu, braid_runtime::DType::F32)?;
+///     Ok(out)
+/// })?;
+/// g.launch()?; // replays the captured kernel
+/// # Ok::<(), braid_runtime::Error>(())
+/// ```
 #[derive(Default)]
 pub struct GraphCache {
     map: Mutex<HashMap<GraphKey, Arc<CapturedGraph>>>,

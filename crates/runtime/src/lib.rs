@@ -13,11 +13,10 @@
 //!     for _ in 0..4 {
 //!         s.spawn(|| {
 //!             let stream = device.current_stream().unwrap(); // this thread's own stream
-//!             let block = device.alloc(1024, &stream).unwrap();
-//!             // SAFETY: the block holds 1024 bytes and outlives the copy (d2h waits).
-//!             unsafe { stream.raw().h2d(&[7u8; 1024], block.ptr()).unwrap() };
+//!             let buffer = braid_runtime::Buffer::alloc(&device, 1024, &stream).unwrap();
+//!             stream.write(buffer.view(), &[7u8; 1024]).unwrap();
 //!             let mut back = [0u8; 1024];
-//!             unsafe { stream.raw().d2h(block.ptr(), &mut back).unwrap() };
+//!             stream.read(buffer.view(), &mut back).unwrap();
 //!             assert_eq!(back, [7u8; 1024]);
 //!         });
 //!     }
@@ -26,6 +25,7 @@
 
 pub mod alloc;
 pub mod backend;
+pub mod buffer;
 pub mod command;
 pub mod config;
 pub mod device;
@@ -35,6 +35,7 @@ pub mod event_state;
 pub mod fork;
 pub mod mapped;
 pub mod graph;
+pub mod ops;
 pub mod freelist;
 pub mod pool;
 pub mod serialized;
@@ -43,7 +44,8 @@ pub mod sync;
 pub mod throttle;
 
 pub use alloc::{AllocStats, CachingAllocator};
-pub use backend::{Activation, BackendKind, DType, DevicePtr};
+pub use backend::{Activation, BackendKind, BufSlice, BufferId, Capabilities, DType};
+pub use buffer::{Buffer, View};
 pub use config::{Assignment, ExhaustionPolicy, PoolConfig};
 pub use device::{Device, DeviceBlock, DeviceOptions};
 pub use error::{Error, Result};

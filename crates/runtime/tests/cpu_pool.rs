@@ -6,7 +6,7 @@
 #![cfg(not(loom))]
 
 use braid_runtime::backend::cpu::{pool, CpuBackend};
-use braid_runtime::backend::{Activation, Backend, DType, Gemm};
+use braid_runtime::backend::{Activation, Backend, BufSlice, DType, Gemm};
 
 fn run_gemm(be: &CpuBackend, s: &dyn braid_runtime::backend::BackendStream, m: usize, n: usize, k: usize, a: &[f32], w: &[f32], b: &[f32]) -> Vec<f32> {
     let bytes = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
@@ -14,6 +14,7 @@ fn run_gemm(be: &CpuBackend, s: &dyn braid_runtime::backend::BackendStream, m: u
     let mut out = vec![0u8; m * n * 4];
     // SAFETY: every pointer was allocated above with the sizes the descriptor
     // names and is freed only after the synchronizing d2h below.
+    let (pa, pw, pb, po) = (BufSlice::whole(pa, a.len() * 4), BufSlice::whole(pw, w.len() * 4), BufSlice::whole(pb, b.len() * 4), BufSlice::whole(po, m * n * 4));
     unsafe {
         s.h2d(&bytes(a), pa).unwrap();
         s.h2d(&bytes(w), pw).unwrap();
@@ -21,7 +22,7 @@ fn run_gemm(be: &CpuBackend, s: &dyn braid_runtime::backend::BackendStream, m: u
         s.gemm(&Gemm { m, n, k, a: pa, w: pw, bias: Some(pb), out: po, act: Activation::GeluErf, dtype: DType::F32 }).unwrap();
         s.d2h(po, &mut out).unwrap();
         for (p, len) in [(pa, a.len() * 4), (pw, w.len() * 4), (pb, b.len() * 4), (po, m * n * 4)] {
-            be.free(p, len);
+            be.free(p.buffer, len);
         }
     }
     out.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()

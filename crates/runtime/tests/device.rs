@@ -19,7 +19,7 @@ fn block_stream(stream: &braid_runtime::Stream, gate: &Arc<AtomicBool>) {
     let g = gate.clone();
     stream
         .raw()
-        .host_fn(Box::new(move || {
+        .host_fns().expect("this backend runs host functions").host_fn(Box::new(move || {
             while !g.load(Ordering::SeqCst) {
                 std::thread::sleep(Duration::from_millis(1));
             }
@@ -38,12 +38,12 @@ fn event_orders_streams_and_times_out() {
     let start = Event::new_on(&a, true).unwrap();
     start.record(&a).unwrap();
     // SAFETY: the block is at least as large as the buffer and outlives the copy (h2d stages its source, d2h waits).
-    unsafe { a.raw().h2d(&[9u8; 16], buf.ptr()).unwrap() };
+    unsafe { a.raw().h2d(&[9u8; 16], buf.slice()).unwrap() };
     ev.record(&a).unwrap();
     b.wait_event(&ev).unwrap();
     let mut out = [0u8; 16];
     // SAFETY: the block is at least as large as the buffer and outlives the copy (h2d stages its source, d2h waits).
-    unsafe { b.raw().d2h(buf.ptr(), &mut out).unwrap() };
+    unsafe { b.raw().d2h(buf.slice(), &mut out).unwrap() };
     assert_eq!(out, [9u8; 16]);
     assert!(ev.query().unwrap());
     ev.synchronize().unwrap();
@@ -117,7 +117,7 @@ fn consecutive_command_buffers_do_not_alias() {
     cb2.keep_alive(kept2.clone())
         .encode(move |s| {
             // Enqueued work (runs on the stream, not here): held until `go`.
-            s.host_fn(Box::new(move || {
+            s.host_fns().expect("this backend runs host functions").host_fn(Box::new(move || {
                 while !go.load(Ordering::SeqCst) {
                     std::thread::sleep(Duration::from_millis(1));
                 }
@@ -216,7 +216,7 @@ fn shutdown_with_streams_held_elsewhere() {
                 while !stop.load(Ordering::SeqCst) {
                     // A held stream stays valid; new device calls are refused.
                     // SAFETY: the block is at least as large as the buffer and outlives the copy (h2d stages its source, d2h waits).
-                    unsafe { s.raw().h2d(&[1u8; 64], b.ptr()).unwrap() };
+                    unsafe { s.raw().h2d(&[1u8; 64], b.slice()).unwrap() };
                     s.synchronize().unwrap();
                     if let Err(Error::DeviceShutDown(_)) = dev.alloc(64, &s) {
                         late_errors += 1;
@@ -245,7 +245,7 @@ fn dropping_device_with_work_in_flight() {
         let b = dev.alloc(1 << 16, &s).unwrap();
         for _ in 0..10 {
             // SAFETY: the block is at least as large as the buffer and outlives the copy (h2d stages its source, d2h waits).
-            unsafe { s.raw().h2d(&vec![3u8; 1 << 16], b.ptr()).unwrap() };
+            unsafe { s.raw().h2d(&vec![3u8; 1 << 16], b.slice()).unwrap() };
         }
         // Drop the device first, then the block and the stream, work still queued.
         drop(dev);
@@ -303,7 +303,7 @@ fn graph_capture_unsupported_on_cpu_is_an_error_and_stream_stays_usable() {
     assert!(cache.is_empty());
     let b = dev.alloc(8, &s).unwrap();
     // SAFETY: the block is at least as large as the buffer and outlives the copy (h2d stages its source, d2h waits).
-    unsafe { s.raw().h2d(&[1u8; 8], b.ptr()).unwrap() };
+    unsafe { s.raw().h2d(&[1u8; 8], b.slice()).unwrap() };
     s.synchronize().unwrap();
 }
 
@@ -321,7 +321,7 @@ fn process_exit_with_threads_alive() {
                 let b = dev.alloc(1 << 16, &s).unwrap();
                 loop {
                     // SAFETY: the block is at least as large as the buffer and outlives the copy (h2d stages its source, d2h waits).
-                    unsafe { s.raw().h2d(&vec![5u8; 1 << 16], b.ptr()).unwrap() };
+                    unsafe { s.raw().h2d(&vec![5u8; 1 << 16], b.slice()).unwrap() };
                 }
             });
         }

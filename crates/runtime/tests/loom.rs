@@ -291,3 +291,31 @@ fn allocator_cross_stream_reuse() {
         assert_eq!(a2.stats().allocated, again.size());
     });
 }
+
+/// The wgpu backend's completion handshake (`backend::done_flag`): the
+/// completion callback (any polling thread) sets the flag after the
+/// submission's effects are in place; a stream or event that sees the flag
+/// set also sees those effects (a read-back's bytes).
+#[test]
+fn wgpu_done_flag_publishes_the_work() {
+    explore("wgpu: done flag", 3, || {
+        let flag = braid_runtime::backend::done_flag::DoneFlag::new();
+        let data = Arc::new(AtomicU64::new(0));
+        let (f2, d2) = (flag.clone(), data.clone());
+        let callback = thread::spawn(move || {
+            d2.store(7, Ordering::Relaxed); // the submission's effect
+            f2.set();
+        });
+        let f3 = flag.clone();
+        let d3 = data.clone();
+        let reader = thread::spawn(move || {
+            if f3.is_set() {
+                // Relaxed load: visibility comes from the flag's Release/Acquire.
+                assert_eq!(d3.load(Ordering::Relaxed), 7, "work not visible after the flag was seen");
+            }
+        });
+        callback.join().unwrap();
+        reader.join().unwrap();
+        assert!(flag.is_set());
+    });
+}

@@ -68,8 +68,8 @@ fn streams_events_and_memory_never_cross_devices() {
     let mut out = [0u8; 16];
     // SAFETY: the block holds 16 bytes and lives past the copy (h2d stages its source, d2h waits).
     unsafe {
-        s.raw().h2d(&[7u8; 16], b.ptr()).unwrap();
-        s.raw().d2h(b.ptr(), &mut out).unwrap();
+        s.raw().h2d(&[7u8; 16], b.slice()).unwrap();
+        s.raw().d2h(b.slice(), &mut out).unwrap();
     }
     assert_eq!(out, [7u8; 16]);
 }
@@ -89,8 +89,8 @@ fn threads_on_different_devices_keep_their_own_results() {
                     let mut out = vec![0u8; v.len()];
                     // SAFETY: the block is v.len() bytes and lives past both copies (h2d stages, d2h waits).
                     unsafe {
-                        s.raw().h2d(&v, b.ptr()).unwrap();
-                        s.raw().d2h(b.ptr(), &mut out).unwrap();
+                        s.raw().h2d(&v, b.slice()).unwrap();
+                        s.raw().d2h(b.slice(), &mut out).unwrap();
                     }
                     assert_eq!(out, v, "thread {t} iteration {i} on {}", d.label());
                 }

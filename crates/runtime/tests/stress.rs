@@ -1,8 +1,10 @@
 //! Stress tests of the stream pool on real CPU streams: many threads, few
 //! slots, thread churn, every exhaustion policy and round-robin assignment.
-//! Each test ends by checking that every slot is free again.
+//! Each test ends by checking that every slot is free again. The 64-thread
+//! and 10,000-thread-churn tests also run on wgpu streams (`*_wgpu`; a
+//! SKIPPED line where there is no adapter).
 
-use braid_runtime::{Assignment, Device, DeviceOptions, Error, ExhaustionPolicy, PoolConfig};
+use braid_runtime::{Assignment, Buffer, Device, DeviceOptions, Error, ExhaustionPolicy, PoolConfig};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier};
 use std::time::Duration;
@@ -14,6 +16,20 @@ fn device(size: usize, policy: ExhaustionPolicy, assignment: Assignment) -> Devi
     match std::env::var("BRAID_TEST_DEVICE").as_deref() {
         Ok("cuda") => Device::cuda_with(0, options).expect("BRAID_TEST_DEVICE=cuda but no CUDA device"),
         _ => Device::cpu_with(options).unwrap(),
+    }
+}
+
+/// The same pool on the first wgpu adapter, or `None` (with a SKIPPED line)
+/// where there is none.
+fn wgpu_device(test: &str, size: usize, policy: ExhaustionPolicy, assignment: Assignment) -> Option<Device> {
+    let options = DeviceOptions { pool: PoolConfig { size, policy, assignment }, ..Default::default() };
+    match Device::wgpu_with(0, options) {
+        Ok(d) => Some(d),
+        Err(Error::Unavailable { reason, .. }) => {
+            eprintln!("SKIPPED ({test}: no wgpu adapter: {reason})");
+            None
+        }
+        Err(e) => panic!("{test}: {e}"),
     }
 }
 
@@ -40,8 +56,19 @@ fn scale(n: usize) -> usize {
 /// 1,000 enqueue/sync cycles; at the end every slot is free.
 #[test]
 fn wait_mode_64_threads_8_slots() {
-    let dev = device(8, ExhaustionPolicy::WaitForever, Assignment::Exclusive);
-    let cycles = scale(1000);
+    wait_mode_64(&device(8, ExhaustionPolicy::WaitForever, Assignment::Exclusive), scale(1000));
+}
+
+/// The same on wgpu streams (fewer cycles: each is a queue submission, and
+/// CI runs it on a software rasteriser).
+#[test]
+fn wait_mode_64_threads_8_slots_wgpu() {
+    if let Some(dev) = wgpu_device("wait_mode_64_threads_8_slots_wgpu", 8, ExhaustionPolicy::WaitForever, Assignment::Exclusive) {
+        wait_mode_64(&dev, scale(50));
+    }
+}
+
+fn wait_mode_64(dev: &Device, cycles: usize) {
     let max_bound = Arc::new(AtomicUsize::new(0));
     let owners: Arc<Vec<std::sync::atomic::AtomicBool>> = Arc::new((0..8).map(|_| Default::default()).collect());
     std::thread::scope(|s| {
@@ -54,16 +81,14 @@ fn wait_mode_64_threads_8_slots() {
                 // MutualExclusion: nobody else holds this slot now.
                 assert!(!owners[stream.index()].swap(true, Ordering::SeqCst), "slot {} bound to two threads", stream.index());
                 max_bound.fetch_max(dev.pool().bound_threads(), Ordering::Relaxed);
-                let block = dev.alloc(256, &stream).unwrap();
+                let block = Buffer::alloc(&dev, 256, &stream).unwrap();
                 let mut back = [0u8; 256];
                 for c in 0..cycles {
                     let v = [(t as usize + c) as u8; 256];
-                    // SAFETY: block holds 256 bytes and lives past the d2h, which waits.
-                    unsafe { stream.raw().h2d(&v, block.ptr()).unwrap() };
+                    stream.write(block.view(), &v).unwrap();
                     stream.synchronize().unwrap();
-                    if c % 100 == 0 {
-                        // SAFETY: the block is at least as large as the buffer and outlives the copy (h2d stages its source, d2h waits).
-                        unsafe { stream.raw().d2h(block.ptr(), &mut back).unwrap() };
+                    if c % 100 == 0 || c + 1 == cycles {
+                        stream.read(block.view(), &mut back).unwrap();
                         assert_eq!(back, v, "thread {t} cycle {c} saw another thread's data");
                     }
                 }
@@ -75,9 +100,9 @@ fn wait_mode_64_threads_8_slots() {
         }
     });
     assert!(max_bound.load(Ordering::Relaxed) <= 7, "more threads bound than worker slots");
-    assert_eq!(free_after_exit(&dev, 7), 7, "slots leaked");
+    assert_eq!(free_after_exit(dev, 7), 7, "slots leaked");
     assert_eq!(dev.pool().bound_threads(), 0);
-    eprintln!("wait mode: 64 threads x {cycles} cycles on 8-stream pool, max bound {}, slots leaked 0", max_bound.load(Ordering::Relaxed));
+    eprintln!("wait mode ({}): 64 threads x {cycles} cycles on 8-stream pool, max bound {}, slots leaked 0", dev.kind().name(), max_bound.load(Ordering::Relaxed));
 }
 
 /// `n` short-lived threads, in batches of 16 at once (so a 7-slot pool is
@@ -99,16 +124,26 @@ fn churn(dev: &Device, n: usize, each: impl Fn(&braid_runtime::Stream) + Sync) {
 /// 10,000 short-lived threads: the thread-local destructor returns each slot.
 #[test]
 fn churn_10000_threads_no_leak() {
-    let dev = device(8, ExhaustionPolicy::WaitForever, Assignment::Exclusive);
+    churn_10000(&device(8, ExhaustionPolicy::WaitForever, Assignment::Exclusive));
+}
+
+#[test]
+fn churn_10000_threads_no_leak_wgpu() {
+    if let Some(dev) = wgpu_device("churn_10000_threads_no_leak_wgpu", 8, ExhaustionPolicy::WaitForever, Assignment::Exclusive) {
+        churn_10000(&dev);
+    }
+}
+
+fn churn_10000(dev: &Device) {
     let n = scale(10_000);
     let done = AtomicUsize::new(0);
     // No explicit release: thread exit must give each slot back.
-    churn(&dev, n, |_| {
+    churn(dev, n, |_| {
         done.fetch_add(1, Ordering::Relaxed);
     });
-    assert_eq!(free_after_exit(&dev, 7), 7, "slots leaked after churn");
+    assert_eq!(free_after_exit(dev, 7), 7, "slots leaked after churn");
     assert_eq!(dev.pool().bound_threads(), 0);
-    eprintln!("churn: {} threads, slots leaked {}", done.load(Ordering::Relaxed), 7 - dev.pool().free_slots());
+    eprintln!("churn ({}): {} threads, slots leaked {}", dev.kind().name(), done.load(Ordering::Relaxed), 7 - dev.pool().free_slots());
 }
 
 /// The same churn with round-robin assignment: never fails, binds nothing.

@@ -3,7 +3,7 @@
 //! optionally with an additive per-head bias on the scores.
 
 use crate::tensor::{same_dtype, shape_err, Tensor};
-use braid_runtime::{backend::Attention, DType, Error, Result};
+use braid_runtime::{backend::Attention, DType, Error, Result, View};
 
 fn check_mask(op: &'static str, mask: Option<&Tensor>, b: usize, s: usize, what: &[usize]) -> Result<()> {
     if let Some(m) = mask {
@@ -18,12 +18,12 @@ fn check_mask(op: &'static str, mask: Option<&Tensor>, b: usize, s: usize, what:
 }
 
 #[allow(clippy::too_many_arguments)]
-fn launch(op: &'static str, inputs: &[&Tensor], q: u64, k: u64, v: u64, row_stride: usize, mask: Option<&Tensor>, b: usize, s: usize, heads: usize, hd: usize) -> Result<Tensor> {
+fn launch(op: &'static str, inputs: &[&Tensor], q: View<'_>, k: View<'_>, v: View<'_>, row_stride: usize, mask: Option<&Tensor>, b: usize, s: usize, heads: usize, hd: usize) -> Result<Tensor> {
     launch_bias(op, inputs, q, k, v, row_stride, mask, None, b, s, heads, hd)
 }
 
 #[allow(clippy::too_many_arguments)]
-fn launch_bias(op: &'static str, inputs: &[&Tensor], q: u64, k: u64, v: u64, row_stride: usize, mask: Option<&Tensor>, bias: Option<&Tensor>, b: usize, s: usize, heads: usize, hd: usize) -> Result<Tensor> {
+fn launch_bias(op: &'static str, inputs: &[&Tensor], q: View<'_>, k: View<'_>, v: View<'_>, row_stride: usize, mask: Option<&Tensor>, bias: Option<&Tensor>, b: usize, s: usize, heads: usize, hd: usize) -> Result<Tensor> {
     let x = inputs[0];
     let mut all = inputs.to_vec();
     all.extend(mask);
@@ -34,20 +34,17 @@ fn launch_bias(op: &'static str, inputs: &[&Tensor], q: u64, k: u64, v: u64, row
     if b > 0 && s > 0 && heads > 0 && hd > 0 {
         let p = Attention {
             q, k, v, row_stride,
-            mask: mask.map(|m| m.ptr()),
-            out: out.ptr(),
+            mask: mask.map(|m| m.view()),
+            out: out.view(),
             batch: b, seq: s, heads, head_dim: hd,
             scale: 1.0 / (hd as f32).sqrt(),
             dtype: x.dtype(),
         };
         match bias {
-            // SAFETY: the callers checked that q, k and v address b*s rows of
-            // `row_stride` elements inside their tensors, the mask holds b*s
-            // f32, the bias heads*s*s f32 and out b*s*heads*hd elements; all
-            // outlive the kernel.
-            Some(bias) => unsafe { stream.raw().attention_bias(&p, bias.ptr())? },
-            // SAFETY: as above, without a bias.
-            None => unsafe { stream.raw().attention(&p)? },
+            // The op layer checks that q, k and v hold b*s rows of
+            // `row_stride` elements, the mask b*s f32, the bias heads*s*s f32.
+            Some(bias) => stream.attention_bias(&p, bias.view())?,
+            None => stream.attention(&p)?,
         }
     }
     Ok(out)
@@ -68,7 +65,7 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>, head
     same_dtype(op, q, k)?;
     same_dtype(op, q, v)?;
     check_mask(op, mask, b, s, q.shape())?;
-    launch(op, &[q, k, v], q.ptr(), k.ptr(), v.ptr(), d, mask, b, s, heads, d / heads)
+    launch(op, &[q, k, v], q.view(), k.view(), v.view(), d, mask, b, s, heads, d / heads)
 }
 
 /// As [`attention`], with `qkv` `[batch, seq, 3*dim]` holding each token's
@@ -84,9 +81,9 @@ pub fn attention_packed(qkv: &Tensor, mask: Option<&Tensor>, heads: usize) -> Re
         return Err(shape_err(op, format!("dim {d} of packed qkv {:?} is not divisible into {heads} heads", qkv.shape())));
     }
     check_mask(op, mask, b, s, qkv.shape())?;
-    let es = qkv.dtype().size() as u64;
-    let base = qkv.ptr();
-    launch(op, &[qkv], base, base + d as u64 * es, base + 2 * d as u64 * es, d3, mask, b, s, heads, d / heads)
+    let es = qkv.dtype().size();
+    let base = qkv.view();
+    launch(op, &[qkv], base, base.from(d * es)?, base.from(2 * d * es)?, d3, mask, b, s, heads, d / heads)
 }
 
 /// As [`attention_packed`], with `bias` (f32 `[heads, seq, seq]`, shared by
@@ -109,7 +106,7 @@ pub fn attention_packed_bias(qkv: &Tensor, mask: Option<&Tensor>, bias: &Tensor,
         return Err(Error::InvalidArgument(format!("{op}: the bias must be f32, got {}", bias.dtype().name())));
     }
     check_mask(op, mask, b, s, qkv.shape())?;
-    let es = qkv.dtype().size() as u64;
-    let base = qkv.ptr();
-    launch_bias(op, &[qkv], base, base + d as u64 * es, base + 2 * d as u64 * es, d3, mask, Some(bias), b, s, heads, d / heads)
+    let es = qkv.dtype().size();
+    let base = qkv.view();
+    launch_bias(op, &[qkv], base, base.from(d * es)?, base.from(2 * d * es)?, d3, mask, Some(bias), b, s, heads, d / heads)
 }

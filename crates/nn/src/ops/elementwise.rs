@@ -12,9 +12,7 @@ pub fn add(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     let stream = Tensor::prepare(a.device(), &[a, b])?;
     let out = Tensor::empty_on(a.device(), &stream, a.shape(), a.dtype())?;
     if a.numel() > 0 {
-        // SAFETY: a, b and out hold numel elements of the dtype (shapes equal)
-        // and outlive the kernel (stream-ordered free).
-        unsafe { stream.raw().add(a.ptr(), b.ptr(), out.ptr(), a.numel(), a.dtype())? };
+        stream.add(a.view(), b.view(), out.view(), a.numel(), a.dtype())?;
     }
     Ok(out)
 }
@@ -24,8 +22,7 @@ pub fn activation(x: &Tensor, act: Activation) -> Result<Tensor> {
     let stream = Tensor::prepare(x.device(), &[x])?;
     let out = Tensor::empty_on(x.device(), &stream, x.shape(), x.dtype())?;
     if x.numel() > 0 {
-        // SAFETY: x and out hold numel elements and outlive the kernel.
-        unsafe { stream.raw().activation(x.ptr(), out.ptr(), x.numel(), act, x.dtype())? };
+        stream.activation(x.view(), out.view(), x.numel(), act, x.dtype())?;
     }
     Ok(out)
 }

@@ -29,11 +29,7 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>, act: Activation) -> Re
     let stream = Tensor::prepare(x.device(), &inputs)?;
     let out = Tensor::empty_on(x.device(), &stream, &out_shape, x.dtype())?;
     if m > 0 && n > 0 {
-        let g = Gemm { m, n, k, a: x.ptr(), w: w.ptr(), bias: b.map(|b| b.ptr()), out: out.ptr(), act, dtype: x.dtype() };
-        // SAFETY: shapes checked above: x holds m*k, w n*k, bias n, out m*n
-        // elements of the dtype; all are alive (owned by the caller and by
-        // `out`) and freed stream-ordered, so they outlive the kernel.
-        unsafe { stream.raw().gemm(&g)? };
+        stream.gemm(&Gemm { m, n, k, a: x.view(), w: w.view(), bias: b.map(|b| b.view()), out: out.view(), act, dtype: x.dtype() })?;
     }
     Ok(out)
 }

@@ -28,10 +28,8 @@ pub fn layer_norm(x: &Tensor, residual: Option<&Tensor>, gamma: &Tensor, beta: &
     let out = Tensor::empty_on(x.device(), &stream, x.shape(), x.dtype())?;
     let rows = x.numel() / d.max(1);
     if rows > 0 && d > 0 {
-        let p = LayerNorm { x: x.ptr(), residual: residual.map(|r| r.ptr()), gamma: gamma.ptr(), beta: beta.ptr(), out: out.ptr(), rows, cols: d, eps, dtype: x.dtype() };
-        // SAFETY: x, residual and out hold rows*d elements, gamma and beta d
-        // (checked above); all outlive the kernel (stream-ordered free).
-        unsafe { stream.raw().layer_norm(&p)? };
+        let p = LayerNorm { x: x.view(), residual: residual.map(|r| r.view()), gamma: gamma.view(), beta: beta.view(), out: out.view(), rows, cols: d, eps, dtype: x.dtype() };
+        stream.layer_norm(&p)?;
     }
     Ok(out)
 }
@@ -43,8 +41,7 @@ pub fn l2_normalize(x: &Tensor) -> Result<Tensor> {
     let d = x.last_dim();
     let rows = x.numel() / d.max(1);
     if rows > 0 && d > 0 {
-        // SAFETY: x and out hold rows*d elements and outlive the kernel.
-        unsafe { stream.raw().l2_normalize(x.ptr(), out.ptr(), rows, d, x.dtype())? };
+        stream.l2_normalize(x.view(), out.view(), rows, d, x.dtype())?;
     }
     Ok(out)
 }

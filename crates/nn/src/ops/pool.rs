@@ -24,10 +24,8 @@ pub fn mean_pool(x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
     let stream = Tensor::prepare(x.device(), &inputs)?;
     let out = Tensor::empty_on(x.device(), &stream, &[b, d], x.dtype())?;
     if b > 0 && d > 0 {
-        let p = MeanPool { x: x.ptr(), mask: mask.map(|m| m.ptr()), out: out.ptr(), batch: b, seq: s, dim: d, dtype: x.dtype() };
-        // SAFETY: x holds b*s*d elements, mask b*s f32, out b*d (checked);
-        // all outlive the kernel (stream-ordered free).
-        unsafe { stream.raw().mean_pool(&p)? };
+        let p = MeanPool { x: x.view(), mask: mask.map(|m| m.view()), out: out.view(), batch: b, seq: s, dim: d, dtype: x.dtype() };
+        stream.mean_pool(&p)?;
     }
     Ok(out)
 }

@@ -28,10 +28,8 @@ pub fn rope_qkv(qkv: &Tensor, cos: &Tensor, sin: &Tensor, heads: usize) -> Resul
     let stream = Tensor::prepare(qkv.device(), &[qkv, cos, sin])?;
     let out = Tensor::empty_on(qkv.device(), &stream, qkv.shape(), qkv.dtype())?;
     if b * s > 0 && hd > 0 {
-        let p = Rope { x: qkv.ptr(), out: out.ptr(), cos: cos.ptr(), sin: sin.ptr(), rows: b * s, seq: s, heads, head_dim: hd, dtype: qkv.dtype() };
-        // SAFETY: qkv and out hold b*s*3*heads*hd elements, cos and sin s*hd
-        // f32 (checked above); all outlive the kernel (stream-ordered free).
-        unsafe { stream.raw().rope_qkv(&p)? };
+        let p = Rope { x: qkv.view(), out: out.view(), cos: cos.view(), sin: sin.view(), rows: b * s, seq: s, heads, head_dim: hd, dtype: qkv.dtype() };
+        stream.rope_qkv(&p)?;
     }
     Ok(out)
 }
@@ -49,8 +47,7 @@ pub fn glu(x: &Tensor, act: Activation) -> Result<Tensor> {
     let stream = Tensor::prepare(x.device(), &[x])?;
     let out = Tensor::empty_on(x.device(), &stream, &shape, x.dtype())?;
     if rows > 0 && cols > 0 {
-        // SAFETY: x holds rows*2*cols and out rows*cols elements; both outlive the kernel.
-        unsafe { stream.raw().glu(x.ptr(), out.ptr(), rows, cols, act, x.dtype())? };
+        stream.glu(x.view(), out.view(), rows, cols, act, x.dtype())?;
     }
     Ok(out)
 }

@@ -2,25 +2,92 @@
 //! memory, copies, the kernels the ops need) and nothing about pooling,
 //! caching or scheduling, which live above it in this crate.
 //!
-//! Owns: [`Backend`], [`BackendStream`], [`BackendEvent`], [`BackendGraph`] and
-//! the kernel descriptors ([`Gemm`], [`LayerNorm`], [`Attention`], ...). All
-//! buffers are raw device addresses ([`DevicePtr`]); on the CPU backend they are
-//! host addresses. Every kernel entry point is *enqueued* on the stream it is
-//! called on and returns before it runs: memory named by a descriptor must stay
-//! allocated until the stream has passed the kernel, which the caching
-//! allocator's stream-ordered reuse guarantees for tensors.
+//! Owns: [`Backend`], [`BackendStream`] (order, events, copies), [`Kernels`]
+//! (the op set), the optional capabilities [`Capture`] and [`HostFns`] (asked
+//! for as `Option<&dyn ...>`), [`BackendEvent`], [`BackendGraph`], and the
+//! kernel descriptors ([`Gemm`], [`LayerNorm`], [`Attention`], ...).
+//!
+//! Memory is named by [`BufferId`] (one backend allocation, an opaque handle:
+//! a device address on CUDA, a host address on the CPU, a table index on
+//! wgpu) and operands by [`BufSlice`] (a buffer, a byte offset and a byte
+//! length). Nothing above the backends does arithmetic on a handle: offsets
+//! are taken with [`BufSlice::sub`] or the checked views of `crate::buffer`.
+//!
+//! Descriptors are generic over their operand type `P` (default
+//! [`BufSlice`]): backends receive `Gemm<BufSlice>`; callers build
+//! `Gemm<View>` over live [`crate::buffer::Buffer`]s and hand it to the safe
+//! op layer (`crate::ops`, methods on [`crate::Stream`]), which checks sizes,
+//! devices, aliasing and stream order and is the only caller of the unsafe
+//! [`Kernels`] entry points outside the backends' own tests. Every kernel
+//! entry point is *enqueued* on the stream it is called on and returns
+//! before it runs. See `docs/backends.md` for what a new op or a new backend
+//! must implement.
 
 pub mod cpu;
+pub mod done_flag;
 #[cfg(all(feature = "cuda", not(loom)))]
 pub mod cuda;
+#[cfg(all(feature = "wgpu", not(loom)))]
+pub mod wgpu;
 
 use crate::error::{Error, Result};
 use std::any::Any;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// A device address. On the CPU backend this is a host pointer cast to `u64`.
-pub type DevicePtr = u64;
+/// One allocation of a backend: an opaque handle, meaningful only to the
+/// backend that made it (CUDA: the device address; CPU: the host address;
+/// wgpu: an index into the device's buffer table).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BufferId(u64);
+
+impl BufferId {
+    /// The handle a backend made. Only backends (and the allocator, which
+    /// keys its pools by it) look inside.
+    pub const fn from_raw(raw: u64) -> BufferId {
+        BufferId(raw)
+    }
+    pub const fn raw(self) -> u64 {
+        self.0
+    }
+}
+
+/// A byte range of one allocation: the operand type of the backend entry
+/// points. Plain data (no lifetime): a backend may capture it in work it
+/// runs later; the caller's contract (see [`Kernels`]) keeps the allocation
+/// alive until then.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct BufSlice {
+    pub buffer: BufferId,
+    /// Bytes from the start of the allocation.
+    pub offset: usize,
+    /// Bytes in the range.
+    pub len: usize,
+}
+
+impl BufSlice {
+    /// The whole of an allocation of `len` bytes.
+    pub const fn whole(buffer: BufferId, len: usize) -> BufSlice {
+        BufSlice { buffer, offset: 0, len }
+    }
+    /// `len` bytes from `offset` within this range ([`Error::InvalidArgument`]
+    /// if they do not fit).
+    pub fn sub(self, offset: usize, len: usize) -> Result<BufSlice> {
+        match offset.checked_add(len) {
+            Some(end) if end <= self.len => Ok(BufSlice { buffer: self.buffer, offset: self.offset + offset, len }),
+            _ => Err(Error::InvalidArgument(format!("range {offset}..{offset}+{len} outside a slice of {} bytes", self.len))),
+        }
+    }
+    /// Do the two ranges share a byte?
+    pub fn overlaps(&self, other: &BufSlice) -> bool {
+        self.buffer == other.buffer && self.len > 0 && other.len > 0 && self.offset < other.offset + other.len && other.offset < self.offset + self.len
+    }
+    /// `raw + offset`: the address, for backends whose handles are addresses
+    /// (CUDA, CPU).
+    pub fn addr(&self) -> u64 {
+        self.buffer.0 + self.offset as u64
+    }
+}
 
 /// Which backend a device runs on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -80,26 +147,26 @@ pub enum Activation {
 /// `out[m,n] = act(a[m,k] · w[n,k]ᵀ + bias[n])`, all row-major, `w` laid out
 /// as a `Linear` layer stores its weight (out_features × in_features).
 #[derive(Clone, Copy, Debug)]
-pub struct Gemm {
+pub struct Gemm<P = BufSlice> {
     pub m: usize,
     pub n: usize,
     pub k: usize,
-    pub a: DevicePtr,
-    pub w: DevicePtr,
-    pub bias: Option<DevicePtr>,
-    pub out: DevicePtr,
+    pub a: P,
+    pub w: P,
+    pub bias: Option<P>,
+    pub out: P,
     pub act: Activation,
     pub dtype: DType,
 }
 
 /// `out = LayerNorm(x + residual) * gamma + beta` over the last dimension.
 #[derive(Clone, Copy, Debug)]
-pub struct LayerNorm {
-    pub x: DevicePtr,
-    pub residual: Option<DevicePtr>,
-    pub gamma: DevicePtr,
-    pub beta: DevicePtr,
-    pub out: DevicePtr,
+pub struct LayerNorm<P = BufSlice> {
+    pub x: P,
+    pub residual: Option<P>,
+    pub gamma: P,
+    pub beta: P,
+    pub out: P,
     pub rows: usize,
     pub cols: usize,
     pub eps: f32,
@@ -114,13 +181,13 @@ pub struct LayerNorm {
 /// given, is `[batch, seq]` f32 with 1 for real tokens and 0 for padding keys.
 /// `out` is `[batch, seq, heads*head_dim]`, dense.
 #[derive(Clone, Copy, Debug)]
-pub struct Attention {
-    pub q: DevicePtr,
-    pub k: DevicePtr,
-    pub v: DevicePtr,
+pub struct Attention<P = BufSlice> {
+    pub q: P,
+    pub k: P,
+    pub v: P,
     pub row_stride: usize,
-    pub mask: Option<DevicePtr>,
-    pub out: DevicePtr,
+    pub mask: Option<P>,
+    pub out: P,
     pub batch: usize,
     pub seq: usize,
     pub heads: usize,
@@ -135,11 +202,11 @@ pub struct Attention {
 /// copied. Row `r` is at position `r % seq`; `cos` and `sin` are f32
 /// `[seq, head_dim]`; `head_dim` is even.
 #[derive(Clone, Copy, Debug)]
-pub struct Rope {
-    pub x: DevicePtr,
-    pub out: DevicePtr,
-    pub cos: DevicePtr,
-    pub sin: DevicePtr,
+pub struct Rope<P = BufSlice> {
+    pub x: P,
+    pub out: P,
+    pub cos: P,
+    pub sin: P,
     pub rows: usize,
     pub seq: usize,
     pub heads: usize,
@@ -150,10 +217,10 @@ pub struct Rope {
 /// `out[i,:] = table[ids[i],:]`; `ids` are `u32`, each checked against `rows`
 /// before launch by the caller.
 #[derive(Clone, Copy, Debug)]
-pub struct Gather {
-    pub table: DevicePtr,
-    pub ids: DevicePtr,
-    pub out: DevicePtr,
+pub struct Gather<P = BufSlice> {
+    pub table: P,
+    pub ids: P,
+    pub out: P,
     pub n: usize,
     pub dim: usize,
     pub dtype: DType,
@@ -162,17 +229,31 @@ pub struct Gather {
 /// Mean over the sequence of `x[batch, seq, dim]`, counting only positions
 /// where `mask[batch, seq]` (f32) is non-zero; `out` is `[batch, dim]`.
 #[derive(Clone, Copy, Debug)]
-pub struct MeanPool {
-    pub x: DevicePtr,
-    pub mask: Option<DevicePtr>,
-    pub out: DevicePtr,
+pub struct MeanPool<P = BufSlice> {
+    pub x: P,
+    pub mask: Option<P>,
+    pub out: P,
     pub batch: usize,
     pub seq: usize,
     pub dim: usize,
     pub dtype: DType,
 }
 
-/// A device: its streams, events, raw memory. Implementations are shared by
+/// What a device can do beyond the common boundary. The CLI and the
+/// benchmark ask this instead of testing the backend kind.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Capabilities {
+    /// Streams offer [`BackendStream::capture`] (CUDA graphs).
+    pub graph_capture: bool,
+    /// Streams offer [`BackendStream::host_fns`].
+    pub host_functions: bool,
+    /// Operand types the kernels accept.
+    pub dtypes: Vec<DType>,
+    /// Events measure device time ([`BackendEvent::elapsed_ms`]).
+    pub timing: bool,
+}
+
+/// A device: its streams, events, memory. Implementations are shared by
 /// all threads (`Send + Sync`); per-thread state lives in streams.
 pub trait Backend: Send + Sync + 'static {
     fn kind(&self) -> BackendKind;
@@ -186,16 +267,16 @@ pub trait Backend: Send + Sync + 'static {
     fn new_stream(&self) -> Result<Arc<dyn BackendStream>>;
     /// A new event; `timing` enables [`BackendEvent::elapsed_ms`].
     fn new_event(&self, timing: bool) -> Result<Arc<dyn BackendEvent>>;
-    /// Raw device memory. Out-of-memory must be reported as
+    /// A new allocation of `bytes` bytes. Out-of-memory must be reported as
     /// [`Error::OutOfMemory`] so the caching allocator can retry.
-    fn alloc(&self, bytes: usize) -> Result<DevicePtr>;
+    fn alloc(&self, bytes: usize) -> Result<BufferId>;
     /// Give memory back to the device.
     ///
     /// # Safety
-    /// `ptr` came from [`Backend::alloc`] of this backend with this `bytes`, is
-    /// freed once, and no stream will touch it again (all work using it has
-    /// completed).
-    unsafe fn free(&self, ptr: DevicePtr, bytes: usize);
+    /// `buffer` came from [`Backend::alloc`] of this backend with this
+    /// `bytes`, is freed once, and no stream will touch it again (all work
+    /// using it has completed).
+    unsafe fn free(&self, buffer: BufferId, bytes: usize);
     /// `(free, total)` device memory in bytes, if the backend knows it.
     fn memory_info(&self) -> Option<(usize, usize)> {
         None
@@ -206,20 +287,27 @@ pub trait Backend: Send + Sync + 'static {
     fn supports(&self, dtype: DType) -> bool {
         dtype == DType::F32
     }
+    /// What the device offers beyond streams, events, copies and kernels.
+    fn capabilities(&self) -> Capabilities {
+        Capabilities { dtypes: [DType::F32, DType::BF16].into_iter().filter(|d| self.supports(*d)).collect(), ..Capabilities::default() }
+    }
     fn as_any(&self) -> &dyn Any;
 }
 
-/// One in-order stream of a backend. Calls from several threads are allowed
-/// (it is `Sync`) and are ordered in the order they reach the stream.
+/// One in-order stream of a backend: order, events, copies, and (through
+/// the [`Kernels`] supertrait) the op set. Calls from several threads are
+/// allowed (it is `Sync`) and are ordered in the order they reach the stream.
 ///
 /// # Safety of the copy and kernel entry points
-/// They take raw [`DevicePtr`]s and are `unsafe`: the caller guarantees every
-/// pointer a call names was allocated on this backend, is large enough for the
-/// elements the descriptor describes, and stays allocated until the stream has
-/// passed the call (`braid-nn`'s tensors hold this by construction: their
-/// memory comes from the stream-ordered caching allocator). Index operands
-/// (`Gather::ids`) are in range.
-pub trait BackendStream: Send + Sync + 'static {
+/// They take [`BufSlice`]s and are `unsafe`: the caller guarantees every
+/// slice a call names lies inside a live allocation of this backend, is
+/// large enough for the elements the descriptor describes, stays allocated
+/// until the stream has passed the call, is not written by another stream
+/// meanwhile, and that the output of a kernel shares no byte with any of its
+/// inputs (no aliasing: a backend may build a shared and a mutable view over
+/// them at once). Index operands (`Gather::ids`) are in range. The safe op
+/// layer (`crate::ops`) checks all of it; `braid-nn` only goes through it.
+pub trait BackendStream: Kernels + Send + Sync + 'static {
     fn as_any(&self) -> &dyn Any;
     /// Block until all work enqueued so far has completed; reports the first
     /// error a kernel on this stream raised since the last synchronize.
@@ -231,61 +319,73 @@ pub trait BackendStream: Send + Sync + 'static {
     /// Make later work on this stream wait for `event` (host does not block).
     fn wait_event(&self, event: &dyn BackendEvent) -> Result<()>;
 
-    /// Copy `src` to device memory at `dst`. `src` is staged before return:
-    /// the caller may reuse it at once.
-    unsafe fn h2d(&self, src: &[u8], dst: DevicePtr) -> Result<()>;
-    /// Copy device memory to `dst`; returns when the bytes are in `dst`
-    /// (it waits for the work ahead on this stream, not for other streams).
-    unsafe fn d2h(&self, src: DevicePtr, dst: &mut [u8]) -> Result<()>;
-    /// Device-to-device copy of `bytes` bytes.
-    unsafe fn d2d(&self, src: DevicePtr, dst: DevicePtr, bytes: usize) -> Result<()>;
+    /// Copy `src` to `dst` (`dst.len == src.len()`). `src` is staged before
+    /// return: the caller may reuse it at once.
+    unsafe fn h2d(&self, src: &[u8], dst: BufSlice) -> Result<()>;
+    /// Copy `src` to `dst` (`src.len == dst.len()`); returns when the bytes
+    /// are in `dst` (it waits for the work ahead on this stream, not for
+    /// other streams).
+    unsafe fn d2h(&self, src: BufSlice, dst: &mut [u8]) -> Result<()>;
+    /// Device-to-device copy of `src.len` bytes (`dst.len == src.len`).
+    unsafe fn d2d(&self, src: BufSlice, dst: BufSlice) -> Result<()>;
 
+    /// Graph capture, where the backend has it (CUDA).
+    fn capture(&self) -> Option<&dyn Capture> {
+        None
+    }
+    /// Host functions in stream order, where the backend has them.
+    fn host_fns(&self) -> Option<&dyn HostFns> {
+        None
+    }
+}
+
+/// The op set: what every backend implements (an op a backend lacks returns
+/// [`Error::Unsupported`], never a wrong answer). Contract: as for the copy
+/// entry points of [`BackendStream`].
+pub trait Kernels {
     unsafe fn gemm(&self, g: &Gemm) -> Result<()>;
     /// `out[i] = a[i] + b[i]` for `n` elements.
-    unsafe fn add(&self, a: DevicePtr, b: DevicePtr, out: DevicePtr, n: usize, dtype: DType) -> Result<()>;
+    unsafe fn add(&self, a: BufSlice, b: BufSlice, out: BufSlice, n: usize, dtype: DType) -> Result<()>;
     /// `out[i] = act(x[i])` for `n` elements.
-    unsafe fn activation(&self, x: DevicePtr, out: DevicePtr, n: usize, act: Activation, dtype: DType) -> Result<()>;
+    unsafe fn activation(&self, x: BufSlice, out: BufSlice, n: usize, act: Activation, dtype: DType) -> Result<()>;
     unsafe fn layer_norm(&self, p: &LayerNorm) -> Result<()>;
     /// Row-wise softmax of `x[rows, cols]`.
-    unsafe fn softmax(&self, x: DevicePtr, out: DevicePtr, rows: usize, cols: usize, dtype: DType) -> Result<()>;
+    unsafe fn softmax(&self, x: BufSlice, out: BufSlice, rows: usize, cols: usize, dtype: DType) -> Result<()>;
     unsafe fn attention(&self, p: &Attention) -> Result<()>;
     /// As [`attention`](Self::attention), with `bias` (f32 `[heads, seq,
     /// seq]`, shared by every batch row) added to each head's scaled scores
     /// before the softmax: MPNet's relative-position bias, ALiBi and the like.
-    unsafe fn attention_bias(&self, p: &Attention, bias: DevicePtr) -> Result<()>;
+    unsafe fn attention_bias(&self, p: &Attention, bias: BufSlice) -> Result<()>;
     /// Gated linear unit: `out[r, i] = act(x[r, i]) · x[r, cols + i]` for
     /// `x[rows, 2*cols]` and `out[rows, cols]` (GeGLU with GELU, ReGLU with ReLU).
-    unsafe fn glu(&self, x: DevicePtr, out: DevicePtr, rows: usize, cols: usize, act: Activation, dtype: DType) -> Result<()>;
+    unsafe fn glu(&self, x: BufSlice, out: BufSlice, rows: usize, cols: usize, act: Activation, dtype: DType) -> Result<()>;
     /// See [`Rope`].
     unsafe fn rope_qkv(&self, p: &Rope) -> Result<()>;
     unsafe fn gather(&self, p: &Gather) -> Result<()>;
     unsafe fn mean_pool(&self, p: &MeanPool) -> Result<()>;
     /// Row-wise `x / max(‖x‖₂, 1e-12)` of `x[rows, cols]`.
-    unsafe fn l2_normalize(&self, x: DevicePtr, out: DevicePtr, rows: usize, cols: usize, dtype: DType) -> Result<()>;
+    unsafe fn l2_normalize(&self, x: BufSlice, out: BufSlice, rows: usize, cols: usize, dtype: DType) -> Result<()>;
     /// Convert `n` elements between f32 and bf16.
-    unsafe fn cast(&self, x: DevicePtr, from: DType, out: DevicePtr, to: DType, n: usize) -> Result<()> {
+    unsafe fn cast(&self, x: BufSlice, from: DType, out: BufSlice, to: DType, n: usize) -> Result<()> {
         let _ = (x, out, n);
-        if from == to {
-            return Ok(());
-        }
         Err(Error::Unsupported { backend: "this", what: format!("cast {} -> {}", from.name(), to.name()) })
     }
+}
 
+/// Graph capture on a stream (CUDA graphs): asked for with
+/// [`BackendStream::capture`].
+pub trait Capture {
+    /// Start capturing the work enqueued on this stream into a graph.
+    fn begin_capture(&self) -> Result<()>;
+    /// Stop capturing; the captured work did not run and is returned as a graph.
+    fn end_capture(&self) -> Result<Arc<dyn BackendGraph>>;
+}
+
+/// Host functions in stream order: asked for with [`BackendStream::host_fns`].
+pub trait HostFns {
     /// Run `f` on the host when the stream reaches this point (later work on
     /// the stream waits for it), like `cuLaunchHostFunc`.
-    fn host_fn(&self, f: Box<dyn FnOnce() + Send>) -> Result<()> {
-        let _ = f;
-        Err(Error::Unsupported { backend: "this", what: "host functions".into() })
-    }
-
-    /// Start capturing the work enqueued on this stream into a graph.
-    fn begin_capture(&self) -> Result<()> {
-        Err(Error::Unsupported { backend: "this", what: "graph capture".into() })
-    }
-    /// Stop capturing; the captured work did not run and is returned as a graph.
-    fn end_capture(&self) -> Result<Arc<dyn BackendGraph>> {
-        Err(Error::Unsupported { backend: "this", what: "graph capture".into() })
-    }
+    fn host_fn(&self, f: Box<dyn FnOnce() + Send>) -> Result<()>;
 }
 
 /// A marker in a stream's order.
@@ -300,7 +400,8 @@ pub trait BackendEvent: Send + Sync + 'static {
     fn elapsed_ms(&self, earlier: &dyn BackendEvent) -> Result<f32>;
 }
 
-/// A captured sequence of work, replayed on a stream.
+/// A captured sequence of work, replayed on a stream of the backend that
+/// captured it.
 pub trait BackendGraph: Send + Sync + 'static {
     fn launch(&self, stream: &dyn BackendStream) -> Result<()>;
 }

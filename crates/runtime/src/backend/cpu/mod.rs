@@ -14,7 +14,7 @@ pub mod kernels;
 pub mod pool;
 pub mod progress;
 
-use super::{Activation, Attention, Backend, BackendEvent, BackendKind, BackendStream, DType, DevicePtr, Gather, Gemm, LayerNorm, MeanPool, Rope};
+use super::{Activation, Attention, Backend, BackendEvent, BackendKind, BackendStream, BufSlice, BufferId, Capabilities, DType, Gather, Gemm, HostFns, Kernels, LayerNorm, MeanPool, Rope};
 use crate::error::{Error, Result};
 use crate::event_state::EventState;
 use std::any::Any;
@@ -86,7 +86,10 @@ impl Backend for CpuBackend {
     fn new_event(&self, _timing: bool) -> Result<Arc<dyn BackendEvent>> {
         Ok(Arc::new(CpuEvent { state: Arc::new(EventState::new()) }))
     }
-    fn alloc(&self, bytes: usize) -> Result<DevicePtr> {
+    fn capabilities(&self) -> Capabilities {
+        Capabilities { graph_capture: false, host_functions: true, dtypes: vec![DType::F32], timing: true }
+    }
+    fn alloc(&self, bytes: usize) -> Result<BufferId> {
         let layout = std::alloc::Layout::from_size_align(bytes.max(1), ALIGN)
             .map_err(|e| Error::InvalidArgument(format!("allocation of {bytes} bytes: {e}")))?;
         // SAFETY: layout has non-zero size (max(1)).
@@ -94,12 +97,12 @@ impl Backend for CpuBackend {
         if p.is_null() {
             return Err(Error::OutOfMemory { device: "cpu".into(), requested: bytes, reserved: 0, allocated: 0, detail: String::new() });
         }
-        Ok(p as DevicePtr)
+        Ok(BufferId::from_raw(p as u64))
     }
-    unsafe fn free(&self, ptr: DevicePtr, bytes: usize) {
-        // SAFETY: the caller guarantees ptr came from `alloc(bytes)`, which used
-        // exactly this layout, and is freed once.
-        unsafe { std::alloc::dealloc(ptr as *mut u8, std::alloc::Layout::from_size_align_unchecked(bytes.max(1), ALIGN)) }
+    unsafe fn free(&self, buffer: BufferId, bytes: usize) {
+        // SAFETY: the caller guarantees the buffer came from `alloc(bytes)`,
+        // which used exactly this layout, and is freed once.
+        unsafe { std::alloc::dealloc(buffer.raw() as *mut u8, std::alloc::Layout::from_size_align_unchecked(bytes.max(1), ALIGN)) }
     }
     fn synchronize(&self) -> Result<()> {
         let streams: Vec<_> = crate::sync_std_lock(&self.streams).iter().filter_map(|w| w.upgrade()).collect();
@@ -204,26 +207,48 @@ impl CpuStream {
     }
 }
 
-/// A `Send` wrapper for a raw address captured by a job.
+/// A `Send` copy of an operand captured by a job: its host address and the
+/// length the caller vouched for.
 #[derive(Clone, Copy)]
-struct P(DevicePtr);
+struct P {
+    addr: u64,
+    len: usize,
+}
+
+fn arg(s: BufSlice) -> P {
+    P { addr: s.addr(), len: s.len }
+}
 
 impl P {
     /// # Safety
-    /// The address holds `n` f32s, live until the job that calls this ends
-    /// (the contract of [`BackendStream`]'s unsafe entry points).
+    /// The range is live until the job that calls this ends (the contract
+    /// of [`Kernels`]). `n` f32s must fit in the range: checked (a contract
+    /// violation panics in the job, which the executor reports as an error,
+    /// rather than reading out of bounds).
     unsafe fn f32<'a>(self, n: usize) -> &'a [f32] {
-        // SAFETY: forwarded from the caller's contract above.
-        unsafe { std::slice::from_raw_parts(self.0 as *const f32, n) }
+        assert!(n.checked_mul(4).is_some_and(|b| b <= self.len), "operand of {} bytes read as {n} f32", self.len);
+        // SAFETY: forwarded from the caller's contract above; the length is checked.
+        unsafe { std::slice::from_raw_parts(self.addr as *const f32, n) }
     }
     /// # Safety
-    /// As [`P::f32`], and nothing else reads or writes it during the job (the
-    /// stream runs one job at a time; other streams touch it only after an
-    /// event orders them, the caller's contract).
+    /// As [`P::f32`], and nothing else reads or writes it during the job: the
+    /// stream runs one job at a time, other streams touch it only after an
+    /// event orders them, and the output of a kernel shares no byte with its
+    /// inputs (the contract of [`Kernels`], checked by the safe op layer).
     #[allow(clippy::mut_from_ref)]
     unsafe fn f32_mut<'a>(self, n: usize) -> &'a mut [f32] {
+        assert!(n.checked_mul(4).is_some_and(|b| b <= self.len), "operand of {} bytes written as {n} f32", self.len);
         // SAFETY: forwarded from the caller's contract above.
-        unsafe { std::slice::from_raw_parts_mut(self.0 as *mut f32, n) }
+        unsafe { std::slice::from_raw_parts_mut(self.addr as *mut f32, n) }
+    }
+}
+
+impl HostFns for CpuStream {
+    fn host_fn(&self, f: Box<dyn FnOnce() + Send>) -> Result<()> {
+        self.enqueue(Box::new(move || {
+            f();
+            Ok(())
+        }))
     }
 }
 
@@ -260,22 +285,25 @@ impl BackendStream for CpuStream {
         }
         self.enqueue(Box::new(move || state.wait(target, None)))
     }
-    fn host_fn(&self, f: Box<dyn FnOnce() + Send>) -> Result<()> {
-        self.enqueue(Box::new(move || {
-            f();
-            Ok(())
-        }))
+    fn host_fns(&self) -> Option<&dyn HostFns> {
+        Some(self)
     }
-    unsafe fn h2d(&self, src: &[u8], dst: DevicePtr) -> Result<()> {
+    unsafe fn h2d(&self, src: &[u8], dst: BufSlice) -> Result<()> {
+        if src.len() > dst.len {
+            return Err(Error::InvalidArgument(format!("h2d of {} bytes into {}", src.len(), dst.len)));
+        }
         let staged = src.to_vec();
-        let dst = P(dst);
+        let dst = arg(dst);
         self.enqueue(Box::new(move || {
-            // SAFETY: caller contract: dst holds src.len() bytes, live until this job ran.
-            unsafe { std::ptr::copy_nonoverlapping(staged.as_ptr(), dst.0 as *mut u8, staged.len()) };
+            // SAFETY: caller contract: dst holds src.len() bytes (checked), live until this job ran.
+            unsafe { std::ptr::copy_nonoverlapping(staged.as_ptr(), dst.addr as *mut u8, staged.len()) };
             Ok(())
         }))
     }
-    unsafe fn d2h(&self, src: DevicePtr, dst: &mut [u8]) -> Result<()> {
+    unsafe fn d2h(&self, src: BufSlice, dst: &mut [u8]) -> Result<()> {
+        if dst.len() > src.len {
+            return Err(Error::InvalidArgument(format!("d2h of {} bytes from {}", dst.len(), src.len)));
+        }
         // The copy runs on the stream (after the work ahead of it) into a
         // staging buffer, then lands in `dst` here: `dst` is never touched by
         // the executor thread, so an early error return cannot leave a write
@@ -283,30 +311,36 @@ impl BackendStream for CpuStream {
         let len = dst.len();
         let staging = Arc::new(Mutex::new(vec![0u8; len]));
         let st = staging.clone();
-        let src = P(src);
+        let src = arg(src);
         self.enqueue(Box::new(move || {
             let mut buf = crate::sync_std_lock(&st);
-            // SAFETY: caller contract: src holds len bytes, live until this job ran.
-            unsafe { std::ptr::copy_nonoverlapping(src.0 as *const u8, buf.as_mut_ptr(), len) };
+            // SAFETY: caller contract: src holds len bytes (checked), live until this job ran.
+            unsafe { std::ptr::copy_nonoverlapping(src.addr as *const u8, buf.as_mut_ptr(), len) };
             Ok(())
         }))?;
         self.synchronize()?;
         dst.copy_from_slice(&crate::sync_std_lock(&staging));
         Ok(())
     }
-    unsafe fn d2d(&self, src: DevicePtr, dst: DevicePtr, bytes: usize) -> Result<()> {
-        let (s, d) = (P(src), P(dst));
+    unsafe fn d2d(&self, src: BufSlice, dst: BufSlice) -> Result<()> {
+        if src.len > dst.len {
+            return Err(Error::InvalidArgument(format!("d2d of {} bytes into {}", src.len, dst.len)));
+        }
+        let (s, d, bytes) = (arg(src), arg(dst), src.len);
         self.enqueue(Box::new(move || {
-            // SAFETY: caller contract: both regions hold `bytes` and are live;
-            // `copy` tolerates overlap.
-            unsafe { std::ptr::copy(s.0 as *const u8, d.0 as *mut u8, bytes) };
+            // SAFETY: caller contract: both regions hold `bytes` (checked) and
+            // are live; `copy` tolerates overlap.
+            unsafe { std::ptr::copy(s.addr as *const u8, d.addr as *mut u8, bytes) };
             Ok(())
         }))
     }
+}
+
+impl Kernels for CpuStream {
     unsafe fn gemm(&self, g: &Gemm) -> Result<()> {
         f32_only(g.dtype)?;
         let g = *g;
-        let (a, w, b, o) = (P(g.a), P(g.w), g.bias.map(P), P(g.out));
+        let (a, w, b, o) = (arg(g.a), arg(g.w), g.bias.map(arg), arg(g.out));
         self.enqueue(Box::new(move || {
             // SAFETY (all four): caller contract on the descriptor's sizes and lifetimes.
             unsafe {
@@ -315,9 +349,9 @@ impl BackendStream for CpuStream {
             Ok(())
         }))
     }
-    unsafe fn add(&self, a: DevicePtr, b: DevicePtr, out: DevicePtr, n: usize, dtype: DType) -> Result<()> {
+    unsafe fn add(&self, a: BufSlice, b: BufSlice, out: BufSlice, n: usize, dtype: DType) -> Result<()> {
         f32_only(dtype)?;
-        let (a, b, o) = (P(a), P(b), P(out));
+        let (a, b, o) = (arg(a), arg(b), arg(out));
         self.enqueue(Box::new(move || {
             // SAFETY: caller contract; `out` may alias `a` or `b` only elementwise,
             // which `add` reads before it writes each element.
@@ -325,9 +359,9 @@ impl BackendStream for CpuStream {
             Ok(())
         }))
     }
-    unsafe fn activation(&self, x: DevicePtr, out: DevicePtr, n: usize, act: Activation, dtype: DType) -> Result<()> {
+    unsafe fn activation(&self, x: BufSlice, out: BufSlice, n: usize, act: Activation, dtype: DType) -> Result<()> {
         f32_only(dtype)?;
-        let (x, o) = (P(x), P(out));
+        let (x, o) = (arg(x), arg(out));
         self.enqueue(Box::new(move || {
             // SAFETY: caller contract (elementwise, in-place allowed).
             unsafe { kernels::activation(x.f32(n), o.f32_mut(n), act) };
@@ -338,7 +372,7 @@ impl BackendStream for CpuStream {
         f32_only(p.dtype)?;
         let p = *p;
         let n = p.rows * p.cols;
-        let (x, r, g, b, o) = (P(p.x), p.residual.map(P), P(p.gamma), P(p.beta), P(p.out));
+        let (x, r, g, b, o) = (arg(p.x), p.residual.map(arg), arg(p.gamma), arg(p.beta), arg(p.out));
         self.enqueue(Box::new(move || {
             // SAFETY: caller contract; rows are copied to a scratch row before
             // `out` is written, so in-place is allowed.
@@ -346,9 +380,9 @@ impl BackendStream for CpuStream {
             Ok(())
         }))
     }
-    unsafe fn softmax(&self, x: DevicePtr, out: DevicePtr, rows: usize, cols: usize, dtype: DType) -> Result<()> {
+    unsafe fn softmax(&self, x: BufSlice, out: BufSlice, rows: usize, cols: usize, dtype: DType) -> Result<()> {
         f32_only(dtype)?;
-        let (x, o) = (P(x), P(out));
+        let (x, o) = (arg(x), arg(out));
         self.enqueue(Box::new(move || {
             // SAFETY: caller contract.
             unsafe { kernels::softmax(x.f32(rows * cols), o.f32_mut(rows * cols), rows, cols) };
@@ -362,7 +396,7 @@ impl BackendStream for CpuStream {
         let tokens = p.batch * p.seq;
         // q/k/v span up to the last token's last element.
         let span = if tokens == 0 { 0 } else { (tokens - 1) * p.row_stride + d };
-        let (q, k, v, m, o) = (P(p.q), P(p.k), P(p.v), p.mask.map(P), P(p.out));
+        let (q, k, v, m, o) = (arg(p.q), arg(p.k), arg(p.v), p.mask.map(arg), arg(p.out));
         self.enqueue(Box::new(move || {
             // SAFETY: caller contract on the layout documented on `Attention`.
             unsafe {
@@ -371,9 +405,9 @@ impl BackendStream for CpuStream {
             Ok(())
         }))
     }
-    unsafe fn glu(&self, x: DevicePtr, out: DevicePtr, rows: usize, cols: usize, act: Activation, dtype: DType) -> Result<()> {
+    unsafe fn glu(&self, x: BufSlice, out: BufSlice, rows: usize, cols: usize, act: Activation, dtype: DType) -> Result<()> {
         f32_only(dtype)?;
-        let (x, o) = (P(x), P(out));
+        let (x, o) = (arg(x), arg(out));
         self.enqueue(Box::new(move || {
             // SAFETY: caller contract: x holds rows*2*cols, out rows*cols f32.
             unsafe { kernels::glu(x.f32(rows * 2 * cols), o.f32_mut(rows * cols), cols, act) };
@@ -385,20 +419,20 @@ impl BackendStream for CpuStream {
         let p = *p;
         let n = p.rows * 3 * p.heads * p.head_dim;
         let t = p.seq * p.head_dim;
-        let (x, o, c, s) = (P(p.x), P(p.out), P(p.cos), P(p.sin));
+        let (x, o, c, s) = (arg(p.x), arg(p.out), arg(p.cos), arg(p.sin));
         self.enqueue(Box::new(move || {
             // SAFETY: caller contract on the layout documented on `Rope`.
             unsafe { kernels::rope_qkv(x.f32(n), o.f32_mut(n), c.f32(t), s.f32(t), p.seq, p.heads, p.head_dim) };
             Ok(())
         }))
     }
-    unsafe fn attention_bias(&self, p: &Attention, bias: DevicePtr) -> Result<()> {
+    unsafe fn attention_bias(&self, p: &Attention, bias: BufSlice) -> Result<()> {
         f32_only(p.dtype)?;
         let p = *p;
         let d = p.heads * p.head_dim;
         let tokens = p.batch * p.seq;
         let span = if tokens == 0 { 0 } else { (tokens - 1) * p.row_stride + d };
-        let (q, k, v, m, o, bb) = (P(p.q), P(p.k), P(p.v), p.mask.map(P), P(p.out), P(bias));
+        let (q, k, v, m, o, bb) = (arg(p.q), arg(p.k), arg(p.v), p.mask.map(arg), arg(p.out), arg(bias));
         self.enqueue(Box::new(move || {
             // SAFETY: caller contract on the layout documented on `Attention`;
             // `bias` holds heads*seq*seq f32 (the trait's contract).
@@ -411,30 +445,35 @@ impl BackendStream for CpuStream {
     unsafe fn gather(&self, p: &Gather) -> Result<()> {
         f32_only(p.dtype)?;
         let p = *p;
-        let (t, ids, o) = (P(p.table), P(p.ids), P(p.out));
+        let (t, ids, o) = (arg(p.table), arg(p.ids), arg(p.out));
         self.enqueue(Box::new(move || {
-            // SAFETY: caller contract: ids are in range of the table.
-            unsafe {
-                let ids = std::slice::from_raw_parts(ids.0 as *const u32, p.n);
-                let rows = ids.iter().copied().max().map_or(0, |m| m as usize + 1);
-                kernels::gather(t.f32(rows * p.dim), ids, o.f32_mut(p.n * p.dim), p.dim)
+            // SAFETY: caller contract: `ids` holds n u32 (checked here).
+            let ids = unsafe {
+                assert!(p.n * 4 <= ids.len, "gather ids");
+                std::slice::from_raw_parts(ids.addr as *const u32, p.n)
             };
+            let rows = t.len / (p.dim * 4);
+            if let Some(bad) = ids.iter().find(|&&i| i as usize >= rows) {
+                return Err(Error::InvalidArgument(format!("gather: id {bad} out of range for a table of {rows} rows")));
+            }
+            // SAFETY: caller contract on sizes and lifetimes; ids checked above.
+            unsafe { kernels::gather(t.f32(rows * p.dim), ids, o.f32_mut(p.n * p.dim), p.dim) };
             Ok(())
         }))
     }
     unsafe fn mean_pool(&self, p: &MeanPool) -> Result<()> {
         f32_only(p.dtype)?;
         let p = *p;
-        let (x, m, o) = (P(p.x), p.mask.map(P), P(p.out));
+        let (x, m, o) = (arg(p.x), p.mask.map(arg), arg(p.out));
         self.enqueue(Box::new(move || {
             // SAFETY: caller contract.
             unsafe { kernels::mean_pool(x.f32(p.batch * p.seq * p.dim), m.map(|m| m.f32(p.batch * p.seq)), o.f32_mut(p.batch * p.dim), p.batch, p.seq, p.dim) };
             Ok(())
         }))
     }
-    unsafe fn l2_normalize(&self, x: DevicePtr, out: DevicePtr, rows: usize, cols: usize, dtype: DType) -> Result<()> {
+    unsafe fn l2_normalize(&self, x: BufSlice, out: BufSlice, rows: usize, cols: usize, dtype: DType) -> Result<()> {
         f32_only(dtype)?;
-        let (x, o) = (P(x), P(out));
+        let (x, o) = (arg(x), arg(out));
         self.enqueue(Box::new(move || {
             // SAFETY: caller contract (row norm computed before the row is written).
             unsafe { kernels::l2_normalize(x.f32(rows * cols), o.f32_mut(rows * cols), rows, cols) };

@@ -284,7 +284,7 @@ impl Blas {
         let unfused = Rest { bias: g.bias.is_some(), act: g.act };
         if !self.lt.is_null() {
             let (epi, rest) = epilogue(g.bias.is_some(), g.act, ctx.lt_gelu);
-            let key = Key { m, n, k, dtype: g.dtype, epilogue: epi as u32, align_log2: align_log2(&[g.a, g.w, g.out, g.bias.unwrap_or(0)]) };
+            let key = Key { m, n, k, dtype: g.dtype, epilogue: epi as u32, align_log2: align_log2(&[g.a.addr(), g.w.addr(), g.out.addr(), g.bias.map_or(0, |b| b.addr())]) };
             if !self.plans.contains_key(&key) {
                 if self.plans.len() >= MAX_PLANS {
                     self.plans.clear();
@@ -295,7 +295,7 @@ impl Blas {
             let status = match self.plans.get(&key) {
                 Some(Some(plan)) => {
                     if plan.bias {
-                        let b: u64 = g.bias.unwrap_or(0);
+                        let b: u64 = g.bias.map_or(0, |b| b.addr());
                         // SAFETY: live descriptor, used by this thread only
                         // (the stream's mutex); the matmul below reads it.
                         unsafe { set_desc(plan.desc, lt::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_BIAS_POINTER, &b)? };
@@ -309,14 +309,14 @@ impl Blas {
                             self.lt,
                             plan.desc,
                             &alpha as *const f32 as *const c_void,
-                            g.w as *const c_void,
+                            g.w.addr() as *const c_void,
                             plan.a,
-                            g.a as *const c_void,
+                            g.a.addr() as *const c_void,
                             plan.b,
                             &beta as *const f32 as *const c_void,
-                            g.out as *const c_void,
+                            g.out.addr() as *const c_void,
                             plan.d,
-                            g.out as *mut c_void,
+                            g.out.addr() as *mut c_void,
                             plan.d,
                             &plan.algo,
                             self.workspace as *mut c_void,
@@ -378,14 +378,14 @@ impl Blas {
                 m,
                 k,
                 &alpha as *const f32 as *const c_void,
-                g.w as *const c_void,
+                g.w.addr() as *const c_void,
                 ty,
                 k,
-                g.a as *const c_void,
+                g.a.addr() as *const c_void,
                 ty,
                 k,
                 &beta as *const f32 as *const c_void,
-                g.out as *mut c_void,
+                g.out.addr() as *mut c_void,
                 ty,
                 n,
                 compute,

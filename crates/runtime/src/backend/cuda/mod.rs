@@ -28,7 +28,7 @@ pub use event::CudaEvent;
 pub use graph::CudaGraph;
 pub use stream::{AttnKernel, CudaStream};
 
-use crate::backend::{Backend, BackendEvent, BackendKind, BackendStream, DType, DevicePtr};
+use crate::backend::{Backend, BackendEvent, BackendKind, BackendStream, BufferId, Capabilities, DType};
 use crate::error::{Error, Result};
 use context::Ctx;
 use cudarc::driver::sys::{self, CUresult};
@@ -218,13 +218,13 @@ impl Backend for CudaBackend {
     fn new_event(&self, timing: bool) -> Result<Arc<dyn BackendEvent>> {
         Ok(Arc::new(CudaEvent::new(self.ctx.clone(), timing)?))
     }
-    fn alloc(&self, bytes: usize) -> Result<DevicePtr> {
+    fn alloc(&self, bytes: usize) -> Result<BufferId> {
         self.ctx.bind()?;
         let mut p: sys::CUdeviceptr = 0;
         // SAFETY: plain device allocation in the current context.
         let r = unsafe { sys::cuMemAlloc_v2(&mut p, bytes.max(1)) };
         match r {
-            CUresult::CUDA_SUCCESS => Ok(p),
+            CUresult::CUDA_SUCCESS => Ok(BufferId::from_raw(p)),
             CUresult::CUDA_ERROR_OUT_OF_MEMORY => {
                 let detail = match self.memory_info() {
                     Some((free, total)) => format!(" (CUDA_ERROR_OUT_OF_MEMORY: {free} of {total} bytes free on the device)"),
@@ -235,7 +235,8 @@ impl Backend for CudaBackend {
             e => Err(self.ctx.error("cuMemAlloc", e)),
         }
     }
-    unsafe fn free(&self, ptr: DevicePtr, _bytes: usize) {
+    unsafe fn free(&self, buffer: BufferId, _bytes: usize) {
+        let ptr = buffer.raw();
         if !self.ctx.bind_for_drop() {
             return;
         }
@@ -262,6 +263,9 @@ impl Backend for CudaBackend {
     }
     fn supports(&self, dtype: DType) -> bool {
         matches!(dtype, DType::F32 | DType::BF16)
+    }
+    fn capabilities(&self) -> Capabilities {
+        Capabilities { graph_capture: true, host_functions: true, dtypes: vec![DType::F32, DType::BF16], timing: true }
     }
     fn as_any(&self) -> &dyn Any {
         self

@@ -7,7 +7,7 @@ use super::event::cuda_event;
 use super::graph::CudaGraph;
 use super::module::Unit;
 use super::pinned::PinnedPool;
-use crate::backend::{Activation, Attention, BackendEvent, BackendGraph, BackendStream, DType, DevicePtr, Gather, Gemm, LayerNorm, MeanPool, Rope};
+use crate::backend::{Activation, Attention, BackendEvent, BackendGraph, BackendStream, BufSlice, Capture, DType, Gather, Gemm, HostFns, Kernels, LayerNorm, MeanPool, Rope};
 use crate::error::{Error, Result};
 use cudarc::driver::sys::{self, CUresult, CUstream};
 use std::any::Any;
@@ -46,8 +46,13 @@ impl Arg {
     }
 }
 
-fn opt(p: Option<DevicePtr>) -> Arg {
-    Arg::Ptr(p.unwrap_or(0))
+fn opt(p: Option<BufSlice>) -> Arg {
+    Arg::Ptr(p.map_or(0, |s| s.addr()))
+}
+
+/// A kernel argument for an operand: its device address.
+fn ptr(s: BufSlice) -> Arg {
+    Arg::Ptr(s.addr())
 }
 
 /// The kernel for `d` among its f32 and bf16 instantiations (static names:
@@ -209,7 +214,7 @@ fn attention_args(p: &Attention) -> Result<Option<(i32, [Arg; 10])>> {
     }
     let seq = i32_dim(p.seq, "seq")?;
     let hd = i32_dim(p.head_dim, "head_dim")?;
-    Ok(Some((seq, [Arg::Ptr(p.q), Arg::Ptr(p.k), Arg::Ptr(p.v), opt(p.mask), Arg::Ptr(p.out), Arg::I32(seq), Arg::I32(p.heads as i32), Arg::I32(hd), Arg::I64(p.row_stride as i64), Arg::F32(p.scale)])))
+    Ok(Some((seq, [ptr(p.q), ptr(p.k), ptr(p.v), opt(p.mask), ptr(p.out), Arg::I32(seq), Arg::I32(p.heads as i32), Arg::I32(hd), Arg::I64(p.row_stride as i64), Arg::F32(p.scale)])))
 }
 
 impl CudaStream {
@@ -270,34 +275,12 @@ impl BackendStream for CudaStream {
         }
     }
 
-    fn host_fn(&self, f: Box<dyn FnOnce() + Send>) -> Result<()> {
-        type HostFn = Box<dyn FnOnce() + Send>;
-        /// Called once by a driver thread when the stream reaches the call.
-        unsafe extern "C" fn trampoline(data: *mut c_void) {
-            // SAFETY: `data` is the `Box<HostFn>` leaked by `host_fn` below;
-            // the driver calls a launched host function exactly once (it is
-            // never captured into a graph: refused while capturing), so the
-            // box is reclaimed exactly once.
-            let f = unsafe { Box::from_raw(data as *mut HostFn) };
-            // A panic must not unwind into the driver's thread.
-            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || f())).is_err() {
-                eprintln!("braid: a host function panicked on a CUDA stream");
-            }
-        }
-        // A captured host node would call the trampoline on every replay,
-        // reclaiming the box again: not allowed.
-        self.not_capturing("host function")?;
-        self.ctx.bind()?;
-        let data = Box::into_raw(Box::new(f)) as *mut c_void;
-        // SAFETY: live stream of the current context; on success the
-        // trampoline owns `data`.
-        let r = unsafe { sys::cuLaunchHostFunc(self.raw, Some(trampoline), data) };
-        if r != CUresult::CUDA_SUCCESS {
-            // SAFETY: the launch failed, so the driver never calls the
-            // trampoline; `data` is still ours to reclaim.
-            drop(unsafe { Box::from_raw(data as *mut HostFn) });
-        }
-        self.ctx.check("cuLaunchHostFunc", r)
+    fn capture(&self) -> Option<&dyn Capture> {
+        Some(self)
+    }
+
+    fn host_fns(&self) -> Option<&dyn HostFns> {
+        Some(self)
     }
 
     fn record(&self, event: &dyn BackendEvent) -> Result<()> {
@@ -316,7 +299,7 @@ impl BackendStream for CudaStream {
         self.ctx.check("cuStreamWaitEvent", r)
     }
 
-    unsafe fn h2d(&self, src: &[u8], dst: DevicePtr) -> Result<()> {
+    unsafe fn h2d(&self, src: &[u8], dst: BufSlice) -> Result<()> {
         if src.is_empty() {
             return Ok(());
         }
@@ -324,29 +307,36 @@ impl BackendStream for CudaStream {
         self.ctx.bind()?;
         // SAFETY: the caller guarantees `dst` holds `src.len()` bytes and
         // stays allocated until the stream passes the copy.
-        unsafe { self.pinned.h2d(&self.ctx, self.raw, src, dst) }
+        unsafe { self.pinned.h2d(&self.ctx, self.raw, src, dst.addr()) }
     }
 
-    unsafe fn d2h(&self, src: DevicePtr, dst: &mut [u8]) -> Result<()> {
+    unsafe fn d2h(&self, src: BufSlice, dst: &mut [u8]) -> Result<()> {
         if dst.is_empty() {
             return Ok(());
         }
         self.not_capturing("device-to-host copy")?;
         self.ctx.bind()?;
         // SAFETY: the caller guarantees `src` holds `dst.len()` bytes.
-        unsafe { self.pinned.d2h(&self.ctx, self.raw, src, dst) }
+        unsafe { self.pinned.d2h(&self.ctx, self.raw, src.addr(), dst) }
     }
 
-    unsafe fn d2d(&self, src: DevicePtr, dst: DevicePtr, bytes: usize) -> Result<()> {
+    unsafe fn d2d(&self, src: BufSlice, dst: BufSlice) -> Result<()> {
+        let bytes = src.len;
+        if bytes > dst.len {
+            return Err(Error::InvalidArgument(format!("d2d of {bytes} bytes into {}", dst.len)));
+        }
         if bytes == 0 {
             return Ok(());
         }
         self.ctx.bind()?;
         // SAFETY: the caller guarantees both ranges are valid device memory.
-        let r = unsafe { sys::cuMemcpyDtoDAsync_v2(dst, src, bytes, self.raw) };
+        let r = unsafe { sys::cuMemcpyDtoDAsync_v2(dst.addr(), src.addr(), bytes, self.raw) };
         self.ctx.check("cuMemcpyDtoDAsync", r)
     }
 
+}
+
+impl Kernels for CudaStream {
     unsafe fn gemm(&self, g: &Gemm) -> Result<()> {
         if g.m == 0 || g.n == 0 {
             return Ok(());
@@ -355,7 +345,7 @@ impl BackendStream for CudaStream {
         let rest = if g.k == 0 {
             // a·wᵀ is all zeros: cuBLAS may skip the write entirely.
             // SAFETY: `out` holds m*n elements (the contract).
-            let r = unsafe { sys::cuMemsetD8Async(g.out, 0, g.m * g.n * g.dtype.size(), self.raw) };
+            let r = unsafe { sys::cuMemsetD8Async(g.out.addr(), 0, g.m * g.n * g.dtype.size(), self.raw) };
             self.ctx.check("cuMemsetD8Async", r)?;
             Rest { bias: g.bias.is_some(), act: g.act }
         } else {
@@ -369,28 +359,28 @@ impl BackendStream for CudaStream {
             let total = g.m * g.n;
             let name = pick(g.dtype, "bias_act_f32", "bias_act_bf16");
             let bias = if rest.bias { g.bias } else { None };
-            let args = [Arg::Ptr(g.out), opt(bias), Arg::I64(total as i64), Arg::I32(i32_dim(g.n, "gemm n")?), Arg::I32(act_code(rest.act))];
+            let args = [ptr(g.out), opt(bias), Arg::I64(total as i64), Arg::I32(i32_dim(g.n, "gemm n")?), Arg::I32(act_code(rest.act))];
             // SAFETY: `out` holds m*n and `bias` n elements of `dtype`.
             unsafe { self.launch(Unit::Elementwise, name, (grid_1d(total, EW_BLOCK), 1, 1), EW_BLOCK, 0, &args)? };
         }
         Ok(())
     }
 
-    unsafe fn add(&self, a: DevicePtr, b: DevicePtr, out: DevicePtr, n: usize, dtype: DType) -> Result<()> {
+    unsafe fn add(&self, a: BufSlice, b: BufSlice, out: BufSlice, n: usize, dtype: DType) -> Result<()> {
         if n == 0 {
             return Ok(());
         }
         let name = pick(dtype, "add_f32", "add_bf16");
         // SAFETY: the three buffers hold n elements of `dtype` (the contract).
-        unsafe { self.launch(Unit::Elementwise, name, (grid_1d(n, EW_BLOCK), 1, 1), EW_BLOCK, 0, &[Arg::Ptr(a), Arg::Ptr(b), Arg::Ptr(out), Arg::I64(n as i64)]) }
+        unsafe { self.launch(Unit::Elementwise, name, (grid_1d(n, EW_BLOCK), 1, 1), EW_BLOCK, 0, &[ptr(a), ptr(b), ptr(out), Arg::I64(n as i64)]) }
     }
 
-    unsafe fn activation(&self, x: DevicePtr, out: DevicePtr, n: usize, act: Activation, dtype: DType) -> Result<()> {
+    unsafe fn activation(&self, x: BufSlice, out: BufSlice, n: usize, act: Activation, dtype: DType) -> Result<()> {
         if n == 0 {
             return Ok(());
         }
         let name = pick(dtype, "act_f32", "act_bf16");
-        let args = [Arg::Ptr(x), Arg::Ptr(out), Arg::I64(n as i64), Arg::I32(act_code(act))];
+        let args = [ptr(x), ptr(out), Arg::I64(n as i64), Arg::I32(act_code(act))];
         // SAFETY: both buffers hold n elements of `dtype` (the contract).
         unsafe { self.launch(Unit::Elementwise, name, (grid_1d(n, EW_BLOCK), 1, 1), EW_BLOCK, 0, &args) }
     }
@@ -401,19 +391,19 @@ impl BackendStream for CudaStream {
         }
         let rows = u32::try_from(p.rows).ok().filter(|&r| r < i32::MAX as u32).ok_or_else(|| Error::InvalidArgument(format!("layer_norm rows={} too large", p.rows)))?;
         let name = pick(p.dtype, "layer_norm_f32", "layer_norm_bf16");
-        let args = [Arg::Ptr(p.x), opt(p.residual), Arg::Ptr(p.gamma), Arg::Ptr(p.beta), Arg::Ptr(p.out), Arg::I32(i32_dim(p.cols, "cols")?), Arg::F32(p.eps)];
+        let args = [ptr(p.x), opt(p.residual), ptr(p.gamma), ptr(p.beta), ptr(p.out), Arg::I32(i32_dim(p.cols, "cols")?), Arg::F32(p.eps)];
         // SAFETY: x/residual/out hold rows*cols, gamma/beta cols elements.
         unsafe { self.launch(Unit::Norm, name, (rows, 1, 1), ROW_BLOCK, 0, &args) }
     }
 
-    unsafe fn softmax(&self, x: DevicePtr, out: DevicePtr, rows: usize, cols: usize, dtype: DType) -> Result<()> {
+    unsafe fn softmax(&self, x: BufSlice, out: BufSlice, rows: usize, cols: usize, dtype: DType) -> Result<()> {
         if rows == 0 || cols == 0 {
             return Ok(());
         }
         let r = i32_dim(rows, "rows")? as u32;
         let name = pick(dtype, "softmax_f32", "softmax_bf16");
         // SAFETY: both buffers hold rows*cols elements.
-        unsafe { self.launch(Unit::Norm, name, (r, 1, 1), ROW_BLOCK, 0, &[Arg::Ptr(x), Arg::Ptr(out), Arg::I32(i32_dim(cols, "cols")?)]) }
+        unsafe { self.launch(Unit::Norm, name, (r, 1, 1), ROW_BLOCK, 0, &[ptr(x), ptr(out), Arg::I32(i32_dim(cols, "cols")?)]) }
     }
 
     unsafe fn attention(&self, p: &Attention) -> Result<()> {
@@ -421,13 +411,13 @@ impl BackendStream for CudaStream {
         unsafe { self.attention_with(p, AttnKernel::Auto) }
     }
 
-    unsafe fn glu(&self, x: DevicePtr, out: DevicePtr, rows: usize, cols: usize, act: Activation, dtype: DType) -> Result<()> {
+    unsafe fn glu(&self, x: BufSlice, out: BufSlice, rows: usize, cols: usize, act: Activation, dtype: DType) -> Result<()> {
         let n = rows * cols;
         if n == 0 {
             return Ok(());
         }
         let name = pick(dtype, "glu_f32", "glu_bf16");
-        let args = [Arg::Ptr(x), Arg::Ptr(out), Arg::I64(rows as i64), Arg::I32(i32_dim(cols, "cols")?), Arg::I32(act_code(act))];
+        let args = [ptr(x), ptr(out), Arg::I64(rows as i64), Arg::I32(i32_dim(cols, "cols")?), Arg::I32(act_code(act))];
         // SAFETY: x holds rows*2*cols and out rows*cols elements of `dtype` (the contract).
         unsafe { self.launch(Unit::Elementwise, name, (grid_1d(n, EW_BLOCK), 1, 1), EW_BLOCK, 0, &args) }
     }
@@ -443,10 +433,10 @@ impl BackendStream for CudaStream {
         }
         let name = pick(p.dtype, "rope_f32", "rope_bf16");
         let args = [
-            Arg::Ptr(p.x),
-            Arg::Ptr(p.out),
-            Arg::Ptr(p.cos),
-            Arg::Ptr(p.sin),
+            ptr(p.x),
+            ptr(p.out),
+            ptr(p.cos),
+            ptr(p.sin),
             Arg::I64(p.rows as i64),
             Arg::I32(i32_dim(p.seq, "seq")?),
             Arg::I32(i32_dim(d, "dim")?),
@@ -456,9 +446,9 @@ impl BackendStream for CudaStream {
         unsafe { self.launch(Unit::Elementwise, name, (grid_1d(n, EW_BLOCK), 1, 1), EW_BLOCK, 0, &args) }
     }
 
-    unsafe fn attention_bias(&self, p: &Attention, bias: DevicePtr) -> Result<()> {
+    unsafe fn attention_bias(&self, p: &Attention, bias: BufSlice) -> Result<()> {
         let Some((seq, a)) = attention_args(p)? else { return Ok(()) };
-        let args = [a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8], a[9], Arg::Ptr(bias)];
+        let args = [a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8], a[9], ptr(bias)];
         let smem = (p.head_dim + p.seq) * 4;
         if smem > 48 * 1024 {
             return Err(Error::Unsupported { backend: "cuda", what: format!("attention with a bias and seq {} + head_dim {} > 12288 floats of shared memory", p.seq, p.head_dim) });
@@ -475,7 +465,7 @@ impl BackendStream for CudaStream {
             return Ok(());
         }
         let name = pick(p.dtype, "gather_f32", "gather_bf16");
-        let args = [Arg::Ptr(p.table), Arg::Ptr(p.ids), Arg::Ptr(p.out), Arg::I64(p.n as i64), Arg::I32(i32_dim(p.dim, "dim")?)];
+        let args = [ptr(p.table), ptr(p.ids), ptr(p.out), Arg::I64(p.n as i64), Arg::I32(i32_dim(p.dim, "dim")?)];
         // SAFETY: ids hold n in-range u32, out n*dim elements (the contract).
         unsafe { self.launch(Unit::Gather, name, (grid_1d(p.n * p.dim, EW_BLOCK), 1, 1), EW_BLOCK, 0, &args) }
     }
@@ -489,35 +479,38 @@ impl BackendStream for CudaStream {
         }
         let name = pick(p.dtype, "mean_pool_f32", "mean_pool_bf16");
         let dim = i32_dim(p.dim, "dim")?;
-        let args = [Arg::Ptr(p.x), opt(p.mask), Arg::Ptr(p.out), Arg::I32(i32_dim(p.seq, "seq")?), Arg::I32(dim)];
+        let args = [ptr(p.x), opt(p.mask), ptr(p.out), Arg::I32(i32_dim(p.seq, "seq")?), Arg::I32(dim)];
         let grid = ((p.dim as u32).div_ceil(POOL_BLOCK), p.batch as u32, 1);
         // SAFETY: x holds batch*seq*dim, mask batch*seq, out batch*dim.
         unsafe { self.launch(Unit::Gather, name, grid, POOL_BLOCK, 0, &args) }
     }
 
-    unsafe fn l2_normalize(&self, x: DevicePtr, out: DevicePtr, rows: usize, cols: usize, dtype: DType) -> Result<()> {
+    unsafe fn l2_normalize(&self, x: BufSlice, out: BufSlice, rows: usize, cols: usize, dtype: DType) -> Result<()> {
         if rows == 0 || cols == 0 {
             return Ok(());
         }
         let r = i32_dim(rows, "rows")? as u32;
         let name = pick(dtype, "l2_normalize_f32", "l2_normalize_bf16");
         // SAFETY: both buffers hold rows*cols elements.
-        unsafe { self.launch(Unit::Norm, name, (r, 1, 1), ROW_BLOCK, 0, &[Arg::Ptr(x), Arg::Ptr(out), Arg::I32(i32_dim(cols, "cols")?)]) }
+        unsafe { self.launch(Unit::Norm, name, (r, 1, 1), ROW_BLOCK, 0, &[ptr(x), ptr(out), Arg::I32(i32_dim(cols, "cols")?)]) }
     }
 
-    unsafe fn cast(&self, x: DevicePtr, from: DType, out: DevicePtr, to: DType, n: usize) -> Result<()> {
+    unsafe fn cast(&self, x: BufSlice, from: DType, out: BufSlice, to: DType, n: usize) -> Result<()> {
         if n == 0 {
             return Ok(());
         }
         if from == to {
             // SAFETY: both buffers hold n elements of `from`.
-            return unsafe { self.d2d(x, out, n * from.size()) };
+            return unsafe { self.d2d(x.sub(0, n * from.size())?, out.sub(0, n * from.size())?) };
         }
         let name = if from == DType::F32 { "cast_f32_bf16" } else { "cast_bf16_f32" };
         // SAFETY: x holds n `from`, out n `to` elements.
-        unsafe { self.launch(Unit::Elementwise, name, (grid_1d(n, EW_BLOCK), 1, 1), EW_BLOCK, 0, &[Arg::Ptr(x), Arg::Ptr(out), Arg::I64(n as i64)]) }
+        unsafe { self.launch(Unit::Elementwise, name, (grid_1d(n, EW_BLOCK), 1, 1), EW_BLOCK, 0, &[ptr(x), ptr(out), Arg::I64(n as i64)]) }
     }
 
+}
+
+impl Capture for CudaStream {
     fn begin_capture(&self) -> Result<()> {
         self.ctx.bind()?;
         // cuBLAS must exist (and own its workspace) before capture starts:
@@ -550,6 +543,38 @@ impl BackendStream for CudaStream {
         }
         self.ctx.check("cuGraphInstantiate", r)?;
         Ok(Arc::new(CudaGraph { ctx: self.ctx.clone(), exec: Mutex::new(exec) }))
+    }
+}
+
+impl HostFns for CudaStream {
+    fn host_fn(&self, f: Box<dyn FnOnce() + Send>) -> Result<()> {
+        type HostFn = Box<dyn FnOnce() + Send>;
+        /// Called once by a driver thread when the stream reaches the call.
+        unsafe extern "C" fn trampoline(data: *mut c_void) {
+            // SAFETY: `data` is the `Box<HostFn>` leaked by `host_fn` below;
+            // the driver calls a launched host function exactly once (it is
+            // never captured into a graph: refused while capturing), so the
+            // box is reclaimed exactly once.
+            let f = unsafe { Box::from_raw(data as *mut HostFn) };
+            // A panic must not unwind into the driver's thread.
+            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || f())).is_err() {
+                eprintln!("braid: a host function panicked on a CUDA stream");
+            }
+        }
+        // A captured host node would call the trampoline on every replay,
+        // reclaiming the box again: not allowed.
+        self.not_capturing("host function")?;
+        self.ctx.bind()?;
+        let data = Box::into_raw(Box::new(f)) as *mut c_void;
+        // SAFETY: live stream of the current context; on success the
+        // trampoline owns `data`.
+        let r = unsafe { sys::cuLaunchHostFunc(self.raw, Some(trampoline), data) };
+        if r != CUresult::CUDA_SUCCESS {
+            // SAFETY: the launch failed, so the driver never calls the
+            // trampoline; `data` is still ours to reclaim.
+            drop(unsafe { Box::from_raw(data as *mut HostFn) });
+        }
+        self.ctx.check("cuLaunchHostFunc", r)
     }
 }
 

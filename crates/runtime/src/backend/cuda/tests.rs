@@ -5,7 +5,20 @@
 //! to stderr and returns.
 
 use super::*;
-use crate::backend::{Activation, Attention, Gather, Gemm, LayerNorm, MeanPool};
+use crate::backend::{Activation, Attention, BufSlice, Kernels, BufferId, Gather, Gemm, LayerNorm, MeanPool};
+
+/// Test operands are whole allocations or ranges of them.
+type DevicePtr = BufSlice;
+
+/// `s` from `off` bytes on.
+fn at(s: BufSlice, off: usize) -> BufSlice {
+    s.sub(off, s.len - off).unwrap()
+}
+
+/// A raw allocation of the backend as an operand.
+fn alloc(be: &CudaBackend, bytes: usize) -> BufSlice {
+    BufSlice::whole(be.alloc(bytes).unwrap(), bytes)
+}
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// The device, or `None` after printing why the test is skipped.
@@ -74,7 +87,7 @@ impl Mem {
         Mem { be: be.clone(), s: be.new_stream().unwrap(), bufs: Vec::new() }
     }
     fn raw(&mut self, bytes: usize) -> DevicePtr {
-        let p = self.be.alloc(bytes).unwrap();
+        let p = alloc(&self.be, bytes);
         self.bufs.push((p, bytes));
         p
     }
@@ -112,7 +125,7 @@ impl Drop for Mem {
         let _ = self.s.synchronize();
         for &(p, n) in &self.bufs {
             // SAFETY: allocated by `raw`, freed once, stream synchronized.
-            unsafe { self.be.free(p, n) };
+            unsafe { self.be.free(p.buffer, n) };
         }
     }
 }
@@ -230,16 +243,16 @@ fn gemm_epilogues_unaligned_and_captured() {
     for dtype in DTYPES {
         for pad in [0usize, 1] {
             let mut mem = Mem::new(&be);
-            let off = (pad * dtype.size()) as DevicePtr;
+            let off = pad * dtype.size();
             let padded = |v: &[f32]| [vec![0.0f32; pad], v.to_vec()].concat();
             for act in ACTS {
                 let a = input(rng.vec(m * k, 1.0), dtype);
                 let w = input(rng.vec(n * k, 1.0), dtype);
                 let bias = input(rng.vec(n, 1.0), dtype);
-                let pa = mem.up(&padded(&a), dtype) + off;
-                let pw = mem.up(&padded(&w), dtype) + off;
-                let pb = mem.up(&padded(&bias), dtype) + off;
-                let po = mem.out(m * n + pad, dtype) + off;
+                let pa = at(mem.up(&padded(&a), dtype), off);
+                let pw = at(mem.up(&padded(&w), dtype), off);
+                let pb = at(mem.up(&padded(&bias), dtype), off);
+                let po = at(mem.out(m * n + pad, dtype), off);
                 let g = Gemm { m, n, k, a: pa, w: pw, bias: Some(pb), out: po, act, dtype };
                 // SAFETY: buffers sized per the descriptor (after the pad).
                 unsafe { mem.s.gemm(&g).unwrap() };
@@ -272,10 +285,10 @@ fn gemm_epilogues_unaligned_and_captured() {
     // SAFETY: buffers sized per the descriptor.
     unsafe { mem.s.gemm(&g).unwrap() };
     let eager = mem.down(po, m * n, DType::F32);
-    mem.s.begin_capture().unwrap();
+    mem.s.capture().unwrap().begin_capture().unwrap();
     // SAFETY: as above; captured, not run.
     unsafe { mem.s.gemm(&g).unwrap() };
-    let graph = mem.s.end_capture().unwrap();
+    let graph = mem.s.capture().unwrap().end_capture().unwrap();
     // SAFETY: as above, with the other bias (same plan, new bias pointer).
     unsafe { mem.s.gemm(&Gemm { bias: Some(pb2), ..g }).unwrap() };
     let other = mem.down(po, m * n, DType::F32);
@@ -473,8 +486,8 @@ fn attention_matches_f64_reference() {
                 let es = dtype.size() as u64;
                 let p = Attention {
                     q: pqkv,
-                    k: pqkv + (d as u64) * es,
-                    v: pqkv + (2 * d as u64) * es,
+                    k: at(pqkv, d * es as usize),
+                    v: at(pqkv, 2 * d * es as usize),
                     row_stride: rs,
                     mask: pm,
                     out: po,
@@ -567,7 +580,7 @@ fn out_of_memory_is_clear_and_recoverable() {
             assert_eq!(requested, total * 2);
             eprintln!("OOM as expected: {}", Error::OutOfMemory { device: be.device_name(), requested, reserved: 0, allocated: 0, detail });
         }
-        Ok(p) => panic!("allocating {} bytes succeeded at {p:#x}", total * 2),
+        Ok(p) => panic!("allocating {} bytes succeeded at {p:?}", total * 2),
         Err(e) => panic!("expected OutOfMemory, got {e}"),
     }
     // The process keeps working.
@@ -620,10 +633,10 @@ fn graph_replay_equals_eager_with(be: &Arc<CudaBackend>, act: Activation) {
     let eager = mem.down(o, m * n, DType::F32);
     assert!(eager.iter().all(|v| v.is_finite()));
 
-    mem.s.begin_capture().unwrap();
+    mem.s.capture().unwrap().begin_capture().unwrap();
     // SAFETY: as above; captured, not run.
     unsafe { forward(&*mem.s, act, m, n, k, x, w, b, h, g, bt, o).unwrap() };
-    let graph = mem.s.end_capture().unwrap();
+    let graph = mem.s.capture().unwrap().end_capture().unwrap();
     // Poison the output, replay: must equal eager.
     // SAFETY: o holds m*n floats.
     unsafe { mem.s.h2d(&vec![0xffu8; m * n * 4], o).unwrap() };
@@ -677,7 +690,7 @@ fn events_and_cross_stream_wait() {
     // s2 copies the result only after the GEMMs on s1 (host does not block).
     s2.wait_event(&*done).unwrap();
     // SAFETY: both hold m*n floats.
-    unsafe { s2.d2d(po, copy, m * n * 4).unwrap() };
+    unsafe { s2.d2d(po, copy).unwrap() };
     s2.synchronize().unwrap();
     assert!(done.query().unwrap());
     done.synchronize(Some(std::time::Duration::from_secs(10))).unwrap();
@@ -726,8 +739,8 @@ fn kernel_in_use_survives_dropping_the_backend() {
     let (rows, cols) = (3usize, 11usize);
     let x: Vec<f32> = Rng::new("kernel_in_use").vec(rows * cols, 2.0);
     let s = be.cuda_stream().unwrap();
-    let px = be.alloc(rows * cols * 4).unwrap();
-    let po = be.alloc(rows * cols * 4).unwrap();
+    let px = alloc(&be, rows * cols * 4);
+    let po = alloc(&be, rows * cols * 4);
     let bytes: Vec<u8> = x.iter().flat_map(|v| v.to_ne_bytes()).collect();
     let run = move |s: &CudaStream| -> Vec<f32> {
         let mut back = vec![0u8; rows * cols * 4];
@@ -791,16 +804,16 @@ fn graph_cache_eviction_never_frees_a_graph_in_use() {
     // during a capture would invalidate it.
     let (bx, bo) = (dev.alloc(rows * cols * 4, &stream).unwrap(), dev.alloc(rows * cols * 4, &stream).unwrap());
     // SAFETY: both blocks hold rows*cols f32 (contents irrelevant: warm-up).
-    unsafe { stream.raw().softmax(bx.ptr(), bo.ptr(), rows, cols, DType::F32).unwrap() };
+    unsafe { stream.raw().softmax(bx.slice(), bo.slice(), rows, cols, DType::F32).unwrap() };
     let s = stream.clone();
     let g = cache
         .get_or_capture(7, &[rows, cols], &stream, move || {
             // SAFETY: both blocks hold rows*cols f32 and live in the graph's state.
-            unsafe { s.raw().softmax(bx.ptr(), bo.ptr(), rows, cols, DType::F32)? };
+            unsafe { s.raw().softmax(bx.slice(), bo.slice(), rows, cols, DType::F32)? };
             Ok((bx, bo))
         })
         .unwrap();
-    let (px, po) = g.state::<(crate::DeviceBlock, crate::DeviceBlock)>().map(|(a, b)| (a.ptr(), b.ptr())).unwrap();
+    let (px, po) = g.state::<(crate::DeviceBlock, crate::DeviceBlock)>().map(|(a, b)| (a.slice(), b.slice())).unwrap();
     let raw = stream.raw();
     let read = |raw: &dyn BackendStream| {
         let mut back = vec![0u8; rows * cols * 4];
@@ -872,13 +885,13 @@ fn one_stream_from_many_threads_and_staging_pool() {
     assert!(s.staging_buffers() <= 8, "staging pool is bounded");
     // A copy larger than one staging chunk round-trips.
     let big: Vec<u8> = (0..(40usize << 20) + 3).map(|i| (i * 7 + 1) as u8).collect();
-    let p = be.alloc(big.len()).unwrap();
+    let p = alloc(&be, big.len());
     let mut back = vec![0u8; big.len()];
     // SAFETY: p holds big.len() bytes.
     unsafe {
         s.h2d(&big, p).unwrap();
         s.d2h(p, &mut back).unwrap();
-        be.free(p, big.len());
+        be.free(p.buffer, big.len());
     }
     assert!(back == big, "40 MiB round trip through staging chunks");
     eprintln!("staging buffers held: {}", s.staging_buffers());
@@ -894,7 +907,7 @@ fn sticky_error_poisons_the_device() {
     // Write through a wild device address: an illegal-address fault.
     // SAFETY: deliberately violated to provoke the sticky error; the GPU
     // traps the access, the host memory is not touched.
-    unsafe { s.add(0x10, 0x10, 0x10, 1 << 20, DType::F32).unwrap() };
+    unsafe { s.add(BufSlice::whole(BufferId::from_raw(0x10), 4 << 20), BufSlice::whole(BufferId::from_raw(0x10), 4 << 20), BufSlice::whole(BufferId::from_raw(0x10), 4 << 20), 1 << 20, DType::F32).unwrap() };
     let e = s.synchronize().unwrap_err();
     eprintln!("first error: {e}");
     assert!(matches!(e, Error::DevicePoisoned { .. }), "{e:?}");
@@ -950,10 +963,10 @@ fn bench_mlp() {
                         unsafe { fwd(&*s, &layers, &bufs) };
                         s.synchronize().unwrap();
                         let graph = (mode == "graph").then(|| {
-                            s.begin_capture().unwrap();
+                            s.capture().unwrap().begin_capture().unwrap();
                             // SAFETY: as above (captured).
                             unsafe { fwd(&*s, &layers, &bufs) };
-                            s.end_capture().unwrap()
+                            s.capture().unwrap().end_capture().unwrap()
                         });
                         barrier.wait();
                         let t = std::time::Instant::now();
@@ -1014,8 +1027,8 @@ fn bench_attention() {
             let es = dtype.size() as u64;
             let p = Attention {
                 q: pqkv,
-                k: pqkv + d as u64 * es,
-                v: pqkv + 2 * d as u64 * es,
+                k: at(pqkv, d * es as usize),
+                v: at(pqkv, 2 * d * es as usize),
                 row_stride: rs,
                 mask: Some(pm),
                 out: po,
@@ -1062,10 +1075,10 @@ fn bench_attention() {
             // SAFETY: `po` holds batch*seq*d elements.
             unsafe { mem.s.h2d(&vec![0u8; batch * seq * d * dtype.size()], po).unwrap() };
             mem.s.synchronize().unwrap();
-            mem.s.begin_capture().unwrap();
+            mem.s.capture().unwrap().begin_capture().unwrap();
             // SAFETY: as above (captured).
             unsafe { mem.s.attention(&p).unwrap() };
-            let g = mem.s.end_capture().unwrap();
+            let g = mem.s.capture().unwrap().end_capture().unwrap();
             g.launch(&*mem.s).unwrap();
             let replay = mem.down(po, batch * seq * d, dtype);
             assert!(eager.iter().zip(&replay).all(|(a, b)| a.to_bits() == b.to_bits()), "graph replay != eager");

@@ -1,0 +1,88 @@
+//! The safe op layer (`ops.rs`): what it refuses before anything reaches a
+//! backend. Each case would be undefined behaviour or a silent wrong answer
+//! if it reached the CPU backend's kernels; here it is a clear error.
+
+use braid_runtime::backend::{Activation, Gemm};
+use braid_runtime::{Buffer, DType, Device, Error};
+
+fn f32s(device: &Device, stream: &braid_runtime::Stream, v: &[f32]) -> Buffer {
+    let b = Buffer::alloc(device, v.len() * 4, stream).unwrap();
+    stream.write_f32(b.view(), v).unwrap();
+    b
+}
+
+fn invalid(r: braid_runtime::Result<()>, what: &str) -> String {
+    match r {
+        Err(Error::InvalidArgument(m)) => {
+            assert!(m.contains(what), "error {m:?} should mention {what:?}");
+            m
+        }
+        other => panic!("expected InvalidArgument({what}), got {other:?}"),
+    }
+}
+
+#[test]
+fn in_place_and_overlapping_outputs_are_refused() {
+    let device = Device::cpu().unwrap();
+    let s = device.current_stream().unwrap();
+    let a = f32s(&device, &s, &[1.0; 8]);
+    invalid(s.add(a.view(), a.view(), a.view(), 8, DType::F32), "overlaps");
+    // Half overlap inside one buffer: out = bytes 16..48, input = bytes 0..32.
+    let r = s.activation(a.view().sub(0, 32).unwrap(), a.view().sub(16, 16).unwrap(), 4, Activation::Relu, DType::F32);
+    invalid(r, "overlaps");
+    // Disjoint halves of one buffer are fine.
+    let src = f32s(&device, &s, &[-1.0, 2.0, -3.0, 4.0, 0.0, 0.0, 0.0, 0.0]);
+    s.activation(src.view().sub(0, 16).unwrap(), src.view().sub(16, 16).unwrap(), 4, Activation::Relu, DType::F32).unwrap();
+    let mut back = [0f32; 8];
+    s.read_f32(src.view(), &mut back).unwrap();
+    assert_eq!(back, [-1.0, 2.0, -3.0, 4.0, 0.0, 2.0, 0.0, 4.0]);
+}
+
+#[test]
+fn operands_smaller_than_the_descriptor_are_refused() {
+    let device = Device::cpu().unwrap();
+    let s = device.current_stream().unwrap();
+    let (a, w, out) = (f32s(&device, &s, &[1.0; 6]), f32s(&device, &s, &[1.0; 6]), Buffer::alloc(&device, 4 * 4, &s).unwrap());
+    // m=2, k=3, n=3 needs w of 9 floats and out of 6: both too small.
+    let g = Gemm { m: 2, n: 3, k: 3, a: a.view(), w: w.view(), bias: None, out: out.view(), act: Activation::None, dtype: DType::F32 };
+    invalid(s.gemm(&g), "needs 36 bytes");
+    // Overflowing sizes are an error, not a wrap-around.
+    let g = Gemm { m: usize::MAX / 2, n: 3, k: 3, ..g };
+    invalid(s.gemm(&g), "overflows");
+    // A sub-view beyond its buffer cannot be made.
+    assert!(matches!(a.view().sub(20, 8), Err(Error::InvalidArgument(_))));
+}
+
+#[test]
+fn writes_only_from_the_home_stream_and_never_after_settling() {
+    let device = Device::cpu().unwrap();
+    let s = device.current_stream().unwrap();
+    let other = device.stream(0).unwrap();
+    assert_ne!(s.index(), other.index());
+    let x = f32s(&device, &s, &[1.0, 2.0]);
+    let out = Buffer::alloc(&device, 8, &s).unwrap();
+    invalid(other.activation(x.view(), out.view(), 2, Activation::None, DType::F32), "belongs to stream");
+    s.synchronize().unwrap();
+    out.mark_settled();
+    invalid(s.activation(x.view(), out.view(), 2, Activation::None, DType::F32), "settled");
+    invalid(s.write(out.view(), &[0u8; 8]), "settled");
+}
+
+#[test]
+fn gather_ids_are_checked_and_devices_must_match() {
+    let device = Device::cpu().unwrap();
+    let s = device.current_stream().unwrap();
+    let table = f32s(&device, &s, &[1.0, 2.0, 3.0, 4.0]);
+    let out = Buffer::alloc(&device, 16, &s).unwrap();
+    invalid(s.gather(&device, table.view(), 2, &[0, 2], out.view(), 2, DType::F32), "id 2 at position 1");
+    let other = Device::cpu().unwrap();
+    let os = other.current_stream().unwrap();
+    match os.activation(table.view(), out.view(), 2, Activation::None, DType::F32) {
+        Err(Error::DeviceMismatch(_)) => {}
+        r => panic!("expected DeviceMismatch, got {r:?}"),
+    }
+    s.gather(&device, table.view(), 2, &[1, 0], out.view(), 2, DType::F32).unwrap();
+    let mut back = [0f32; 4];
+    s.read_f32(out.view(), &mut back).unwrap();
+    assert_eq!(back, [3.0, 4.0, 1.0, 2.0]);
+}
