@@ -5,7 +5,9 @@
 //!   connection gets a fast JSON 503 and is closed (or, when even the
 //!   rejecters are busy, is closed at once); it never waits;
 //! - the header-read timeout (a request's head must arrive within it; covers
-//!   silent sockets and slowloris) and the idle keep-alive timeout;
+//!   silent sockets and slowloris) and the idle keep-alive timeout, which
+//!   keep-alive answers advertise (`Keep-Alive: timeout=N`) so clients that
+//!   read it retire a pooled connection before the server closes it;
 //! - half-closed clients (`shutdown(SHUT_WR)` after a full request, as
 //!   `nc -N` does): answered; and yet a client that closed its socket
 //!   altogether while its request runs is noticed, so its texts are dropped
@@ -35,7 +37,7 @@
 //!   answer before the client read it.
 
 use axum::body::Body;
-use axum::http::{header, HeaderValue, Request, Response, StatusCode};
+use axum::http::{header, HeaderName, HeaderValue, Request, Response, StatusCode};
 use axum::Router;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
@@ -490,12 +492,18 @@ async fn connection(stream: TcpStream, front: Front, config: Arc<ConnConfig>, mu
     let act = Arc::new(Activity::new());
     let io = WatchedIo { inner: stream, act: act.clone(), pending: Vec::new(), swallow: false, lingering: None };
     let a = act.clone();
+    // Advertised on keep-alive answers (`Keep-Alive: timeout=N`, whole
+    // seconds, rounded down), so clients that read it (undici, aiohttp...)
+    // drop a pooled connection before the server closes it, instead of
+    // racing the close with a new request.
+    let keep_alive = HeaderValue::from_str(&format!("timeout={}", config.keep_alive_timeout.as_secs())).ok().filter(|_| config.keep_alive_timeout.as_secs() > 0);
     let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
         let running = Running::new(a.clone());
         // Relaxed: see Activity.
         a.http11.store(req.version() == axum::http::Version::HTTP_11, Ordering::Relaxed);
         a.probed.store(false, Ordering::Relaxed);
         let front = front.clone();
+        let keep_alive = keep_alive.clone();
         async move {
             let (mut resp, body_read) = front.handle_tracked(req).await;
             if !body_read {
@@ -504,6 +512,10 @@ async fn connection(stream: TcpStream, front: Front, config: Arc<ConnConfig>, mu
                 resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
                 // Relaxed: see Activity.
                 running.0.linger.store(true, Ordering::Relaxed);
+            } else if let Some(k) = keep_alive {
+                if !resp.headers().contains_key(header::CONNECTION) {
+                    resp.headers_mut().insert(HeaderName::from_static("keep-alive"), k);
+                }
             }
             // Relaxed: see Activity. Counted before hyper writes the head.
             running.0.responses_pending.fetch_add(1, Ordering::Relaxed);

@@ -458,7 +458,8 @@ fn answer_then_clean_close(addr: SocketAddr, head: String, body: Vec<u8>) -> (u1
 // unread, the kernel reset it, and the client's next request on its pooled
 // connection failed with a broken pipe (or the reset destroyed the answer).
 // Now such an answer says `Connection: close` and the server closes with a
-// lingering close; requests whose body is read keep their connection.
+// lingering close; requests whose body is read keep their connection, and
+// their answers say `Keep-Alive: timeout=N` (the idle timeout).
 #[test]
 fn unread_bodies_close_the_connection_without_a_reset() {
     let srv = Server::start(fixture_embedder(), ServeConfig { payload_limit: 1 << 20, ..ServeConfig::default() });
@@ -482,5 +483,8 @@ fn unread_bodies_close_the_connection_without_a_reset() {
         let (status, h, text) = read_response(&mut s);
         assert_eq!(status, want, "{text}");
         assert!(!h.to_ascii_lowercase().contains("connection: close"), "a request whose body was read keeps its connection: {h}");
+        // The idle timeout is advertised, so clients drop the connection
+        // before the server closes it (no race with a new request).
+        assert!(h.to_ascii_lowercase().contains("keep-alive: timeout=30"), "a keep-alive answer names the idle timeout: {h}");
     }
 }
