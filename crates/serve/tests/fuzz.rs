@@ -145,7 +145,9 @@ proptest! {
             let body = &after.as_bytes()[..len.min(after.len())];
             if status >= 400 && !head_req {
                 let v: Result<serde_json::Value, _> = serde_json::from_slice(body);
-                prop_assert!(v.as_ref().is_ok_and(|v| v["error"].is_string()), "status {} without a JSON error body: {:?} for {:?}", status, String::from_utf8_lossy(body), String::from_utf8_lossy(&req));
+                // TEI's shape (`{"error": "..."}`) or, on the OpenAI routes, OpenAI's
+                // (`{"error": {"message": "...", ...}}`).
+                prop_assert!(v.as_ref().is_ok_and(|v| v["error"].is_string() || v["error"]["message"].is_string()), "status {} without a JSON error body: {:?} for {:?}", status, String::from_utf8_lossy(body), String::from_utf8_lossy(&req));
             }
             let used = head.len() + 4 + len;
             if used >= rest.len() { break; }
