@@ -9,7 +9,7 @@
 //! NaN anywhere never passes.
 
 use super::ops as r;
-use crate::tensor::{bf16_to_f32, f32_to_bf16};
+use crate::tensor::round_to;
 use crate::{ops, workloads, BertConfig, BertInput, BertModel, HostWeights, LayerNorm, Linear, Mlp, MultiheadAttention, Rng, Tensor, TransformerEncoderLayer};
 use braid_runtime::{Activation, DType, Device, Result};
 use std::sync::Arc;
@@ -52,7 +52,7 @@ struct Checker {
 impl Checker {
     fn tol(&self, reduction: bool) -> f64 {
         match (self.dtype, reduction) {
-            (DType::BF16, _) => 1e-2,
+            (DType::BF16 | DType::F16, _) => 1e-2,
             (DType::F32, false) => 1e-5,
             (DType::F32, true) => 1e-4,
         }
@@ -65,10 +65,8 @@ impl Checker {
     }
 
     fn round(&self, v: Vec<f32>) -> Vec<f32> {
-        match self.dtype {
-            DType::BF16 => v.into_iter().map(|x| bf16_to_f32(f32_to_bf16(x))).collect(),
-            DType::F32 => v,
-        }
+        let d = self.dtype;
+        v.into_iter().map(|x| round_to(d, x)).collect()
     }
 
     fn up(&self, data: &[f32], shape: &[usize]) -> Result<Tensor> {
@@ -338,7 +336,7 @@ pub fn check(device: &Device) -> Result<Vec<CheckResult>> {
 /// As [`check`] with a given seed (to reproduce a failure).
 pub fn check_seeded(device: &Device, seed: u64) -> Result<Vec<CheckResult>> {
     let mut results = Vec::new();
-    for dtype in [DType::F32, DType::BF16] {
+    for dtype in [DType::F32, DType::BF16, DType::F16] {
         if !device.supports(dtype) {
             continue;
         }

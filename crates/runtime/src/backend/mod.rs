@@ -46,20 +46,36 @@ pub enum DType {
     #[default]
     F32,
     BF16,
+    /// IEEE half precision (storage only: arithmetic and accumulation stay f32).
+    F16,
 }
 
 impl DType {
     pub fn size(self) -> usize {
         match self {
             DType::F32 => 4,
-            DType::BF16 => 2,
+            DType::BF16 | DType::F16 => 2,
         }
     }
     pub fn name(self) -> &'static str {
         match self {
             DType::F32 => "f32",
             DType::BF16 => "bf16",
+            DType::F16 => "f16",
         }
+    }
+    /// Parse `f32`, `bf16` or `f16` (the CLI's `--dtype`); anything else is an error naming the choices.
+    pub fn parse(s: &str) -> Result<DType> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "f32" | "float32" => Ok(DType::F32),
+            "bf16" | "bfloat16" => Ok(DType::BF16),
+            "f16" | "fp16" | "float16" | "half" => Ok(DType::F16),
+            other => Err(Error::InvalidArgument(format!("unknown dtype {other:?}: expected f32, f16 or bf16"))),
+        }
+    }
+    /// A half-precision storage type (bf16 or f16).
+    pub fn is_half(self) -> bool {
+        self != DType::F32
     }
 }
 

@@ -261,7 +261,7 @@ impl Backend for CudaBackend {
         self.ctx.check("cuCtxSynchronize", r)
     }
     fn supports(&self, dtype: DType) -> bool {
-        matches!(dtype, DType::F32 | DType::BF16)
+        matches!(dtype, DType::F32 | DType::BF16 | DType::F16)
     }
     fn as_any(&self) -> &dyn Any {
         self

@@ -23,6 +23,11 @@ __device__ __forceinline__ void st(bf16* p, long long i, float v) {
     u += 0x7fffu + ((u >> 16) & 1u);
     p[i] = (bf16)(u >> 16);
 }
+// IEEE half, a distinct type so overloads pick it; converted with the
+// hardware's cvt (round to nearest even).
+struct __align__(2) f16 { unsigned short u; };
+__device__ __forceinline__ float ld(const f16* p, long long i) { float f; asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(p[i].u)); return f; }
+__device__ __forceinline__ void st(f16* p, long long i, float v) { unsigned short h; asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(v)); p[i].u = h; }
 __device__ __forceinline__ float act_fn(float x, int a) {
     switch (a) {
     case 1: return fmaxf(x, 0.0f);
@@ -115,16 +120,23 @@ template <typename T> __device__ void rope_t(const T* x, T* o, const float* cs, 
 }
 extern "C" __global__ void glu_f32(const float* x, float* o, long long rows, int cols, int a) { glu_t(x, o, rows, cols, a); }
 extern "C" __global__ void glu_bf16(const bf16* x, bf16* o, long long rows, int cols, int a) { glu_t(x, o, rows, cols, a); }
+extern "C" __global__ void glu_f16(const f16* x, f16* o, long long rows, int cols, int a) { glu_t(x, o, rows, cols, a); }
 extern "C" __global__ void rope_f32(const float* x, float* o, const float* c, const float* s, long long rows, int seq, int d, int hd) { rope_t(x, o, c, s, rows, seq, d, hd); }
 extern "C" __global__ void rope_bf16(const bf16* x, bf16* o, const float* c, const float* s, long long rows, int seq, int d, int hd) { rope_t(x, o, c, s, rows, seq, d, hd); }
+extern "C" __global__ void rope_f16(const f16* x, f16* o, const float* c, const float* s, long long rows, int seq, int d, int hd) { rope_t(x, o, c, s, rows, seq, d, hd); }
 extern "C" __global__ void add_f32(const float* a, const float* b, float* o, long long n) { add_t(a, b, o, n); }
 extern "C" __global__ void add_bf16(const bf16* a, const bf16* b, bf16* o, long long n) { add_t(a, b, o, n); }
+extern "C" __global__ void add_f16(const f16* a, const f16* b, f16* o, long long n) { add_t(a, b, o, n); }
 extern "C" __global__ void act_f32(const float* x, float* o, long long n, int a) { act_t(x, o, n, a); }
 extern "C" __global__ void act_bf16(const bf16* x, bf16* o, long long n, int a) { act_t(x, o, n, a); }
+extern "C" __global__ void act_f16(const f16* x, f16* o, long long n, int a) { act_t(x, o, n, a); }
 extern "C" __global__ void bias_act_f32(float* o, const float* b, long long t, int n, int a) { bias_act_t(o, b, t, n, a); }
 extern "C" __global__ void bias_act_bf16(bf16* o, const bf16* b, long long t, int n, int a) { bias_act_t(o, b, t, n, a); }
+extern "C" __global__ void bias_act_f16(f16* o, const f16* b, long long t, int n, int a) { bias_act_t(o, b, t, n, a); }
 extern "C" __global__ void cast_f32_bf16(const float* x, bf16* o, long long n) { GRID_STRIDE(i, n) st(o, i, x[i]); }
 extern "C" __global__ void cast_bf16_f32(const bf16* x, float* o, long long n) { GRID_STRIDE(i, n) o[i] = ld(x, i); }
+extern "C" __global__ void cast_f32_f16(const float* x, f16* o, long long n) { GRID_STRIDE(i, n) st(o, i, x[i]); }
+extern "C" __global__ void cast_f16_f32(const f16* x, float* o, long long n) { GRID_STRIDE(i, n) o[i] = ld(x, i); }
 "#
 );
 
@@ -175,10 +187,13 @@ template <typename T> __device__ void l2_t(const T* x, T* o, int cols) {
 }
 extern "C" __global__ void layer_norm_f32(const float* x, const float* r, const float* g, const float* b, float* o, int cols, float eps) { ln_t(x, r, g, b, o, cols, eps); }
 extern "C" __global__ void layer_norm_bf16(const bf16* x, const bf16* r, const bf16* g, const bf16* b, bf16* o, int cols, float eps) { ln_t(x, r, g, b, o, cols, eps); }
+extern "C" __global__ void layer_norm_f16(const f16* x, const f16* r, const f16* g, const f16* b, f16* o, int cols, float eps) { ln_t(x, r, g, b, o, cols, eps); }
 extern "C" __global__ void softmax_f32(const float* x, float* o, int cols) { softmax_t(x, o, cols); }
 extern "C" __global__ void softmax_bf16(const bf16* x, bf16* o, int cols) { softmax_t(x, o, cols); }
+extern "C" __global__ void softmax_f16(const f16* x, f16* o, int cols) { softmax_t(x, o, cols); }
 extern "C" __global__ void l2_normalize_f32(const float* x, float* o, int cols) { l2_t(x, o, cols); }
 extern "C" __global__ void l2_normalize_bf16(const bf16* x, bf16* o, int cols) { l2_t(x, o, cols); }
+extern "C" __global__ void l2_normalize_f16(const f16* x, f16* o, int cols) { l2_t(x, o, cols); }
 "#
 );
 
@@ -348,18 +363,28 @@ FLASH(f32, float, 64, 64, 64)
 FLASH(f32, float, 128, 32, 32)
 FLASH(f32, float, 128, 64, 32)
 FLASH(bf16, bf16, 32, 32, 64)
+FLASH(f16, f16, 32, 32, 64)
 FLASH(bf16, bf16, 32, 64, 64)
+FLASH(f16, f16, 32, 64, 64)
 FLASH(bf16, bf16, 64, 32, 64)
+FLASH(f16, f16, 64, 32, 64)
 FLASH(bf16, bf16, 64, 64, 64)
+FLASH(f16, f16, 64, 64, 64)
 FLASH(bf16, bf16, 128, 32, 32)
+FLASH(f16, f16, 128, 32, 32)
 FLASH(bf16, bf16, 128, 64, 32)
+FLASH(f16, f16, 128, 64, 32)
 extern "C" __global__ void attention_f32(const float* q, const float* k, const float* v, const float* mask, float* o,
     int seq, int heads, int hd, long long rs, float scale) { attn_t(q, k, v, mask, o, seq, heads, hd, rs, scale); }
 extern "C" __global__ void attention_bf16(const bf16* q, const bf16* k, const bf16* v, const float* mask, bf16* o,
     int seq, int heads, int hd, long long rs, float scale) { attn_t(q, k, v, mask, o, seq, heads, hd, rs, scale); }
+extern "C" __global__ void attention_f16(const f16* q, const f16* k, const f16* v, const float* mask, f16* o,
+    int seq, int heads, int hd, long long rs, float scale) { attn_t(q, k, v, mask, o, seq, heads, hd, rs, scale); }
 extern "C" __global__ void attention_bias_f32(const float* q, const float* k, const float* v, const float* mask, float* o,
     int seq, int heads, int hd, long long rs, float scale, const float* bias) { attn_t(q, k, v, mask, o, seq, heads, hd, rs, scale, bias); }
 extern "C" __global__ void attention_bias_bf16(const bf16* q, const bf16* k, const bf16* v, const float* mask, bf16* o,
+    int seq, int heads, int hd, long long rs, float scale, const float* bias) { attn_t(q, k, v, mask, o, seq, heads, hd, rs, scale, bias); }
+extern "C" __global__ void attention_bias_f16(const f16* q, const f16* k, const f16* v, const float* mask, f16* o,
     int seq, int heads, int hd, long long rs, float scale, const float* bias) { attn_t(q, k, v, mask, o, seq, heads, hd, rs, scale, bias); }
 "#
 );
@@ -388,36 +413,19 @@ template <typename T> __device__ void mean_pool_t(const T* x, const float* mask,
 }
 extern "C" __global__ void gather_f32(const float* t, const unsigned* ids, float* o, long long n, int dim) { gather_t(t, ids, o, n, dim); }
 extern "C" __global__ void gather_bf16(const bf16* t, const unsigned* ids, bf16* o, long long n, int dim) { gather_t(t, ids, o, n, dim); }
+extern "C" __global__ void gather_f16(const f16* t, const unsigned* ids, f16* o, long long n, int dim) { gather_t(t, ids, o, n, dim); }
 extern "C" __global__ void mean_pool_f32(const float* x, const float* m, float* o, int seq, int dim) { mean_pool_t(x, m, o, seq, dim); }
 extern "C" __global__ void mean_pool_bf16(const bf16* x, const float* m, bf16* o, int seq, int dim) { mean_pool_t(x, m, o, seq, dim); }
+extern "C" __global__ void mean_pool_f16(const f16* x, const float* m, f16* o, int seq, int dim) { mean_pool_t(x, m, o, seq, dim); }
 "#
 );
 
 /// The kernels each unit defines (looked up once after loading).
 pub(crate) fn kernel_names(unit: Unit) -> &'static [&'static str] {
     match unit {
-        Unit::Elementwise => &[
-            "add_f32", "add_bf16", "act_f32", "act_bf16", "bias_act_f32", "bias_act_bf16", "cast_f32_bf16", "cast_bf16_f32", "glu_f32", "glu_bf16", "rope_f32", "rope_bf16",
-        ],
-        Unit::Norm => &["layer_norm_f32", "layer_norm_bf16", "softmax_f32", "softmax_bf16", "l2_normalize_f32", "l2_normalize_bf16"],
-        Unit::Attention => &[
-            "attention_f32",
-            "attention_bf16",
-            "attention_bias_f32",
-            "attention_bias_bf16",
-            "flash_f32_d32_q32",
-            "flash_f32_d32_q64",
-            "flash_f32_d64_q32",
-            "flash_f32_d64_q64",
-            "flash_f32_d128_q32",
-            "flash_f32_d128_q64",
-            "flash_bf16_d32_q32",
-            "flash_bf16_d32_q64",
-            "flash_bf16_d64_q32",
-            "flash_bf16_d64_q64",
-            "flash_bf16_d128_q32",
-            "flash_bf16_d128_q64",
-        ],
-        Unit::Gather => &["gather_f32", "gather_bf16", "mean_pool_f32", "mean_pool_bf16"],
+        Unit::Elementwise => &["add_f32", "add_bf16", "add_f16", "act_f32", "act_bf16", "act_f16", "bias_act_f32", "bias_act_bf16", "bias_act_f16", "cast_f32_bf16", "cast_bf16_f32", "cast_f32_f16", "cast_f16_f32", "glu_f32", "glu_bf16", "glu_f16", "rope_f32", "rope_bf16", "rope_f16"],
+        Unit::Norm => &["layer_norm_f32", "layer_norm_bf16", "layer_norm_f16", "softmax_f32", "softmax_bf16", "softmax_f16", "l2_normalize_f32", "l2_normalize_bf16", "l2_normalize_f16"],
+        Unit::Attention => &["attention_f32", "attention_bf16", "attention_f16", "attention_bias_f32", "attention_bias_bf16", "attention_bias_f16", "flash_f32_d32_q32", "flash_f32_d32_q64", "flash_f32_d64_q32", "flash_f32_d64_q64", "flash_f32_d128_q32", "flash_f32_d128_q64", "flash_bf16_d32_q32", "flash_f16_d32_q32", "flash_bf16_d32_q64", "flash_f16_d32_q64", "flash_bf16_d64_q32", "flash_f16_d64_q32", "flash_bf16_d64_q64", "flash_f16_d64_q64", "flash_bf16_d128_q32", "flash_f16_d128_q32", "flash_bf16_d128_q64", "flash_f16_d128_q64"],
+        Unit::Gather => &["gather_f32", "gather_bf16", "gather_f16", "mean_pool_f32", "mean_pool_bf16", "mean_pool_f16"],
     }
 }

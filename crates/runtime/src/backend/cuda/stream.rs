@@ -50,13 +50,16 @@ fn opt(p: Option<DevicePtr>) -> Arg {
     Arg::Ptr(p.unwrap_or(0))
 }
 
-/// The kernel for `d` among its f32 and bf16 instantiations (static names:
-/// no allocation on the launch path).
-fn pick(d: DType, f32: &'static str, bf16: &'static str) -> &'static str {
-    match d {
-        DType::F32 => f32,
-        DType::BF16 => bf16,
-    }
+/// The kernel `name_{f32,bf16,f16}` for dtype `d` (static names: no
+/// allocation on the launch path).
+macro_rules! pick {
+    ($d:expr, $name:literal) => {
+        match $d {
+            DType::F32 => concat!($name, "_f32"),
+            DType::BF16 => concat!($name, "_bf16"),
+            DType::F16 => concat!($name, "_f16"),
+        }
+    };
 }
 
 fn act_code(a: Activation) -> i32 {
@@ -194,6 +197,12 @@ fn flash_name(d: DType, dpad: usize, bq: u32) -> &'static str {
         (DType::BF16, 64, _) => "flash_bf16_d64_q64",
         (DType::BF16, _, 32) => "flash_bf16_d128_q32",
         (DType::BF16, _, _) => "flash_bf16_d128_q64",
+        (DType::F16, 32, 32) => "flash_f16_d32_q32",
+        (DType::F16, 32, _) => "flash_f16_d32_q64",
+        (DType::F16, 64, 32) => "flash_f16_d64_q32",
+        (DType::F16, 64, _) => "flash_f16_d64_q64",
+        (DType::F16, _, 32) => "flash_f16_d128_q32",
+        (DType::F16, _, _) => "flash_f16_d128_q64",
     }
 }
 
@@ -242,7 +251,7 @@ impl CudaStream {
         if smem > 48 * 1024 {
             return Err(Error::Unsupported { backend: "cuda", what: format!("attention with head_dim {} > 128 and seq {} + head_dim > 12288 floats of shared memory", p.head_dim, p.seq) });
         }
-        let name = pick(p.dtype, "attention_f32", "attention_bf16");
+        let name = pick!(p.dtype, "attention");
         // SAFETY: as above; `smem` floats of dynamic shared memory.
         unsafe { self.launch(Unit::Attention, name, (seq as u32, p.heads as u32, p.batch as u32), ATTN_BLOCK, smem as u32, &args) }
     }
@@ -367,7 +376,7 @@ impl BackendStream for CudaStream {
         // cublasGemmEx path): one elementwise pass over the output.
         if rest.bias || rest.act != Activation::None {
             let total = g.m * g.n;
-            let name = pick(g.dtype, "bias_act_f32", "bias_act_bf16");
+            let name = pick!(g.dtype, "bias_act");
             let bias = if rest.bias { g.bias } else { None };
             let args = [Arg::Ptr(g.out), opt(bias), Arg::I64(total as i64), Arg::I32(i32_dim(g.n, "gemm n")?), Arg::I32(act_code(rest.act))];
             // SAFETY: `out` holds m*n and `bias` n elements of `dtype`.
@@ -380,7 +389,7 @@ impl BackendStream for CudaStream {
         if n == 0 {
             return Ok(());
         }
-        let name = pick(dtype, "add_f32", "add_bf16");
+        let name = pick!(dtype, "add");
         // SAFETY: the three buffers hold n elements of `dtype` (the contract).
         unsafe { self.launch(Unit::Elementwise, name, (grid_1d(n, EW_BLOCK), 1, 1), EW_BLOCK, 0, &[Arg::Ptr(a), Arg::Ptr(b), Arg::Ptr(out), Arg::I64(n as i64)]) }
     }
@@ -389,7 +398,7 @@ impl BackendStream for CudaStream {
         if n == 0 {
             return Ok(());
         }
-        let name = pick(dtype, "act_f32", "act_bf16");
+        let name = pick!(dtype, "act");
         let args = [Arg::Ptr(x), Arg::Ptr(out), Arg::I64(n as i64), Arg::I32(act_code(act))];
         // SAFETY: both buffers hold n elements of `dtype` (the contract).
         unsafe { self.launch(Unit::Elementwise, name, (grid_1d(n, EW_BLOCK), 1, 1), EW_BLOCK, 0, &args) }
@@ -400,7 +409,7 @@ impl BackendStream for CudaStream {
             return Ok(());
         }
         let rows = u32::try_from(p.rows).ok().filter(|&r| r < i32::MAX as u32).ok_or_else(|| Error::InvalidArgument(format!("layer_norm rows={} too large", p.rows)))?;
-        let name = pick(p.dtype, "layer_norm_f32", "layer_norm_bf16");
+        let name = pick!(p.dtype, "layer_norm");
         let args = [Arg::Ptr(p.x), opt(p.residual), Arg::Ptr(p.gamma), Arg::Ptr(p.beta), Arg::Ptr(p.out), Arg::I32(i32_dim(p.cols, "cols")?), Arg::F32(p.eps)];
         // SAFETY: x/residual/out hold rows*cols, gamma/beta cols elements.
         unsafe { self.launch(Unit::Norm, name, (rows, 1, 1), ROW_BLOCK, 0, &args) }
@@ -411,7 +420,7 @@ impl BackendStream for CudaStream {
             return Ok(());
         }
         let r = i32_dim(rows, "rows")? as u32;
-        let name = pick(dtype, "softmax_f32", "softmax_bf16");
+        let name = pick!(dtype, "softmax");
         // SAFETY: both buffers hold rows*cols elements.
         unsafe { self.launch(Unit::Norm, name, (r, 1, 1), ROW_BLOCK, 0, &[Arg::Ptr(x), Arg::Ptr(out), Arg::I32(i32_dim(cols, "cols")?)]) }
     }
@@ -426,7 +435,7 @@ impl BackendStream for CudaStream {
         if n == 0 {
             return Ok(());
         }
-        let name = pick(dtype, "glu_f32", "glu_bf16");
+        let name = pick!(dtype, "glu");
         let args = [Arg::Ptr(x), Arg::Ptr(out), Arg::I64(rows as i64), Arg::I32(i32_dim(cols, "cols")?), Arg::I32(act_code(act))];
         // SAFETY: x holds rows*2*cols and out rows*cols elements of `dtype` (the contract).
         unsafe { self.launch(Unit::Elementwise, name, (grid_1d(n, EW_BLOCK), 1, 1), EW_BLOCK, 0, &args) }
@@ -441,7 +450,7 @@ impl BackendStream for CudaStream {
         if p.head_dim % 2 != 0 || p.seq == 0 {
             return Err(Error::InvalidArgument(format!("rope: head_dim {} must be even and seq {} positive", p.head_dim, p.seq)));
         }
-        let name = pick(p.dtype, "rope_f32", "rope_bf16");
+        let name = pick!(p.dtype, "rope");
         let args = [
             Arg::Ptr(p.x),
             Arg::Ptr(p.out),
@@ -463,7 +472,7 @@ impl BackendStream for CudaStream {
         if smem > 48 * 1024 {
             return Err(Error::Unsupported { backend: "cuda", what: format!("attention with a bias and seq {} + head_dim {} > 12288 floats of shared memory", p.seq, p.head_dim) });
         }
-        let name = pick(p.dtype, "attention_bias_f32", "attention_bias_bf16");
+        let name = pick!(p.dtype, "attention_bias");
         // SAFETY: q/k/v hold batch*seq rows of row_stride, mask batch*seq f32,
         // bias heads*seq*seq f32, out batch*seq*heads*head_dim elements (the
         // trait's contract); `smem` floats of dynamic shared memory.
@@ -474,7 +483,7 @@ impl BackendStream for CudaStream {
         if p.n == 0 || p.dim == 0 {
             return Ok(());
         }
-        let name = pick(p.dtype, "gather_f32", "gather_bf16");
+        let name = pick!(p.dtype, "gather");
         let args = [Arg::Ptr(p.table), Arg::Ptr(p.ids), Arg::Ptr(p.out), Arg::I64(p.n as i64), Arg::I32(i32_dim(p.dim, "dim")?)];
         // SAFETY: ids hold n in-range u32, out n*dim elements (the contract).
         unsafe { self.launch(Unit::Gather, name, (grid_1d(p.n * p.dim, EW_BLOCK), 1, 1), EW_BLOCK, 0, &args) }
@@ -487,7 +496,7 @@ impl BackendStream for CudaStream {
         if p.batch > 65535 {
             return Err(Error::InvalidArgument(format!("mean_pool: batch {} exceeds 65535 on CUDA", p.batch)));
         }
-        let name = pick(p.dtype, "mean_pool_f32", "mean_pool_bf16");
+        let name = pick!(p.dtype, "mean_pool");
         let dim = i32_dim(p.dim, "dim")?;
         let args = [Arg::Ptr(p.x), opt(p.mask), Arg::Ptr(p.out), Arg::I32(i32_dim(p.seq, "seq")?), Arg::I32(dim)];
         let grid = ((p.dim as u32).div_ceil(POOL_BLOCK), p.batch as u32, 1);
@@ -500,7 +509,7 @@ impl BackendStream for CudaStream {
             return Ok(());
         }
         let r = i32_dim(rows, "rows")? as u32;
-        let name = pick(dtype, "l2_normalize_f32", "l2_normalize_bf16");
+        let name = pick!(dtype, "l2_normalize");
         // SAFETY: both buffers hold rows*cols elements.
         unsafe { self.launch(Unit::Norm, name, (r, 1, 1), ROW_BLOCK, 0, &[Arg::Ptr(x), Arg::Ptr(out), Arg::I32(i32_dim(cols, "cols")?)]) }
     }
@@ -513,7 +522,13 @@ impl BackendStream for CudaStream {
             // SAFETY: both buffers hold n elements of `from`.
             return unsafe { self.d2d(x, out, n * from.size()) };
         }
-        let name = if from == DType::F32 { "cast_f32_bf16" } else { "cast_bf16_f32" };
+        let name = match (from, to) {
+            (DType::F32, DType::BF16) => "cast_f32_bf16",
+            (DType::BF16, DType::F32) => "cast_bf16_f32",
+            (DType::F32, DType::F16) => "cast_f32_f16",
+            (DType::F16, DType::F32) => "cast_f16_f32",
+            _ => return Err(Error::Unsupported { backend: "cuda", what: format!("cast {} -> {} (go through f32)", from.name(), to.name()) }),
+        };
         // SAFETY: x holds n `from`, out n `to` elements.
         unsafe { self.launch(Unit::Elementwise, name, (grid_1d(n, EW_BLOCK), 1, 1), EW_BLOCK, 0, &[Arg::Ptr(x), Arg::Ptr(out), Arg::I64(n as i64)]) }
     }
