@@ -145,6 +145,30 @@ pub struct Attention {
     pub dtype: DType,
 }
 
+/// Scaled-dot-product attention over a packed token stream (flash-attention's
+/// varlen layout): no padding anywhere. Sequence `b` is the tokens
+/// `cu_seqlens[b] .. cu_seqlens[b+1]` of the stream, and attends only to
+/// itself. `cu_seqlens` is `batch + 1` non-decreasing `u32` on the device,
+/// starting at 0 and ending at the stream's token count; `max_seq` is the
+/// longest sequence (it sizes the launch). `q`, `k`, `v` are rows
+/// `row_stride` elements apart as in [`Attention`]; `out` is `[tokens,
+/// heads*head_dim]`, dense. Softmax statistics are f32 in every dtype.
+#[derive(Clone, Copy, Debug)]
+pub struct VarlenAttention {
+    pub q: DevicePtr,
+    pub k: DevicePtr,
+    pub v: DevicePtr,
+    pub row_stride: usize,
+    pub cu_seqlens: DevicePtr,
+    pub out: DevicePtr,
+    pub batch: usize,
+    pub max_seq: usize,
+    pub heads: usize,
+    pub head_dim: usize,
+    pub scale: f32,
+    pub dtype: DType,
+}
+
 /// Rotary position embedding (the rotate-half form of GPT-NeoX, Llama,
 /// ModernBERT) on packed qkv rows `x[rows, 3*heads*head_dim]`: each head of
 /// the q and k parts becomes `x·cos + rotate_half(x)·sin`, the v part is
@@ -269,6 +293,12 @@ pub trait BackendStream: Send + Sync + 'static {
     /// seq]`, shared by every batch row) added to each head's scaled scores
     /// before the softmax: MPNet's relative-position bias, ALiBi and the like.
     unsafe fn attention_bias(&self, p: &Attention, bias: DevicePtr) -> Result<()>;
+    /// See [`VarlenAttention`]. The caller has checked `cu_seqlens` (on the
+    /// host, before upload) against the stream's length and `max_seq`.
+    unsafe fn attention_varlen(&self, p: &VarlenAttention) -> Result<()> {
+        let _ = p;
+        Err(Error::Unsupported { backend: "this", what: "packed (varlen) attention".into() })
+    }
     /// Gated linear unit: `out[r, i] = act(x[r, i]) · x[r, cols + i]` for
     /// `x[rows, 2*cols]` and `out[rows, cols]` (GeGLU with GELU, ReGLU with ReLU).
     unsafe fn glu(&self, x: DevicePtr, out: DevicePtr, rows: usize, cols: usize, act: Activation, dtype: DType) -> Result<()>;

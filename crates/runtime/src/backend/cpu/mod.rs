@@ -13,8 +13,9 @@
 pub mod kernels;
 pub mod pool;
 pub mod progress;
+pub mod varlen;
 
-use super::{Activation, Attention, Backend, BackendEvent, BackendKind, BackendStream, DType, DevicePtr, Gather, Gemm, LayerNorm, MeanPool, Rope};
+use super::{Activation, Attention, VarlenAttention, Backend, BackendEvent, BackendKind, BackendStream, DType, DevicePtr, Gather, Gemm, LayerNorm, MeanPool, Rope};
 use crate::error::{Error, Result};
 use crate::event_state::EventState;
 use std::any::Any;
@@ -369,6 +370,23 @@ impl BackendStream for CpuStream {
                 kernels::attention(q.f32(span), k.f32(span), v.f32(span), p.row_stride, m.map(|m| m.f32(tokens)), o.f32_mut(tokens * d), p.batch, p.seq, p.heads, p.head_dim, p.scale)
             };
             Ok(())
+        }))
+    }
+    unsafe fn attention_varlen(&self, p: &VarlenAttention) -> Result<()> {
+        f32_only(p.dtype)?;
+        let p = *p;
+        let d = p.heads * p.head_dim;
+        let cu = P(p.cu_seqlens);
+        let (q, k, v, o) = (P(p.q), P(p.k), P(p.v), P(p.out));
+        self.enqueue(Box::new(move || {
+            // SAFETY: caller contract on `VarlenAttention`: cu_seqlens holds
+            // batch+1 u32 (read here, on the stream, after the upload before
+            // it); q/k/v hold `tokens` rows of row_stride and out tokens*d.
+            let cu = unsafe { std::slice::from_raw_parts(cu.0 as *const u32, p.batch + 1) };
+            let tokens = *cu.last().unwrap_or(&0) as usize;
+            let span = if tokens == 0 { 0 } else { (tokens - 1) * p.row_stride + d };
+            // SAFETY: as above.
+            unsafe { varlen::attention_varlen(q.f32(span), k.f32(span), v.f32(span), p.row_stride, cu, o.f32_mut(tokens * d), p.heads, p.head_dim, p.scale) }
         }))
     }
     unsafe fn glu(&self, x: DevicePtr, out: DevicePtr, rows: usize, cols: usize, act: Activation, dtype: DType) -> Result<()> {

@@ -7,7 +7,7 @@ use super::event::cuda_event;
 use super::graph::CudaGraph;
 use super::module::Unit;
 use super::pinned::PinnedPool;
-use crate::backend::{Activation, Attention, BackendEvent, BackendGraph, BackendStream, DType, DevicePtr, Gather, Gemm, LayerNorm, MeanPool, Rope};
+use crate::backend::{Activation, Attention, VarlenAttention, BackendEvent, BackendGraph, BackendStream, DType, DevicePtr, Gather, Gemm, LayerNorm, MeanPool, Rope};
 use crate::error::{Error, Result};
 use cudarc::driver::sys::{self, CUresult, CUstream};
 use std::any::Any;
@@ -206,6 +206,39 @@ fn flash_name(d: DType, dpad: usize, bq: u32) -> &'static str {
     }
 }
 
+/// The packed-layout kernel: `(name, threads, query tile)`. f16/bf16 run the
+/// tensor-core (mma) kernel unless `mma` is off; f32 (and half with `mma`
+/// off) the CUDA-core tiled kernel. `None`: head_dim over 128.
+fn varlen_kernel(d: DType, hd: usize, mma: bool) -> Option<(&'static str, u32, u32)> {
+    let dpad = hd.next_power_of_two().max(32);
+    if dpad > 128 {
+        return None;
+    }
+    if mma && d.is_half() {
+        let name = match (d, dpad) {
+            (DType::BF16, 32) => "flash_mma_bf16_d32",
+            (DType::BF16, 64) => "flash_mma_bf16_d64",
+            (DType::BF16, _) => "flash_mma_bf16_d128",
+            (DType::F16, 32) => "flash_mma_f16_d32",
+            (DType::F16, 64) => "flash_mma_f16_d64",
+            (_, _) => "flash_mma_f16_d128",
+        };
+        return Some((name, 128, 64));
+    }
+    let name = match (d, dpad) {
+        (DType::F32, 32) => "flash_varlen_f32_d32_q64",
+        (DType::F32, 64) => "flash_varlen_f32_d64_q64",
+        (DType::F32, _) => "flash_varlen_f32_d128_q64",
+        (DType::BF16, 32) => "flash_varlen_bf16_d32_q64",
+        (DType::BF16, 64) => "flash_varlen_bf16_d64_q64",
+        (DType::BF16, _) => "flash_varlen_bf16_d128_q64",
+        (DType::F16, 32) => "flash_varlen_f16_d32_q64",
+        (DType::F16, 64) => "flash_varlen_f16_d64_q64",
+        (DType::F16, _) => "flash_varlen_f16_d128_q64",
+    };
+    Some((name, 64 * (dpad as u32 / 32), 64))
+}
+
 /// The checks and kernel arguments every attention kernel shares: q, k, v,
 /// mask, out, seq, heads, head_dim, row stride, scale; `None` when there is
 /// nothing to compute.
@@ -222,6 +255,44 @@ fn attention_args(p: &Attention) -> Result<Option<(i32, [Arg; 10])>> {
 }
 
 impl CudaStream {
+    /// Packed attention with the tensor-core kernel (`mma`, f16/bf16) or
+    /// the CUDA-core tiled one (tests compare them);
+    /// `BackendStream::attention_varlen` uses mma unless `BRAID_ATTN_MMA=0`.
+    ///
+    /// # Safety
+    /// As [`BackendStream::attention_varlen`].
+    pub unsafe fn attention_varlen_with(&self, p: &VarlenAttention, mma: bool) -> Result<()> {
+        if p.batch == 0 || p.max_seq == 0 || p.heads == 0 || p.head_dim == 0 {
+            return Ok(());
+        }
+        if p.heads > 65535 || p.batch > 65535 {
+            return Err(Error::InvalidArgument(format!("attention_varlen: heads ({}) and batch ({}) must be at most 65535 on CUDA", p.heads, p.batch)));
+        }
+        // mma.sync with bf16 needs compute capability 8.0.
+        let Some((name, threads, bq)) = varlen_kernel(p.dtype, p.head_dim, mma && self.ctx.cc.0 >= 8) else {
+            return Err(Error::Unsupported { backend: "cuda", what: format!("packed attention with head_dim {} > 128", p.head_dim) });
+        };
+        let max_seq = i32_dim(p.max_seq, "max_seq")? as u32;
+        let args = [
+            Arg::Ptr(p.q),
+            Arg::Ptr(p.k),
+            Arg::Ptr(p.v),
+            Arg::Ptr(p.cu_seqlens),
+            Arg::Ptr(p.out),
+            Arg::I32(p.heads as i32),
+            Arg::I32(i32_dim(p.head_dim, "head_dim")?),
+            Arg::I64(p.row_stride as i64),
+            Arg::F32(p.scale),
+        ];
+        let grid = (max_seq.div_ceil(bq), p.heads as u32, p.batch as u32);
+        // SAFETY: cu_seqlens holds batch+1 offsets rising to the stream's
+        // token count, each segment at most max_seq long (checked by the
+        // caller); q/k/v hold that many rows of row_stride and out
+        // tokens*heads*head_dim elements; the kernels use static shared memory
+        // and read head_dim <= their padded width.
+        unsafe { self.launch(Unit::Attention, name, grid, threads, 0, &args) }
+    }
+
     /// Attention with a chosen kernel (tests and benchmarks compare them);
     /// `BackendStream::attention` is `attention_with(p, AttnKernel::Auto)`.
     ///
@@ -428,6 +499,11 @@ impl BackendStream for CudaStream {
     unsafe fn attention(&self, p: &Attention) -> Result<()> {
         // SAFETY: the caller's contract, passed on.
         unsafe { self.attention_with(p, AttnKernel::Auto) }
+    }
+
+    unsafe fn attention_varlen(&self, p: &VarlenAttention) -> Result<()> {
+        // SAFETY: the caller's contract, passed on.
+        unsafe { self.attention_varlen_with(p, self.ctx.attn_mma) }
     }
 
     unsafe fn glu(&self, x: DevicePtr, out: DevicePtr, rows: usize, cols: usize, act: Activation, dtype: DType) -> Result<()> {
