@@ -3,7 +3,10 @@
 //! optionally with an additive per-head bias on the scores.
 
 use crate::tensor::{same_dtype, shape_err, Tensor};
-use braid_runtime::{backend::Attention, DType, Error, Result};
+use braid_runtime::{
+    backend::{Attention, VarlenAttention},
+    DType, Error, Result,
+};
 
 fn check_mask(op: &'static str, mask: Option<&Tensor>, b: usize, s: usize, what: &[usize]) -> Result<()> {
     if let Some(m) = mask {
@@ -112,4 +115,58 @@ pub fn attention_packed_bias(qkv: &Tensor, mask: Option<&Tensor>, bias: &Tensor,
     let es = qkv.dtype().size() as u64;
     let base = qkv.ptr();
     launch_bias(op, &[qkv], base, base + d as u64 * es, base + 2 * d as u64 * es, d3, mask, Some(bias), b, s, heads, d / heads)
+}
+
+/// Attention over a packed token stream (no padding): `qkv` is `[tokens,
+/// 3*dim]` (each token's q, k and v side by side) and `cu_seqlens` the
+/// `batch + 1` offsets of the sequences in it (0, len₀, len₀+len₁, ...,
+/// tokens); each sequence attends only to itself. Returns `[tokens, dim]`.
+/// Offsets that do not rise from 0 to `tokens` are an error.
+pub fn attention_varlen(qkv: &Tensor, cu_seqlens: &[u32], heads: usize) -> Result<Tensor> {
+    let op = "attention_varlen";
+    if qkv.dims() != 2 || qkv.shape()[1] % 3 != 0 {
+        return Err(shape_err(op, format!("packed qkv {:?} must be [tokens, 3*dim]", qkv.shape())));
+    }
+    let (t, d3) = (qkv.shape()[0], qkv.shape()[1]);
+    let d = d3 / 3;
+    if heads == 0 || d % heads != 0 {
+        return Err(shape_err(op, format!("dim {d} of packed qkv {:?} is not divisible into {heads} heads", qkv.shape())));
+    }
+    if cu_seqlens.len() < 2 || cu_seqlens[0] != 0 || cu_seqlens.windows(2).any(|w| w[1] < w[0]) || *cu_seqlens.last().unwrap_or(&0) as usize != t {
+        return Err(Error::InvalidArgument(format!("{op}: cu_seqlens must rise from 0 to the {t} tokens of qkv {:?}, got {cu_seqlens:?}", qkv.shape())));
+    }
+    let max_seq = cu_seqlens.windows(2).map(|w| (w[1] - w[0]) as usize).max().unwrap_or(0);
+    let device = qkv.device();
+    let stream = Tensor::prepare(device, &[qkv])?;
+    let out = Tensor::empty_on(device, &stream, &[t, d], qkv.dtype())?;
+    if t == 0 {
+        return Ok(out);
+    }
+    let block = device.alloc(cu_seqlens.len() * 4, &stream)?;
+    let bytes: Vec<u8> = cu_seqlens.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let es = qkv.dtype().size() as u64;
+    let base = qkv.ptr();
+    let p = VarlenAttention {
+        q: base,
+        k: base + d as u64 * es,
+        v: base + 2 * d as u64 * es,
+        row_stride: d3,
+        cu_seqlens: block.ptr(),
+        out: out.ptr(),
+        batch: cu_seqlens.len() - 1,
+        max_seq,
+        heads,
+        head_dim: d / heads,
+        scale: 1.0 / ((d / heads) as f32).sqrt(),
+        dtype: qkv.dtype(),
+    };
+    // SAFETY: `block` holds the batch+1 offsets (checked above to rise from 0
+    // to t, each segment at most max_seq), made on this stream and freed
+    // stream-ordered after the kernel; `h2d` stages `bytes`. q/k/v address t
+    // rows of d3 elements inside qkv, out holds t*d; all outlive the kernel.
+    unsafe {
+        stream.raw().h2d(&bytes, block.ptr())?;
+        stream.raw().attention_varlen(&p)?;
+    }
+    Ok(out)
 }
