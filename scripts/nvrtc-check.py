@@ -1,8 +1,7 @@
 #!/usr/bin/env python3
 """Compile every CUDA unit of crates/runtime/src/backend/cuda/source.rs with
-NVRTC for sm_90 on a machine without a GPU (NVRTC needs no device), and
-check each unit's kernel names resolve. Catches compile errors before a GPU
-run. Needs libnvrtc (pip's nvidia-cuda-nvrtc, or a CUDA toolkit); prints
+NVRTC for sm_90 on a machine without a GPU (NVRTC needs no device).
+Catches compile errors before a GPU run. Needs libnvrtc (pip's nvidia-cuda-nvrtc, or a CUDA toolkit); prints
 SKIPPED when there is none. Usage: python3 scripts/nvrtc-check.py [sm_XX]"""
 import ctypes, glob, os, re, sys
 
