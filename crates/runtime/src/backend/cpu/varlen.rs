@@ -11,11 +11,27 @@ use crate::error::{Error, Result};
 /// `row_stride` apart, `out` is `[tokens, heads*hd]`. Offsets that decrease
 /// or pass the buffers are an error, never an out-of-bounds read.
 #[allow(clippy::too_many_arguments)]
-pub fn attention_varlen(q: &[f32], k: &[f32], v: &[f32], row_stride: usize, cu: &[u32], out: &mut [f32], heads: usize, hd: usize, scale: f32) -> Result<()> {
+pub fn attention_varlen(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    row_stride: usize,
+    cu: &[u32],
+    out: &mut [f32],
+    heads: usize,
+    hd: usize,
+    scale: f32,
+) -> Result<()> {
     let d = heads * hd;
     let tokens = *cu.last().unwrap_or(&0) as usize;
-    if cu.first().is_some_and(|&c| c != 0) || cu.windows(2).any(|w| w[1] < w[0]) || out.len() < tokens * d {
-        return Err(Error::InvalidArgument(format!("attention_varlen: cu_seqlens {cu:?} must rise from 0 to the stream's {} tokens", out.len() / d.max(1))));
+    if cu.first().is_some_and(|&c| c != 0)
+        || cu.windows(2).any(|w| w[1] < w[0])
+        || out.len() < tokens * d
+    {
+        return Err(Error::InvalidArgument(format!(
+            "attention_varlen: cu_seqlens {cu:?} must rise from 0 to the stream's {} tokens",
+            out.len() / d.max(1)
+        )));
     }
     for w in cu.windows(2) {
         let (start, len) = (w[0] as usize, (w[1] - w[0]) as usize);
@@ -25,9 +41,23 @@ pub fn attention_varlen(q: &[f32], k: &[f32], v: &[f32], row_stride: usize, cu: 
         let span = (len - 1) * row_stride + d;
         let at = start * row_stride;
         if at + span > q.len().min(k.len()).min(v.len()) {
-            return Err(Error::InvalidArgument(format!("attention_varlen: segment at {start} of {len} tokens runs past the q/k/v rows")));
+            return Err(Error::InvalidArgument(format!(
+                "attention_varlen: segment at {start} of {len} tokens runs past the q/k/v rows"
+            )));
         }
-        kernels::attention(&q[at..at + span], &k[at..at + span], &v[at..at + span], row_stride, None, &mut out[start * d..(start + len) * d], 1, len, heads, hd, scale);
+        kernels::attention(
+            &q[at..at + span],
+            &k[at..at + span],
+            &v[at..at + span],
+            row_stride,
+            None,
+            &mut out[start * d..(start + len) * d],
+            1,
+            len,
+            heads,
+            hd,
+            scale,
+        );
     }
     Ok(())
 }
