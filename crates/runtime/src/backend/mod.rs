@@ -353,8 +353,10 @@ pub trait Backend: Send + Sync + 'static {
 /// until the stream has passed the call, is not written by another stream
 /// meanwhile, and that the output of a kernel shares no byte with any of its
 /// inputs (no aliasing: a backend may build a shared and a mutable view over
-/// them at once). Index operands (`Gather::ids`) are in range. The safe op
-/// layer (`crate::ops`) checks all of it; `braid-nn` only goes through it.
+/// them at once). Index operands are in range (`Gather::ids`) or well formed
+/// (`VarlenAttention::cu_seqlens`: rising from 0, no segment over
+/// `max_seq`). The safe op layer (`crate::ops`) checks all of it; `braid-nn`
+/// only goes through it.
 pub trait BackendStream: Kernels + Send + Sync + 'static {
     fn as_any(&self) -> &dyn Any;
     /// Block until all work enqueued so far has completed; reports the first
