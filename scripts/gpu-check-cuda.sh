@@ -52,12 +52,12 @@ if command -v compute-sanitizer >/dev/null && [[ "${SANITIZE:-1}" == 1 ]]; then
         >"$out/memcheck.log" 2>&1 || status=1
     grep -E "ERROR SUMMARY|test result" "$out/memcheck.log" | tee "$out/cuda-memcheck-summary.log"
     echo "== compute-sanitizer racecheck (shared-memory kernels)"
-    for f in layer_norm_softmax_l2 attention_matches gather_and_mean_pool; do
+    for f in layer_norm_softmax_l2 attention_matches attention_varlen gather_and_mean_pool; do
         BRAID_ATTN_SMALL=1 compute-sanitizer --tool racecheck --racecheck-report all "$t" "$f" --test-threads=1 >"$out/racecheck-$f.log" 2>&1 || status=1
         grep -E "RACECHECK SUMMARY" "$out/racecheck-$f.log" | sed "s/^/$f: /" | tee -a "$out/cuda-racecheck-summary.log"
     done
     echo "== compute-sanitizer synccheck (barriers in the shared-memory kernels)"
-    for f in layer_norm_softmax_l2 attention_matches gather_and_mean_pool; do
+    for f in layer_norm_softmax_l2 attention_matches attention_varlen gather_and_mean_pool; do
         BRAID_ATTN_SMALL=1 compute-sanitizer --tool synccheck --error-exitcode 9 "$t" "$f" --test-threads=1 >"$out/synccheck-$f.log" 2>&1 || status=1
         grep -E "ERROR SUMMARY" "$out/synccheck-$f.log" | sed "s/^/$f: /" | tee -a "$out/cuda-synccheck-summary.log"
     done

@@ -6,10 +6,10 @@
 //! order; each device embeds its share and the output keeps the input order.
 
 use braid_nn::SentenceEmbedder;
-use braid_runtime::{Device, Error, Result};
+use braid_runtime::{DType, Device, Error, Result};
 use std::process::ExitCode;
 
-pub fn run(devices: &[Device], model: &str, texts: &[String], json: bool) -> Result<ExitCode> {
+pub fn run(devices: &[Device], model: &str, texts: &[String], json: bool, dtype: DType) -> Result<ExitCode> {
     if texts.is_empty() {
         return Err(Error::InvalidArgument("give at least one text to embed (braid embed --model DIR TEXT...)".into()));
     }
@@ -21,7 +21,7 @@ pub fn run(devices: &[Device], model: &str, texts: &[String], json: bool) -> Res
             .zip(texts.chunks(share).chain(std::iter::repeat(&[][..])))
             .map(|(d, chunk)| {
                 s.spawn(move || -> Result<(SentenceEmbedder, Vec<Vec<f32>>)> {
-                    let e = SentenceEmbedder::load(model, d)?;
+                    let e = SentenceEmbedder::load_with(model, d, dtype)?;
                     let refs: Vec<&str> = chunk.iter().map(|s| s.as_str()).collect();
                     let out = e.embed(&refs)?;
                     Ok((e, out))
@@ -35,7 +35,7 @@ pub fn run(devices: &[Device], model: &str, texts: &[String], json: bool) -> Res
     let embeddings: Vec<Vec<f32>> = results.iter().flat_map(|(_, e)| e.iter().cloned()).collect();
     if json {
         let items: Vec<serde_json::Value> = texts.iter().zip(&embeddings).map(|(t, e)| serde_json::json!({ "text": t, "embedding": e })).collect();
-        let doc = serde_json::json!({ "model": model, "device": device.name(), "dim": embedder.dim(), "modules": embedder.describe(), "embeddings": items });
+        let doc = serde_json::json!({ "model": model, "device": device.name(), "dim": embedder.dim(), "dtype": dtype.name(), "modules": embedder.describe(), "embeddings": items });
         println!("{}", serde_json::to_string(&doc).map_err(|e| Error::InvalidArgument(e.to_string()))?);
     } else {
         for e in &embeddings {

@@ -39,10 +39,11 @@ pub fn run(model: Option<&str>) -> Result<ExitCode> {
     println!("  assignment: {assignment} (BRAID_STREAM_POOL_ASSIGNMENT)");
     let caps = auto.capabilities();
     println!(
-        "  can: graph capture {}, host functions {}, timing events {}, dtypes {}",
+        "  can: graph capture {}, host functions {}, timing events {}, packed (varlen) attention {}, dtypes {}",
         yes(caps.graph_capture),
         yes(caps.host_functions),
         yes(caps.timing),
+        yes(caps.varlen_attention),
         caps.dtypes.iter().map(|d| d.name()).collect::<Vec<_>>().join(", ")
     );
     match options.max_inflight {

@@ -16,7 +16,12 @@ mod soak;
 mod story;
 mod workloads;
 
-use braid_runtime::Device;
+use braid_runtime::{DType, Device};
+
+/// `--dtype`: f32 (the default), f16 or bf16; anything else is an error.
+pub fn parse_dtype(s: &str) -> std::result::Result<DType, String> {
+    DType::parse(s).map_err(|e| e.to_string())
+}
 
 /// A seed that differs run to run (fresh random inputs for checks).
 pub fn fresh_seed() -> u64 {
@@ -59,6 +64,9 @@ enum Cmd {
         /// Folder of family fixtures (<family>/reference.json), each checked against its Python reference.
         #[arg(long, default_value = "crates/nn/tests/fixtures")]
         fixtures: String,
+        /// The model check (MiniLM vs its reference) in f32 (default), f16 or bf16 (GEMMs on tensor cores, f32 accumulation; half needs a GPU).
+        #[arg(long, default_value = "f32", value_parser = parse_dtype)]
+        dtype: DType,
     },
     /// Score (query, text) pairs with a cross-encoder, best first; or classify texts (--predict).
     Rerank {
@@ -91,6 +99,9 @@ enum Cmd {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+        /// Weights and activations in f32 (default), f16 or bf16 (GEMMs on tensor cores, f32 accumulation; half needs a GPU).
+        #[arg(long, default_value = "f32", value_parser = parse_dtype)]
+        dtype: DType,
         /// The texts.
         texts: Vec<String>,
     },
@@ -126,7 +137,7 @@ enum BenchCmd {
         /// auto, cpu, cuda or cuda:N.
         #[arg(long, default_value = "auto")]
         device: String,
-        /// mlp, encoder or minilm.
+        /// mlp, encoder, minilm (128 tokens a text) or mixed (MiniLM on seeded lengths 8..256, mean ~60).
         #[arg(long, default_value = "mlp")]
         workload: String,
         /// Short runs (under a minute on a 2-core CPU).
@@ -138,6 +149,9 @@ enum BenchCmd {
         /// MiniLM model directory (for --workload minilm).
         #[arg(long, default_value = "models/all-MiniLM-L6-v2")]
         model: String,
+        /// Weights and activations in f32 (default), f16 or bf16 for --workload minilm or mixed (GEMMs on tensor cores, f32 accumulation; half needs a GPU).
+        #[arg(long, default_value = "f32", value_parser = parse_dtype)]
+        dtype: DType,
     },
     /// braid and a peer (PyTorch) side by side, one table per section, with ratios.
     Compare {
@@ -162,15 +176,15 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let r = match cli.cmd {
         Cmd::Info { model } => info::run(model.as_deref()),
-        Cmd::Embed { model, device, json, texts } => Device::parse_many(&device).and_then(|d| embed::run(&d, &model, &texts, json)),
+        Cmd::Embed { model, device, json, dtype, texts } => Device::parse_many(&device).and_then(|d| embed::run(&d, &model, &texts, json, dtype)),
         Cmd::Serve(opts) => serve::run(&opts),
         Cmd::Soak { minutes, device, threads, model, json } => Device::parse_many(&device).and_then(|d| soak::run(&d, minutes, threads, &model, json.as_deref())),
-        Cmd::Check { device, threads, iters, model, fixtures } => Device::parse(&device).and_then(|d| check::run(&d, threads, iters, &model, &fixtures)),
+        Cmd::Check { device, threads, iters, model, fixtures, dtype } => Device::parse(&device).and_then(|d| check::run(&d, threads, iters, &model, &fixtures, dtype)),
         Cmd::Rerank { model, device, raw_scores, predict, json, args } => Device::parse(&device).and_then(|d| {
             let (query, texts) = if predict { (None, &args[..]) } else { (args.first().map(|s| s.as_str()), args.get(1..).unwrap_or(&[])) };
             rerank::run(&d, &model, query, texts, raw_scores, predict, json)
         }),
-        Cmd::Bench { cmd: BenchCmd::Story { device, workload, quick, json, model } } => story_cmd(&device, &workload, quick, json.as_deref(), &model),
+        Cmd::Bench { cmd: BenchCmd::Story { device, workload, quick, json, model, dtype } } => story_cmd(&device, &workload, quick, json.as_deref(), &model, dtype),
         Cmd::Bench { cmd: BenchCmd::Compare { ours, peer, svg } } => compare::load(&ours).and_then(|a| {
             let b = compare::load(&peer)?;
             print!("{}", compare::compare(&a, &b));
@@ -190,7 +204,10 @@ fn main() -> ExitCode {
     }
 }
 
-fn story_cmd(device: &str, workload: &str, quick: bool, json: Option<&str>, model: &str) -> braid_runtime::Result<ExitCode> {
+fn story_cmd(device: &str, workload: &str, quick: bool, json: Option<&str>, model: &str, dtype: DType) -> braid_runtime::Result<ExitCode> {
+    if dtype != DType::F32 && !matches!(workload, "minilm" | "mixed") {
+        return Err(braid_runtime::Error::InvalidArgument(format!("--dtype {} applies to --workload minilm or mixed; the {workload} workload is f32 only", dtype.name())));
+    }
     let devices = Device::parse_many(device)?;
     // A list (`cuda:all`, `cpu:0,1`) runs the dynamic rows over a replica
     // per device, even where the list has one device; a single name runs
@@ -204,12 +221,13 @@ fn story_cmd(device: &str, workload: &str, quick: bool, json: Option<&str>, mode
     if std::env::var_os(drill::VAR).is_some() {
         return Err(braid_runtime::Error::InvalidArgument(format!("{} is honoured by `braid serve` only; unset it for `bench story`", drill::VAR)));
     }
-    eprintln!("braid bench story: workload {workload} on {} ({}){}{}, batch policy {}", d0.name(), d0.kind().name(), if quick { ", quick" } else { "" }, if replicated { format!(", dynamic rows over {} device(s)", devices.len()) } else { String::new() }, policy.name());
+    eprintln!("braid bench story: workload {workload} ({}) on {} ({}){}{}, batch policy {}", dtype.name(), d0.name(), d0.kind().name(), if quick { ", quick" } else { "" }, if replicated { format!(", dynamic rows over {} device(s)", devices.len()) } else { String::new() }, policy.name());
     let report = match workload {
         "mlp" => story::run(&devices, &devices.iter().map(workloads::MlpBench::new).collect::<braid_runtime::Result<Vec<_>>>()?, replicated, &settings)?,
         "encoder" => story::run(&devices, &devices.iter().map(workloads::EncoderBench::new).collect::<braid_runtime::Result<Vec<_>>>()?, replicated, &settings)?,
-        "minilm" => story::run(&devices, &devices.iter().map(|d| workloads::MiniLmBench::new(d, model)).collect::<braid_runtime::Result<Vec<_>>>()?, replicated, &settings)?,
-        other => return Err(braid_runtime::Error::InvalidArgument(format!("unknown workload {other:?}: expected mlp, encoder or minilm"))),
+        "minilm" => story::run(&devices, &devices.iter().map(|d| workloads::MiniLmBench::new(d, model, dtype, false)).collect::<braid_runtime::Result<Vec<_>>>()?, replicated, &settings)?,
+        "mixed" => story::run(&devices, &devices.iter().map(|d| workloads::MiniLmBench::new(d, model, dtype, true)).collect::<braid_runtime::Result<Vec<_>>>()?, replicated, &settings)?,
+        other => return Err(braid_runtime::Error::InvalidArgument(format!("unknown workload {other:?}: expected mlp, encoder, minilm or mixed"))),
     };
     if let Some(path) = json {
         let text = serde_json::to_string_pretty(&report).map_err(|e| braid_runtime::Error::Io { path: path.into(), message: e.to_string() })?;

@@ -29,6 +29,9 @@ pub struct Options {
     /// auto, cpu, cuda, cuda:N, or several devices: cuda:all, cuda:0,1, cpu:0,1 (one model replica each, one queue in front).
     #[arg(long, env = "BRAID_DEVICE", default_value = "auto")]
     pub device: String,
+    /// Weights and activations in f32 (default), f16 or bf16 (GEMMs on tensor cores, f32 accumulation; half needs a GPU).
+    #[arg(long, env = "BRAID_DTYPE", default_value = "f32", value_parser = crate::parse_dtype)]
+    pub dtype: braid_runtime::DType,
     #[arg(long, env = "BRAID_HOST", default_value = "127.0.0.1")]
     pub host: String,
     /// 0: an ephemeral port (printed at start-up).
@@ -306,13 +309,13 @@ pub fn run(o: &Options) -> Result<ExitCode> {
     let faults = crate::drill::resolve(&faults, &devices)?;
     let device = devices[0].clone();
     let names: Vec<String> = devices.iter().map(|d| d.label().to_string()).collect();
-    eprintln!("serve: loading {} on {} ({}; device cache budget: {}; batch policy {})", o.model, device.name(), names.join(", "), cache.map(|b| format!("{b} bytes each")).unwrap_or_else(|| "unlimited".into()), config.batcher.policy.name());
+    eprintln!("serve: loading {} in {} on {} ({}; device cache budget: {}; batch policy {})", o.model, o.dtype.name(), device.name(), names.join(", "), cache.map(|b| format!("{b} bytes each")).unwrap_or_else(|| "unlimited".into()), config.batcher.policy.name());
     let embedders: Vec<Arc<SentenceEmbedder>> = std::thread::scope(|s| {
         let loads: Vec<_> = devices
             .iter()
             .map(|d| {
                 s.spawn(move || -> Result<Arc<SentenceEmbedder>> {
-                    let e = SentenceEmbedder::load(&o.model, d)?;
+                    let e = SentenceEmbedder::load_with(&o.model, d, o.dtype)?;
                     // Loading bound this thread to a stream of the pool; give
                     // it back so the batcher's workers have every worker stream.
                     d.pool().release_current();

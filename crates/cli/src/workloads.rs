@@ -100,6 +100,34 @@ impl Bench for EncoderBench {
 /// or any model directory braid loads (`--model DIR`).
 pub struct MiniLmBench {
     pub model: Arc<SentenceEmbedder>,
+    /// The mixed-length set ([`mixed_rows`]) instead of 128 tokens a text.
+    pub mixed: bool,
+}
+
+/// The mixed-length set shared with `bench/peers/torch_story.py --workload
+/// mixed`: row `i` of `n` is `[cls] ids [sep]` with a length of
+/// `8 + floor(249·u⁴)` tokens (8..=256, mean ≈ 58), capped at `max_len`,
+/// and ids in 1000..21000, all drawn from splitmix64 seeded 2026 (`u` is
+/// the top 53 bits as a fraction). Both sides build the same rows.
+pub fn mixed_rows(n: usize, cls: u32, sep: u32, max_len: usize) -> Vec<Vec<u32>> {
+    let mut state: u64 = 2026;
+    let mut next = move || {
+        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    };
+    (0..n)
+        .map(|_| {
+            let u = (next() >> 11) as f64 / (1u64 << 53) as f64;
+            let len = (8 + (249.0 * u.powi(4)) as usize).min(max_len).max(2);
+            let mut r = vec![cls];
+            r.extend((0..len - 2).map(|_| 1000 + (next() % 20_000) as u32));
+            r.push(sep);
+            r
+        })
+        .collect()
 }
 
 /// The reference embeddings made by sentence-transformers (scripts/make-reference.py).
@@ -112,9 +140,17 @@ pub fn sample_texts() -> Vec<String> {
 }
 
 impl MiniLmBench {
-    pub fn new(device: &Device, dir: &str) -> Result<Self> {
-        let model = SentenceEmbedder::load(dir, device)?;
-        Ok(MiniLmBench { model: Arc::new(model) })
+    pub fn new(device: &Device, dir: &str, dtype: braid_runtime::DType, mixed: bool) -> Result<Self> {
+        let model = SentenceEmbedder::load_with(dir, device, dtype)?;
+        let b = MiniLmBench { model: Arc::new(model), mixed };
+        if mixed {
+            for n in b.batches() {
+                let x = b.input(n, 0)?;
+                let tokens: usize = (0..x.batch).map(|i| x.row_len(i)).sum();
+                eprintln!("mixed set, batch {n}: {tokens} tokens, mean {:.1} a text, padded to {} ({:.0}% padding)", tokens as f64 / n as f64, x.seq, 100.0 * (1.0 - tokens as f64 / (x.batch * x.seq) as f64));
+            }
+        }
+        Ok(b)
     }
 }
 
@@ -122,12 +158,27 @@ impl Bench for MiniLmBench {
     type Input = BertInput;
     type Output = Tensor;
     fn name(&self) -> &'static str {
-        "minilm"
+        if self.mixed {
+            "mixed"
+        } else {
+            "minilm"
+        }
     }
     fn batches(&self) -> Vec<usize> {
-        vec![1, 8, 32, 128]
+        if self.mixed {
+            vec![32, 128, 512]
+        } else {
+            vec![1, 8, 32, 128, 512]
+        }
     }
     fn input(&self, batch: usize, seed: u64) -> Result<BertInput> {
+        if self.mixed {
+            // The first `batch` rows of the shared set (the seed is not used:
+            // both sides time the same texts).
+            let ends = self.model.tokenizer().encode("")?;
+            let (cls, sep) = (ends.first().copied().unwrap_or(101), ends.last().copied().unwrap_or(102));
+            return Ok(BertInput::from_rows(&mixed_rows(batch, cls, sep, self.model.max_seq_length()), self.model.tokenizer().pad_id()));
+        }
         // Sequence length 128: the model's start token + 126 ids + its end
         // token ([CLS] 101 ... [SEP] 102 for MiniLM), ids drawn from
         // 1000..21000 (or the whole vocabulary of a smaller model).
@@ -168,7 +219,7 @@ impl Bench for MiniLmBench {
             }
             n += texts.len();
         }
-        Ok(vec![(format!("minilm f32 vs sentence-transformers ({n} sentences)"), rel_err(&out, &reference))])
+        Ok(vec![(format!("minilm {} vs sentence-transformers f32 ({n} sentences)", self.model.encoder().dtype().name()), rel_err(&out, &reference))])
     }
     fn dynamic(all: &[Self], replicated: bool, clients: &[usize], seconds: f64) -> Result<Vec<Row>> {
         crate::dynamic::minilm(all, replicated, clients, seconds)

@@ -47,6 +47,16 @@ pub fn bf16_to_f32(x: u16) -> f32 {
     f32::from_bits((x as u32) << 16)
 }
 
+/// `x` rounded (to nearest even) to what `dtype` stores, back as f32: what a
+/// device sees after uploading `x` in `dtype`.
+pub fn round_to(dtype: DType, x: f32) -> f32 {
+    match dtype {
+        DType::F32 => x,
+        DType::BF16 => bf16_to_f32(f32_to_bf16(x)),
+        DType::F16 => half::f16::from_f32(x).to_f32(),
+    }
+}
+
 impl Tensor {
     /// A new tensor of `shape` on the current stream, contents unspecified.
     pub(crate) fn empty_on(device: &Device, stream: &Stream, shape: &[usize], dtype: DType) -> Result<Tensor> {

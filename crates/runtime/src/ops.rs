@@ -22,7 +22,7 @@
 //! each `View` field through [`Check::input`]/[`Check::output`]; see
 //! `docs/backends.md`.
 
-use crate::backend::{Activation, Attention, BufSlice, DType, Gather, Gemm, LayerNorm, MeanPool, Rope};
+use crate::backend::{Activation, Attention, BufSlice, DType, Gather, Gemm, LayerNorm, MeanPool, Rope, VarlenAttention};
 use crate::buffer::{Buffer, View};
 use crate::device::Device;
 use crate::error::{Error, Result};
@@ -249,6 +249,62 @@ impl Stream {
         c.finish()?;
         // SAFETY: as in `gemm`.
         unsafe { self.raw.attention_bias(&d, b) }
+    }
+
+    /// Packed (varlen) attention: `p.cu_seqlens` are the host offsets of
+    /// the sequences in the token stream. They are checked here (they rise
+    /// from 0; `batch` is their count less one and `max_seq` their longest
+    /// segment, as the descriptor says) and uploaded to the device; q/k/v
+    /// and out are checked against the stream's last offset. An empty
+    /// stream enqueues nothing. A device without the kernel answers
+    /// [`Error::Unsupported`] (see `Capabilities::varlen_attention`).
+    pub fn attention_varlen(&self, device: &Device, p: &VarlenAttention<View<'_>, &[u32]>) -> Result<()> {
+        let op = "attention_varlen";
+        let cu = p.cu_seqlens;
+        if p.batch.checked_add(1) != Some(cu.len()) || cu.first() != Some(&0) || cu.windows(2).any(|w| w[1] < w[0]) {
+            return Err(Error::InvalidArgument(format!("{op}: cu_seqlens must be batch+1 offsets (batch {}) rising from 0, got {cu:?}", p.batch)));
+        }
+        let longest = cu.windows(2).map(|w| (w[1] - w[0]) as usize).max().unwrap_or(0);
+        if longest != p.max_seq {
+            return Err(Error::InvalidArgument(format!("{op}: max_seq {} but the longest sequence of cu_seqlens has {longest} tokens", p.max_seq)));
+        }
+        let tokens = *cu.last().unwrap_or(&0) as usize;
+        let d = p.heads.checked_mul(p.head_dim).ok_or_else(|| Error::InvalidArgument(format!("{op}: heads*head_dim overflows")))?;
+        if p.row_stride < d {
+            return Err(Error::InvalidArgument(format!("{op}: row stride {} is less than heads*head_dim {d}", p.row_stride)));
+        }
+        if tokens == 0 || d == 0 {
+            return Ok(());
+        }
+        if device.id() != self.device_id() {
+            return Err(Error::DeviceMismatch(format!("{op}: stream of device {} used with device {}", self.device_id(), device.id())));
+        }
+        let device_cu = Buffer::alloc(device, cu.len() * 4, self)?;
+        self.write(device_cu.view(), bytemuck::cast_slice(cu))?;
+        let es = p.dtype.size();
+        // q/k/v span up to the last token's last element.
+        let span = bytes(op, "q/k/v", &[tokens - 1, p.row_stride], 1)? + d;
+        let mut c = Check::new(self, op);
+        let desc = VarlenAttention {
+            q: c.input(p.q, "q", &[span], es)?,
+            k: c.input(p.k, "k", &[span], es)?,
+            v: c.input(p.v, "v", &[span], es)?,
+            row_stride: p.row_stride,
+            cu_seqlens: c.input(device_cu.view(), "cu_seqlens", &[cu.len()], 4)?,
+            out: c.output(p.out, "out", &[tokens, d], es)?,
+            batch: p.batch,
+            max_seq: p.max_seq,
+            heads: p.heads,
+            head_dim: p.head_dim,
+            scale: p.scale,
+            dtype: p.dtype,
+        };
+        c.finish()?;
+        // SAFETY: as in `gemm`; the offsets (checked above: batch+1 of them,
+        // rising from 0 to `tokens`, no segment longer than max_seq) are in
+        // `device_cu`, written on this stream before the kernel and freed
+        // stream-ordered after it.
+        unsafe { self.raw.attention_varlen(&desc) }
     }
 
     pub fn glu(&self, x: View<'_>, out: View<'_>, rows: usize, cols: usize, act: Activation, dtype: DType) -> Result<()> {

@@ -2,7 +2,7 @@
 //! backend. Each case would be undefined behaviour or a silent wrong answer
 //! if it reached the CPU backend's kernels; here it is a clear error.
 
-use braid_runtime::backend::{Activation, Gemm};
+use braid_runtime::backend::{Activation, Gemm, VarlenAttention};
 use braid_runtime::{Buffer, DType, Device, Error};
 
 fn f32s(device: &Device, stream: &braid_runtime::Stream, v: &[f32]) -> Buffer {
@@ -85,4 +85,45 @@ fn gather_ids_are_checked_and_devices_must_match() {
     let mut back = [0f32; 4];
     s.read_f32(out.view(), &mut back).unwrap();
     assert_eq!(back, [3.0, 4.0, 1.0, 2.0]);
+}
+
+#[test]
+fn varlen_offsets_and_sizes_are_checked() {
+    let device = Device::cpu().unwrap();
+    let s = device.current_stream().unwrap();
+    // Packed qkv of 3 tokens, 1 head of dim 2: rows [q0 q1 k0 k1 v0 v1].
+    let qkv: Vec<f32> = (0..18).map(|i| ((i * 7 % 11) as f32 - 5.0) / 4.0).collect();
+    let x = f32s(&device, &s, &qkv);
+    let out = Buffer::alloc(&device, 3 * 2 * 4, &s).unwrap();
+    let base = x.view();
+    let cu: &[u32] = &[0, 1, 3];
+    let p = VarlenAttention { q: base, k: base.from(8).unwrap(), v: base.from(16).unwrap(), row_stride: 6, cu_seqlens: cu, out: out.view(), batch: 2, max_seq: 2, heads: 1, head_dim: 2, scale: 0.5, dtype: DType::F32 };
+    invalid(s.attention_varlen(&device, &VarlenAttention { cu_seqlens: &[1, 3], batch: 1, ..p }), "rising from 0");
+    invalid(s.attention_varlen(&device, &VarlenAttention { cu_seqlens: &[0, 3, 1], ..p }), "rising from 0");
+    invalid(s.attention_varlen(&device, &VarlenAttention { batch: 3, ..p }), "batch+1");
+    invalid(s.attention_varlen(&device, &VarlenAttention { max_seq: 1, ..p }), "max_seq");
+    // Offsets past the rows of q/k/v, and an output too small for them.
+    invalid(s.attention_varlen(&device, &VarlenAttention { cu_seqlens: &[0, 1, 4], max_seq: 3, ..p }), "needs");
+    let small = Buffer::alloc(&device, 4 * 4, &s).unwrap();
+    invalid(s.attention_varlen(&device, &VarlenAttention { out: small.view(), ..p }), "needs 24 bytes");
+    invalid(s.attention_varlen(&device, &VarlenAttention { out: base.sub(48, 24).unwrap(), ..p }), "overlaps");
+    // Well formed: each segment attends only to itself (f64 reference).
+    s.attention_varlen(&device, &p).unwrap();
+    let mut back = [0f32; 6];
+    s.read_f32(out.view(), &mut back).unwrap();
+    let row = |t: usize, part: usize| -> [f64; 2] { [qkv[t * 6 + part * 2] as f64, qkv[t * 6 + part * 2 + 1] as f64] };
+    let mut want = Vec::new();
+    for (a, b) in [(0usize, 1usize), (1, 3)] {
+        for t in a..b {
+            let q = row(t, 0);
+            let w: Vec<f64> = (a..b).map(|j| ((q[0] * row(j, 1)[0] + q[1] * row(j, 1)[1]) * 0.5).exp()).collect();
+            let z: f64 = w.iter().sum();
+            for c in 0..2 {
+                want.push((a..b).zip(&w).map(|(j, w)| w * row(j, 2)[c]).sum::<f64>() / z);
+            }
+        }
+    }
+    for (g, w) in back.iter().zip(&want) {
+        assert!((*g as f64 - w).abs() < 1e-5, "varlen attention {back:?} vs reference {want:?}");
+    }
 }

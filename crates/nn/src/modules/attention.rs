@@ -46,4 +46,12 @@ impl MultiheadAttention {
         let a = ops::attention_packed(&qkv, mask, self.heads)?;
         self.out_proj.forward(&a)
     }
+
+    /// Self-attention of a packed token stream `x` `[tokens, d]` holding the
+    /// sequences `cu_seqlens` delimits (see [`ops::attention_varlen`]).
+    pub fn forward_varlen(&self, x: &Tensor, cu_seqlens: &[u32]) -> Result<Tensor> {
+        let qkv = self.in_proj.forward(x)?;
+        let a = ops::attention_varlen(&qkv, cu_seqlens, self.heads)?;
+        self.out_proj.forward(&a)
+    }
 }

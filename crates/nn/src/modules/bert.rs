@@ -213,6 +213,13 @@ impl BertModel {
     /// The last hidden state `[batch, seq, hidden]` and the mask tensor `[batch, seq]`.
     pub fn forward(&self, input: &BertInput) -> Result<(Tensor, Tensor)> {
         self.check(input)?;
+        // Packed batches need the device's varlen attention kernel (wgpu
+        // has none): without it, the padded path below.
+        if packing() && self.device().capabilities().varlen_attention {
+            if let Some(r) = self.forward_packed(input)? {
+                return Ok(r);
+            }
+        }
         let (b, s, d) = (input.batch, input.seq, self.config.hidden_size);
         let device = self.device();
         let offset = self.config.position_offset();
@@ -235,10 +242,58 @@ impl BertModel {
         Ok((h, mask))
     }
 
+    /// [`forward`](Self::forward) on the packed token stream: only the real
+    /// tokens of each row (a row is its tokens, then padding) go through the
+    /// layers, as one stream delimited by cumulative offsets, so no GEMM or
+    /// attention work is spent on padding. The last hidden state is then
+    /// gathered back to `[batch, seq, hidden]` for the pooling modules
+    /// (padding positions hold a copy of the stream's first row; the mask
+    /// hides them). `None` where a row's mask is not tokens-then-padding or
+    /// there are no tokens (the padded path handles those).
+    fn forward_packed(&self, input: &BertInput) -> Result<Option<(Tensor, Tensor)>> {
+        let (b, s, d) = (input.batch, input.seq, self.config.hidden_size);
+        let offset = self.config.position_offset() as u32;
+        let mut cu = Vec::with_capacity(b + 1);
+        cu.push(0u32);
+        let (mut ids, mut types, mut pos) = (Vec::new(), Vec::new(), Vec::new());
+        for r in 0..b {
+            let row = &input.mask[r * s..][..s];
+            let len = row.iter().take_while(|&&m| m != 0.0).count();
+            if row[len..].iter().any(|&m| m != 0.0) {
+                return Ok(None);
+            }
+            ids.extend_from_slice(&input.ids[r * s..][..len]);
+            types.extend_from_slice(&input.type_ids[r * s..][..len]);
+            pos.extend((0..len as u32).map(|j| j + offset));
+            cu.push(ids.len() as u32);
+        }
+        if ids.is_empty() {
+            return Ok(None);
+        }
+        let word = ops::embedding(&self.word_embeddings, &ids)?;
+        let position = ops::embedding(&self.position_embeddings, &pos)?;
+        let token_type = ops::embedding(&self.token_type_embeddings, &types)?;
+        let e = ops::add(&word, &position)?;
+        let mut h = self.embeddings_norm.forward_residual(&e, &token_type)?;
+        for layer in &self.layers {
+            h = layer.forward_varlen(&h, &cu)?;
+        }
+        let back: Vec<u32> = (0..b).flat_map(|r| (0..s as u32).map(move |j| (r, j))).map(|(r, j)| if cu[r] + j < cu[r + 1] { cu[r] + j } else { 0 }).collect();
+        let full = ops::embedding(&h, &back)?.reshape(&[b, s, d])?;
+        let mask = Tensor::from_slice(self.device(), &input.mask, &[b, s])?;
+        Ok(Some((full, mask)))
+    }
+
     /// Mean-pooled (over the mask), L2-normalised sentence embeddings `[batch, hidden]`.
     pub fn embed(&self, input: &BertInput) -> Result<Tensor> {
         let (h, mask) = self.forward(input)?;
         let pooled = ops::mean_pool(&h, Some(&mask))?;
         ops::l2_normalize(&pooled)
     }
+}
+
+/// Packed (padding-free) batches: on unless `BRAID_PACK=0` (read once).
+pub fn packing() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| !std::env::var("BRAID_PACK").is_ok_and(|v| v == "0"))
 }

@@ -46,4 +46,14 @@ impl TransformerEncoderLayer {
         let f = self.linear2.forward(&f)?;
         self.norm2.forward_residual(&f, &h)
     }
+
+    /// As [`forward`](Self::forward) on a packed token stream `x` `[tokens,
+    /// d]` (sequences delimited by `cu_seqlens`): no work on padding.
+    pub fn forward_varlen(&self, x: &Tensor, cu_seqlens: &[u32]) -> Result<Tensor> {
+        let a = self.self_attn.forward_varlen(x, cu_seqlens)?;
+        let h = self.norm1.forward_residual(&a, x)?;
+        let f = self.linear1.forward_act(&h, self.act)?;
+        let f = self.linear2.forward(&f)?;
+        self.norm2.forward_residual(&f, &h)
+    }
 }

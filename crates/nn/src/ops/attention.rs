@@ -3,7 +3,10 @@
 //! optionally with an additive per-head bias on the scores.
 
 use crate::tensor::{same_dtype, shape_err, Tensor};
-use braid_runtime::{backend::Attention, DType, Error, Result, View};
+use braid_runtime::{
+    backend::{Attention, VarlenAttention},
+    DType, Error, Result, View,
+};
 
 fn check_mask(op: &'static str, mask: Option<&Tensor>, b: usize, s: usize, what: &[usize]) -> Result<()> {
     if let Some(m) = mask {
@@ -109,4 +112,51 @@ pub fn attention_packed_bias(qkv: &Tensor, mask: Option<&Tensor>, bias: &Tensor,
     let es = qkv.dtype().size();
     let base = qkv.view();
     launch_bias(op, &[qkv], base, base.from(d * es)?, base.from(2 * d * es)?, d3, mask, Some(bias), b, s, heads, d / heads)
+}
+
+/// Attention over a packed token stream (no padding): `qkv` is `[tokens,
+/// 3*dim]` (each token's q, k and v side by side) and `cu_seqlens` the
+/// `batch + 1` offsets of the sequences in it (0, len₀, len₀+len₁, ...,
+/// tokens); each sequence attends only to itself. Returns `[tokens, dim]`.
+/// Offsets that do not rise from 0 to `tokens` are an error.
+pub fn attention_varlen(qkv: &Tensor, cu_seqlens: &[u32], heads: usize) -> Result<Tensor> {
+    let op = "attention_varlen";
+    if qkv.dims() != 2 || qkv.shape()[1] % 3 != 0 {
+        return Err(shape_err(op, format!("packed qkv {:?} must be [tokens, 3*dim]", qkv.shape())));
+    }
+    let (t, d3) = (qkv.shape()[0], qkv.shape()[1]);
+    let d = d3 / 3;
+    if heads == 0 || d % heads != 0 {
+        return Err(shape_err(op, format!("dim {d} of packed qkv {:?} is not divisible into {heads} heads", qkv.shape())));
+    }
+    if cu_seqlens.len() < 2 || cu_seqlens[0] != 0 || cu_seqlens.windows(2).any(|w| w[1] < w[0]) || *cu_seqlens.last().unwrap_or(&0) as usize != t {
+        return Err(Error::InvalidArgument(format!("{op}: cu_seqlens must rise from 0 to the {t} tokens of qkv {:?}, got {cu_seqlens:?}", qkv.shape())));
+    }
+    let max_seq = cu_seqlens.windows(2).map(|w| (w[1] - w[0]) as usize).max().unwrap_or(0);
+    let device = qkv.device();
+    let stream = Tensor::prepare(device, &[qkv])?;
+    let out = Tensor::empty_on(device, &stream, &[t, d], qkv.dtype())?;
+    if t == 0 {
+        return Ok(out);
+    }
+    let es = qkv.dtype().size();
+    let base = qkv.view();
+    let p = VarlenAttention {
+        q: base,
+        k: base.from(d * es)?,
+        v: base.from(2 * d * es)?,
+        row_stride: d3,
+        cu_seqlens,
+        out: out.view(),
+        batch: cu_seqlens.len() - 1,
+        max_seq,
+        heads,
+        head_dim: d / heads,
+        scale: 1.0 / ((d / heads) as f32).sqrt(),
+        dtype: qkv.dtype(),
+    };
+    // The op layer checks the offsets again, uploads them, and checks that
+    // q/k/v hold their t rows of d3 elements and out t*d.
+    stream.attention_varlen(device, &p)?;
+    Ok(out)
 }

@@ -14,7 +14,7 @@ mod pool;
 mod rope;
 mod softmax;
 
-pub use attention::{attention, attention_packed, attention_packed_bias};
+pub use attention::{attention, attention_packed, attention_packed_bias, attention_varlen};
 pub use elementwise::{activation, add, gelu, gelu_tanh, relu};
 pub use gather::embedding;
 pub use linear::{linear, matmul};

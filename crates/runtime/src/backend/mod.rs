@@ -113,20 +113,36 @@ pub enum DType {
     #[default]
     F32,
     BF16,
+    /// IEEE half precision (storage only: arithmetic and accumulation stay f32).
+    F16,
 }
 
 impl DType {
     pub fn size(self) -> usize {
         match self {
             DType::F32 => 4,
-            DType::BF16 => 2,
+            DType::BF16 | DType::F16 => 2,
         }
     }
     pub fn name(self) -> &'static str {
         match self {
             DType::F32 => "f32",
             DType::BF16 => "bf16",
+            DType::F16 => "f16",
         }
+    }
+    /// Parse `f32`, `bf16` or `f16` (the CLI's `--dtype`); anything else is an error naming the choices.
+    pub fn parse(s: &str) -> Result<DType> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "f32" | "float32" => Ok(DType::F32),
+            "bf16" | "bfloat16" => Ok(DType::BF16),
+            "f16" | "fp16" | "float16" | "half" => Ok(DType::F16),
+            other => Err(Error::InvalidArgument(format!("unknown dtype {other:?}: expected f32, f16 or bf16"))),
+        }
+    }
+    /// A half-precision storage type (bf16 or f16).
+    pub fn is_half(self) -> bool {
+        self != DType::F32
     }
 }
 
@@ -196,6 +212,35 @@ pub struct Attention<P = BufSlice> {
     pub dtype: DType,
 }
 
+/// Scaled-dot-product attention over a packed token stream (flash-attention's
+/// varlen layout): no padding anywhere. Sequence `b` is the tokens
+/// `cu_seqlens[b] .. cu_seqlens[b+1]` of the stream, and attends only to
+/// itself. `cu_seqlens` is `batch + 1` non-decreasing `u32` on the device,
+/// starting at 0 and ending at the stream's token count; `max_seq` is the
+/// longest sequence (it sizes the launch). `q`, `k`, `v` are rows
+/// `row_stride` elements apart as in [`Attention`]; `out` is `[tokens,
+/// heads*head_dim]`, dense. Softmax statistics are f32 in every dtype.
+///
+/// `C` is the type of `cu_seqlens`: a device [`BufSlice`] for the backends,
+/// the host offsets (`&[u32]`) for callers of the safe op
+/// (`Stream::attention_varlen`), which checks them and uploads them; `batch`
+/// and `max_seq` must then agree with them.
+#[derive(Clone, Copy, Debug)]
+pub struct VarlenAttention<P = BufSlice, C = P> {
+    pub q: P,
+    pub k: P,
+    pub v: P,
+    pub row_stride: usize,
+    pub cu_seqlens: C,
+    pub out: P,
+    pub batch: usize,
+    pub max_seq: usize,
+    pub heads: usize,
+    pub head_dim: usize,
+    pub scale: f32,
+    pub dtype: DType,
+}
+
 /// Rotary position embedding (the rotate-half form of GPT-NeoX, Llama,
 /// ModernBERT) on packed qkv rows `x[rows, 3*heads*head_dim]`: each head of
 /// the q and k parts becomes `x·cos + rotate_half(x)·sin`, the v part is
@@ -251,6 +296,9 @@ pub struct Capabilities {
     pub dtypes: Vec<DType>,
     /// Events measure device time ([`BackendEvent::elapsed_ms`]).
     pub timing: bool,
+    /// Streams run [`Kernels::attention_varlen`] (packed, padding-free
+    /// attention); where false, models take the padded path.
+    pub varlen_attention: bool,
 }
 
 /// A device: its streams, events, memory. Implementations are shared by
@@ -289,7 +337,7 @@ pub trait Backend: Send + Sync + 'static {
     }
     /// What the device offers beyond streams, events, copies and kernels.
     fn capabilities(&self) -> Capabilities {
-        Capabilities { dtypes: [DType::F32, DType::BF16].into_iter().filter(|d| self.supports(*d)).collect(), ..Capabilities::default() }
+        Capabilities { dtypes: [DType::F32, DType::BF16, DType::F16].into_iter().filter(|d| self.supports(*d)).collect(), ..Capabilities::default() }
     }
     fn as_any(&self) -> &dyn Any;
 }
@@ -305,8 +353,10 @@ pub trait Backend: Send + Sync + 'static {
 /// until the stream has passed the call, is not written by another stream
 /// meanwhile, and that the output of a kernel shares no byte with any of its
 /// inputs (no aliasing: a backend may build a shared and a mutable view over
-/// them at once). Index operands (`Gather::ids`) are in range. The safe op
-/// layer (`crate::ops`) checks all of it; `braid-nn` only goes through it.
+/// them at once). Index operands are in range (`Gather::ids`) or well formed
+/// (`VarlenAttention::cu_seqlens`: rising from 0, no segment over
+/// `max_seq`). The safe op layer (`crate::ops`) checks all of it; `braid-nn`
+/// only goes through it.
 pub trait BackendStream: Kernels + Send + Sync + 'static {
     fn as_any(&self) -> &dyn Any;
     /// Block until all work enqueued so far has completed; reports the first
@@ -356,6 +406,12 @@ pub trait Kernels {
     /// seq]`, shared by every batch row) added to each head's scaled scores
     /// before the softmax: MPNet's relative-position bias, ALiBi and the like.
     unsafe fn attention_bias(&self, p: &Attention, bias: BufSlice) -> Result<()>;
+    /// See [`VarlenAttention`]. The caller has checked `cu_seqlens` (on the
+    /// host, before upload) against the stream's length and `max_seq`.
+    unsafe fn attention_varlen(&self, p: &VarlenAttention) -> Result<()> {
+        let _ = p;
+        Err(Error::Unsupported { backend: "this", what: "packed (varlen) attention".into() })
+    }
     /// Gated linear unit: `out[r, i] = act(x[r, i]) · x[r, cols + i]` for
     /// `x[rows, 2*cols]` and `out[rows, cols]` (GeGLU with GELU, ReGLU with ReLU).
     unsafe fn glu(&self, x: BufSlice, out: BufSlice, rows: usize, cols: usize, act: Activation, dtype: DType) -> Result<()>;

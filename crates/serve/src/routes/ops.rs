@@ -33,6 +33,7 @@ async fn info(State(st): State<Arc<AppState>>) -> Json<serde_json::Value> {
         "model_dtype": match st.embedder.encoder().dtype() {
             braid_runtime::DType::F32 => "float32",
             braid_runtime::DType::BF16 => "bfloat16",
+            braid_runtime::DType::F16 => "float16",
         },
         "model_type": { "embedding": { "pooling": "mean" } },
         "max_concurrent_requests": b.capacity,

@@ -13,8 +13,9 @@
 pub mod kernels;
 pub mod pool;
 pub mod progress;
+pub mod varlen;
 
-use super::{Activation, Attention, Backend, BackendEvent, BackendKind, BackendStream, BufSlice, BufferId, Capabilities, DType, Gather, Gemm, HostFns, Kernels, LayerNorm, MeanPool, Rope};
+use super::{Activation, Attention, Backend, BackendEvent, BackendKind, BackendStream, BufSlice, BufferId, Capabilities, DType, Gather, Gemm, HostFns, Kernels, LayerNorm, MeanPool, Rope, VarlenAttention};
 use crate::error::{Error, Result};
 use crate::event_state::EventState;
 use std::any::Any;
@@ -87,7 +88,7 @@ impl Backend for CpuBackend {
         Ok(Arc::new(CpuEvent { state: Arc::new(EventState::new()) }))
     }
     fn capabilities(&self) -> Capabilities {
-        Capabilities { graph_capture: false, host_functions: true, dtypes: vec![DType::F32], timing: true }
+        Capabilities { graph_capture: false, host_functions: true, dtypes: vec![DType::F32], timing: true, varlen_attention: true }
     }
     fn alloc(&self, bytes: usize) -> Result<BufferId> {
         let layout = std::alloc::Layout::from_size_align(bytes.max(1), ALIGN)
@@ -403,6 +404,27 @@ impl Kernels for CpuStream {
                 kernels::attention(q.f32(span), k.f32(span), v.f32(span), p.row_stride, m.map(|m| m.f32(tokens)), o.f32_mut(tokens * d), p.batch, p.seq, p.heads, p.head_dim, p.scale)
             };
             Ok(())
+        }))
+    }
+    unsafe fn attention_varlen(&self, p: &VarlenAttention) -> Result<()> {
+        f32_only(p.dtype)?;
+        let p = *p;
+        let d = p.heads * p.head_dim;
+        let (cu, q, k, v, o) = (arg(p.cu_seqlens), arg(p.q), arg(p.k), arg(p.v), arg(p.out));
+        self.enqueue(Box::new(move || {
+            // SAFETY: caller contract on `VarlenAttention`: cu_seqlens holds
+            // batch+1 u32 (length checked here; read on the stream, after the
+            // upload before it).
+            let cu = unsafe {
+                assert!((p.batch + 1) * 4 <= cu.len, "attention_varlen cu_seqlens");
+                std::slice::from_raw_parts(cu.addr as *const u32, p.batch + 1)
+            };
+            let tokens = *cu.last().unwrap_or(&0) as usize;
+            let span = if tokens == 0 { 0 } else { (tokens - 1) * p.row_stride + d };
+            // SAFETY: caller contract: q/k/v hold `tokens` rows of row_stride
+            // and out tokens*d (every length checked by `P::f32`; the offsets
+            // are checked against them by `varlen::attention_varlen`).
+            unsafe { varlen::attention_varlen(q.f32(span), k.f32(span), v.f32(span), p.row_stride, cu, o.f32_mut(tokens * d), p.heads, p.head_dim, p.scale) }
         }))
     }
     unsafe fn glu(&self, x: BufSlice, out: BufSlice, rows: usize, cols: usize, act: Activation, dtype: DType) -> Result<()> {

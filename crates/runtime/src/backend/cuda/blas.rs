@@ -202,6 +202,7 @@ impl Blas {
                 if ctx.allow_tf32 { lt::cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_TF32 } else { lt::cublasComputeType_t::CUBLAS_COMPUTE_32F },
             ),
             DType::BF16 => (lt::cudaDataType::CUDA_R_16BF, lt::cublasComputeType_t::CUBLAS_COMPUTE_32F),
+            DType::F16 => (lt::cudaDataType::CUDA_R_16F, lt::cublasComputeType_t::CUBLAS_COMPUTE_32F),
         }
     }
 
@@ -364,6 +365,7 @@ impl Blas {
                 if ctx.allow_tf32 { cb::cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_TF32 } else { cb::cublasComputeType_t::CUBLAS_COMPUTE_32F },
             ),
             DType::BF16 => (cb::cudaDataType::CUDA_R_16BF, cb::cublasComputeType_t::CUBLAS_COMPUTE_32F),
+            DType::F16 => (cb::cudaDataType::CUDA_R_16F, cb::cublasComputeType_t::CUBLAS_COMPUTE_32F),
         };
         let alpha = 1.0f32;
         let beta = 0.0f32;

@@ -32,6 +32,8 @@ pub(crate) struct Ctx {
     /// GEMMs through cuBLASLt with fused epilogues: libcublasLt loads and
     /// `BRAID_CUBLASLT` is not `0`.
     pub use_lt: bool,
+    /// f16/bf16 packed attention on tensor cores (`BRAID_ATTN_MMA=0`: the CUDA-core kernel).
+    pub attn_mma: bool,
     /// GELU tanh fused as cuBLASLt's GELU epilogue (`BRAID_CUBLASLT_GELU`
     /// not `0`); else cuBLASLt fuses the bias and a kernel the GELU.
     pub lt_gelu: bool,
@@ -52,7 +54,8 @@ impl Ctx {
         let allow_tf32 = std::env::var("BRAID_ALLOW_TF32").is_ok_and(|v| v == "1");
         let use_lt = lt_loaded && !std::env::var("BRAID_CUBLASLT").is_ok_and(|v| v == "0");
         let lt_gelu = !std::env::var("BRAID_CUBLASLT_GELU").is_ok_and(|v| v == "0");
-        Ctx { ordinal, device, raw, name, cc, allow_tf32, use_lt, lt_gelu, poison: OnceLock::new(), modules: ModuleCache::new() }
+        let attn_mma = !std::env::var("BRAID_ATTN_MMA").is_ok_and(|v| v == "0");
+        Ctx { ordinal, device, raw, name, cc, allow_tf32, use_lt, attn_mma, lt_gelu, poison: OnceLock::new(), modules: ModuleCache::new() }
     }
 
     /// Fail with [`Error::DevicePoisoned`] if a sticky error happened.

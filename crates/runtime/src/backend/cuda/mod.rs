@@ -262,10 +262,10 @@ impl Backend for CudaBackend {
         self.ctx.check("cuCtxSynchronize", r)
     }
     fn supports(&self, dtype: DType) -> bool {
-        matches!(dtype, DType::F32 | DType::BF16)
+        matches!(dtype, DType::F32 | DType::BF16 | DType::F16)
     }
     fn capabilities(&self) -> Capabilities {
-        Capabilities { graph_capture: true, host_functions: true, dtypes: vec![DType::F32, DType::BF16], timing: true }
+        Capabilities { graph_capture: true, host_functions: true, dtypes: vec![DType::F32, DType::BF16, DType::F16], timing: true, varlen_attention: true }
     }
     fn as_any(&self) -> &dyn Any {
         self

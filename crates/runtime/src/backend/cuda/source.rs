@@ -23,6 +23,11 @@ __device__ __forceinline__ void st(bf16* p, long long i, float v) {
     u += 0x7fffu + ((u >> 16) & 1u);
     p[i] = (bf16)(u >> 16);
 }
+// IEEE half, a distinct type so overloads pick it; converted with the
+// hardware's cvt (round to nearest even).
+struct __align__(2) f16 { unsigned short u; };
+__device__ __forceinline__ float ld(const f16* p, long long i) { float f; asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(p[i].u)); return f; }
+__device__ __forceinline__ void st(f16* p, long long i, float v) { unsigned short h; asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(v)); p[i].u = h; }
 __device__ __forceinline__ float act_fn(float x, int a) {
     switch (a) {
     case 1: return fmaxf(x, 0.0f);
@@ -115,16 +120,23 @@ template <typename T> __device__ void rope_t(const T* x, T* o, const float* cs, 
 }
 extern "C" __global__ void glu_f32(const float* x, float* o, long long rows, int cols, int a) { glu_t(x, o, rows, cols, a); }
 extern "C" __global__ void glu_bf16(const bf16* x, bf16* o, long long rows, int cols, int a) { glu_t(x, o, rows, cols, a); }
+extern "C" __global__ void glu_f16(const f16* x, f16* o, long long rows, int cols, int a) { glu_t(x, o, rows, cols, a); }
 extern "C" __global__ void rope_f32(const float* x, float* o, const float* c, const float* s, long long rows, int seq, int d, int hd) { rope_t(x, o, c, s, rows, seq, d, hd); }
 extern "C" __global__ void rope_bf16(const bf16* x, bf16* o, const float* c, const float* s, long long rows, int seq, int d, int hd) { rope_t(x, o, c, s, rows, seq, d, hd); }
+extern "C" __global__ void rope_f16(const f16* x, f16* o, const float* c, const float* s, long long rows, int seq, int d, int hd) { rope_t(x, o, c, s, rows, seq, d, hd); }
 extern "C" __global__ void add_f32(const float* a, const float* b, float* o, long long n) { add_t(a, b, o, n); }
 extern "C" __global__ void add_bf16(const bf16* a, const bf16* b, bf16* o, long long n) { add_t(a, b, o, n); }
+extern "C" __global__ void add_f16(const f16* a, const f16* b, f16* o, long long n) { add_t(a, b, o, n); }
 extern "C" __global__ void act_f32(const float* x, float* o, long long n, int a) { act_t(x, o, n, a); }
 extern "C" __global__ void act_bf16(const bf16* x, bf16* o, long long n, int a) { act_t(x, o, n, a); }
+extern "C" __global__ void act_f16(const f16* x, f16* o, long long n, int a) { act_t(x, o, n, a); }
 extern "C" __global__ void bias_act_f32(float* o, const float* b, long long t, int n, int a) { bias_act_t(o, b, t, n, a); }
 extern "C" __global__ void bias_act_bf16(bf16* o, const bf16* b, long long t, int n, int a) { bias_act_t(o, b, t, n, a); }
+extern "C" __global__ void bias_act_f16(f16* o, const f16* b, long long t, int n, int a) { bias_act_t(o, b, t, n, a); }
 extern "C" __global__ void cast_f32_bf16(const float* x, bf16* o, long long n) { GRID_STRIDE(i, n) st(o, i, x[i]); }
 extern "C" __global__ void cast_bf16_f32(const bf16* x, float* o, long long n) { GRID_STRIDE(i, n) o[i] = ld(x, i); }
+extern "C" __global__ void cast_f32_f16(const float* x, f16* o, long long n) { GRID_STRIDE(i, n) st(o, i, x[i]); }
+extern "C" __global__ void cast_f16_f32(const f16* x, float* o, long long n) { GRID_STRIDE(i, n) o[i] = ld(x, i); }
 "#
 );
 
@@ -175,10 +187,13 @@ template <typename T> __device__ void l2_t(const T* x, T* o, int cols) {
 }
 extern "C" __global__ void layer_norm_f32(const float* x, const float* r, const float* g, const float* b, float* o, int cols, float eps) { ln_t(x, r, g, b, o, cols, eps); }
 extern "C" __global__ void layer_norm_bf16(const bf16* x, const bf16* r, const bf16* g, const bf16* b, bf16* o, int cols, float eps) { ln_t(x, r, g, b, o, cols, eps); }
+extern "C" __global__ void layer_norm_f16(const f16* x, const f16* r, const f16* g, const f16* b, f16* o, int cols, float eps) { ln_t(x, r, g, b, o, cols, eps); }
 extern "C" __global__ void softmax_f32(const float* x, float* o, int cols) { softmax_t(x, o, cols); }
 extern "C" __global__ void softmax_bf16(const bf16* x, bf16* o, int cols) { softmax_t(x, o, cols); }
+extern "C" __global__ void softmax_f16(const f16* x, f16* o, int cols) { softmax_t(x, o, cols); }
 extern "C" __global__ void l2_normalize_f32(const float* x, float* o, int cols) { l2_t(x, o, cols); }
 extern "C" __global__ void l2_normalize_bf16(const bf16* x, bf16* o, int cols) { l2_t(x, o, cols); }
+extern "C" __global__ void l2_normalize_f16(const f16* x, f16* o, int cols) { l2_t(x, o, cols); }
 "#
 );
 
@@ -247,7 +262,8 @@ __device__ void attn_t(const T* q, const T* k, const T* v, const float* mask, T*
 template <typename T, int D, int BQ, int BK>
 __device__ __forceinline__ void flash_t(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
                                         const float* __restrict__ mask, T* __restrict__ out,
-                                        int seq, int heads, int hd, long long rs, float scale) {
+                                        int seq, int heads, int hd, long long rs, float scale,
+                                        const unsigned* __restrict__ cu = nullptr) {
     constexpr int TPQ = D / 32;
     constexpr int NT = BQ * TPQ;
     constexpr int C = 8;   // float4 chunks per lane (32 dims)
@@ -257,8 +273,14 @@ __device__ __forceinline__ void flash_t(const T* __restrict__ q, const T* __rest
     __shared__ float Ms[BK];
     const int tid = threadIdx.x, qi = tid / TPQ, sub = tid % TPQ;
     const int h = blockIdx.y, b = blockIdx.z;
+    // Packed (varlen) layout: this sequence is tokens cu[b] .. cu[b+1] of
+    // the stream; a block past its end has nothing to do (uniform per block).
+    const long long tok0 = cu ? (long long)cu[b] : (long long)b * seq;
+    if (cu) {
+        seq = (int)(cu[b + 1] - cu[b]);
+        if ((int)blockIdx.x * BQ >= seq) return;
+    }
     const int i = blockIdx.x * BQ + qi;
-    const long long tok0 = (long long)b * seq;
     const long long hoff = (long long)h * hd;
     const float sl2 = scale * 1.4426950408889634f;
     float qa[C][4], o[C][4];
@@ -340,7 +362,197 @@ __device__ __forceinline__ void flash_t(const T* __restrict__ q, const T* __rest
 #define FLASH(TN, T, D, BQ, BK) \
 extern "C" __global__ void __launch_bounds__(BQ * (D / 32)) flash_##TN##_d##D##_q##BQ(const T* q, const T* k, const T* v, \
     const float* mask, T* o, int seq, int heads, int hd, long long rs, float scale) { \
-    flash_t<T, D, BQ, BK>(q, k, v, mask, o, seq, heads, hd, rs, scale); }
+    flash_t<T, D, BQ, BK>(q, k, v, mask, o, seq, heads, hd, rs, scale); } \
+extern "C" __global__ void __launch_bounds__(BQ * (D / 32)) flash_varlen_##TN##_d##D##_q##BQ(const T* q, const T* k, const T* v, \
+    const unsigned* cu, T* o, int heads, int hd, long long rs, float scale) { \
+    flash_t<T, D, BQ, BK>(q, k, v, nullptr, o, 0, heads, hd, rs, scale, cu); }
+// ---- Tensor-core flash attention for the packed (varlen) layout, f16/bf16.
+// One block = 4 warps = 64 queries of one (sequence, head); each warp owns 16
+// query rows. Per tile of 64 keys: K (row-major) and V (transposed) are
+// staged in shared memory as raw 16-bit values; S = Q·Kᵀ and O += P·V run on
+// mma.sync.m16n8k16 with f32 accumulation; the softmax is online, in f32,
+// base 2. The S accumulator's layout is reused as P's A-operand layout (the
+// FlashAttention-2 register trick), so P never touches shared memory.
+// Keys past the sequence score -inf; query rows past it are computed on zero
+// queries and not stored. Requires head_dim <= D, D a multiple of 16.
+__device__ __forceinline__ unsigned short raw16(const bf16* p, long long i) { return p[i]; }
+__device__ __forceinline__ unsigned short raw16(const f16* p, long long i) { return p[i].u; }
+// mma.sync with bf16 and cvt.bf16x2 need sm_80: older devices never launch
+// these kernels (the host picks the CUDA-core kernel there) and trap if they did.
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+#define MMA_OK 0
+#else
+#define MMA_OK 1
+#endif
+__device__ __forceinline__ void mma16816(float* c, const unsigned* a, const unsigned* b, const bf16*) {
+#if MMA_OK
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3]) : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#else
+    __trap();
+#endif
+}
+__device__ __forceinline__ void mma16816(float* c, const unsigned* a, const unsigned* b, const f16*) {
+#if MMA_OK
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3]) : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#else
+    __trap();
+#endif
+}
+// Two floats as one register of two 16-bit values (lo in the low half).
+__device__ __forceinline__ unsigned pack2(float lo, float hi, const bf16*) {
+#if MMA_OK
+    unsigned r; asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo)); return r;
+#else
+    __trap(); return 0;
+#endif
+}
+__device__ __forceinline__ unsigned pack2(float lo, float hi, const f16*) {
+    unsigned r; asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo)); return r;
+}
+template <typename T, int D>
+__device__ __forceinline__ void flash_mma_t(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
+                                            const unsigned* __restrict__ cu, T* __restrict__ out,
+                                            int heads, int hd, long long rs, float scale) {
+    constexpr int BQ = 64, BK = 64, KP = D + 8, VP = BK + 8;
+    constexpr int KS = D / 16;  // k-steps of Q·Kᵀ
+    constexpr int NB = BK / 8;  // 8-key blocks of S
+    constexpr int DB = D / 8;   // 8-dim blocks of O
+    __shared__ __align__(16) unsigned short Ks[BK * KP];
+    __shared__ __align__(16) unsigned short Vt[D * VP];
+    const int h = blockIdx.y, b = blockIdx.z;
+    const long long tok0 = cu[b];
+    const int seq = (int)(cu[b + 1] - cu[b]);
+    const int q0 = blockIdx.x * BQ;
+    if (q0 >= seq) return;  // uniform per block
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t4 = lane & 3;
+    const long long hoff = (long long)h * hd;
+    const float sl2 = scale * 1.4426950408889634f;
+    // Q fragments: rows r0 = q0 + warp*16 + g and r0 + 8.
+    const int r0 = q0 + warp * 16 + g, r1 = r0 + 8;
+    unsigned qa[KS][4];
+#pragma unroll
+    for (int ks = 0; ks < KS; ks++) {
+#pragma unroll
+        for (int x = 0; x < 4; x++) {
+            const int row = (x & 1) ? r1 : r0;
+            const int col = ks * 16 + t4 * 2 + ((x & 2) ? 8 : 0);
+            unsigned lo = 0, hi = 0;
+            if (row < seq) {
+                const long long base = (tok0 + row) * rs + hoff;
+                if (col < hd) lo = raw16(q, base + col);
+                if (col + 1 < hd) hi = raw16(q, base + col + 1);
+            }
+            qa[ks][x] = lo | (hi << 16);
+        }
+    }
+    float o[DB][4];
+#pragma unroll
+    for (int db = 0; db < DB; db++) { o[db][0] = o[db][1] = o[db][2] = o[db][3] = 0.0f; }
+    float m0 = NEG_INF, m1 = NEG_INF, l0 = 0.0f, l1 = 0.0f;
+    for (int j0 = 0; j0 < seq; j0 += BK) {
+        __syncthreads();  // the previous tile is no longer read
+        for (int idx = tid; idx < BK * D; idx += BQ * 2) {
+            const int j = idx / D, d = idx % D;
+            const bool ok = j0 + j < seq && d < hd;
+            const long long a = (tok0 + j0 + j) * rs + hoff + d;
+            Ks[j * KP + d] = ok ? raw16(k, a) : (unsigned short)0;
+            Vt[d * VP + j] = ok ? raw16(v, a) : (unsigned short)0;
+        }
+        __syncthreads();
+        // S = Q·Kᵀ for this warp's 16 rows and the tile's 64 keys.
+        float sc[NB][4];
+#pragma unroll
+        for (int nb = 0; nb < NB; nb++) {
+            sc[nb][0] = sc[nb][1] = sc[nb][2] = sc[nb][3] = 0.0f;
+#pragma unroll
+            for (int ks = 0; ks < KS; ks++) {
+                unsigned bb[2];
+                const unsigned short* kp = &Ks[(nb * 8 + g) * KP + ks * 16 + t4 * 2];
+                bb[0] = *reinterpret_cast<const unsigned*>(kp);
+                bb[1] = *reinterpret_cast<const unsigned*>(kp + 8);
+                mma16816(sc[nb], qa[ks], bb, q);
+            }
+        }
+        // Online softmax (rows g and g+8 of the warp; a row's 64 scores are
+        // spread over the 4 lanes of a quad).
+        float mx0 = NEG_INF, mx1 = NEG_INF;
+#pragma unroll
+        for (int nb = 0; nb < NB; nb++) {
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const int key = j0 + nb * 8 + t4 * 2 + (e & 1);
+                float sv = key < seq ? sc[nb][e] * sl2 : NEG_INF;
+                sc[nb][e] = sv;
+                if (e < 2) mx0 = fmaxf(mx0, sv); else mx1 = fmaxf(mx1, sv);
+            }
+        }
+#pragma unroll
+        for (int x = 1; x < 4; x <<= 1) {
+            mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, x));
+            mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, x));
+        }
+        const float mn0 = fmaxf(m0, mx0), mn1 = fmaxf(m1, mx1);  // finite: key j0 < seq exists
+        const float c0 = exp2f(m0 - mn0), c1 = exp2f(m1 - mn1);  // 0 on the first tile
+        m0 = mn0; m1 = mn1;
+        float s0 = 0.0f, s1 = 0.0f;
+#pragma unroll
+        for (int nb = 0; nb < NB; nb++) {
+            sc[nb][0] = exp2f(sc[nb][0] - mn0); sc[nb][1] = exp2f(sc[nb][1] - mn0);
+            sc[nb][2] = exp2f(sc[nb][2] - mn1); sc[nb][3] = exp2f(sc[nb][3] - mn1);
+            s0 += sc[nb][0] + sc[nb][1];
+            s1 += sc[nb][2] + sc[nb][3];
+        }
+        l0 = l0 * c0 + s0;  // per-lane partial sums; reduced across the quad at the end
+        l1 = l1 * c1 + s1;
+#pragma unroll
+        for (int db = 0; db < DB; db++) { o[db][0] *= c0; o[db][1] *= c0; o[db][2] *= c1; o[db][3] *= c1; }
+        // O += P·V: P's A fragments come straight from the S accumulators.
+#pragma unroll
+        for (int kk = 0; kk < BK / 16; kk++) {
+            unsigned pa[4];
+            pa[0] = pack2(sc[2 * kk][0], sc[2 * kk][1], q);
+            pa[1] = pack2(sc[2 * kk][2], sc[2 * kk][3], q);
+            pa[2] = pack2(sc[2 * kk + 1][0], sc[2 * kk + 1][1], q);
+            pa[3] = pack2(sc[2 * kk + 1][2], sc[2 * kk + 1][3], q);
+#pragma unroll
+            for (int db = 0; db < DB; db++) {
+                unsigned bb[2];
+                const unsigned short* vp = &Vt[(db * 8 + g) * VP + kk * 16 + t4 * 2];
+                bb[0] = *reinterpret_cast<const unsigned*>(vp);
+                bb[1] = *reinterpret_cast<const unsigned*>(vp + 8);
+                mma16816(o[db], pa, bb, q);
+            }
+        }
+    }
+#pragma unroll
+    for (int x = 1; x < 4; x <<= 1) {
+        l0 += __shfl_xor_sync(0xffffffffu, l0, x);
+        l1 += __shfl_xor_sync(0xffffffffu, l1, x);
+    }
+    const float i0 = l0 > 0.0f ? 1.0f / l0 : 0.0f, i1 = l1 > 0.0f ? 1.0f / l1 : 0.0f;
+#pragma unroll
+    for (int db = 0; db < DB; db++) {
+        const int col = db * 8 + t4 * 2;
+#pragma unroll
+        for (int e = 0; e < 2; e++) {
+            if (col + e >= hd) continue;
+            if (r0 < seq) st(out, (tok0 + r0) * (long long)heads * hd + hoff + col + e, o[db][e] * i0);
+            if (r1 < seq) st(out, (tok0 + r1) * (long long)heads * hd + hoff + col + e, o[db][2 + e] * i1);
+        }
+    }
+}
+#define FLASH_MMA(TN, T, D) \
+extern "C" __global__ void __launch_bounds__(128) flash_mma_##TN##_d##D(const T* q, const T* k, const T* v, \
+    const unsigned* cu, T* o, int heads, int hd, long long rs, float scale) { \
+    flash_mma_t<T, D>(q, k, v, cu, o, heads, hd, rs, scale); }
+FLASH_MMA(bf16, bf16, 32)
+FLASH_MMA(bf16, bf16, 64)
+FLASH_MMA(bf16, bf16, 128)
+FLASH_MMA(f16, f16, 32)
+FLASH_MMA(f16, f16, 64)
+FLASH_MMA(f16, f16, 128)
 FLASH(f32, float, 32, 32, 64)
 FLASH(f32, float, 32, 64, 64)
 FLASH(f32, float, 64, 32, 64)
@@ -348,18 +560,28 @@ FLASH(f32, float, 64, 64, 64)
 FLASH(f32, float, 128, 32, 32)
 FLASH(f32, float, 128, 64, 32)
 FLASH(bf16, bf16, 32, 32, 64)
+FLASH(f16, f16, 32, 32, 64)
 FLASH(bf16, bf16, 32, 64, 64)
+FLASH(f16, f16, 32, 64, 64)
 FLASH(bf16, bf16, 64, 32, 64)
+FLASH(f16, f16, 64, 32, 64)
 FLASH(bf16, bf16, 64, 64, 64)
+FLASH(f16, f16, 64, 64, 64)
 FLASH(bf16, bf16, 128, 32, 32)
+FLASH(f16, f16, 128, 32, 32)
 FLASH(bf16, bf16, 128, 64, 32)
+FLASH(f16, f16, 128, 64, 32)
 extern "C" __global__ void attention_f32(const float* q, const float* k, const float* v, const float* mask, float* o,
     int seq, int heads, int hd, long long rs, float scale) { attn_t(q, k, v, mask, o, seq, heads, hd, rs, scale); }
 extern "C" __global__ void attention_bf16(const bf16* q, const bf16* k, const bf16* v, const float* mask, bf16* o,
     int seq, int heads, int hd, long long rs, float scale) { attn_t(q, k, v, mask, o, seq, heads, hd, rs, scale); }
+extern "C" __global__ void attention_f16(const f16* q, const f16* k, const f16* v, const float* mask, f16* o,
+    int seq, int heads, int hd, long long rs, float scale) { attn_t(q, k, v, mask, o, seq, heads, hd, rs, scale); }
 extern "C" __global__ void attention_bias_f32(const float* q, const float* k, const float* v, const float* mask, float* o,
     int seq, int heads, int hd, long long rs, float scale, const float* bias) { attn_t(q, k, v, mask, o, seq, heads, hd, rs, scale, bias); }
 extern "C" __global__ void attention_bias_bf16(const bf16* q, const bf16* k, const bf16* v, const float* mask, bf16* o,
+    int seq, int heads, int hd, long long rs, float scale, const float* bias) { attn_t(q, k, v, mask, o, seq, heads, hd, rs, scale, bias); }
+extern "C" __global__ void attention_bias_f16(const f16* q, const f16* k, const f16* v, const float* mask, f16* o,
     int seq, int heads, int hd, long long rs, float scale, const float* bias) { attn_t(q, k, v, mask, o, seq, heads, hd, rs, scale, bias); }
 "#
 );
@@ -388,36 +610,19 @@ template <typename T> __device__ void mean_pool_t(const T* x, const float* mask,
 }
 extern "C" __global__ void gather_f32(const float* t, const unsigned* ids, float* o, long long n, int dim) { gather_t(t, ids, o, n, dim); }
 extern "C" __global__ void gather_bf16(const bf16* t, const unsigned* ids, bf16* o, long long n, int dim) { gather_t(t, ids, o, n, dim); }
+extern "C" __global__ void gather_f16(const f16* t, const unsigned* ids, f16* o, long long n, int dim) { gather_t(t, ids, o, n, dim); }
 extern "C" __global__ void mean_pool_f32(const float* x, const float* m, float* o, int seq, int dim) { mean_pool_t(x, m, o, seq, dim); }
 extern "C" __global__ void mean_pool_bf16(const bf16* x, const float* m, bf16* o, int seq, int dim) { mean_pool_t(x, m, o, seq, dim); }
+extern "C" __global__ void mean_pool_f16(const f16* x, const float* m, f16* o, int seq, int dim) { mean_pool_t(x, m, o, seq, dim); }
 "#
 );
 
 /// The kernels each unit defines (looked up once after loading).
 pub(crate) fn kernel_names(unit: Unit) -> &'static [&'static str] {
     match unit {
-        Unit::Elementwise => &[
-            "add_f32", "add_bf16", "act_f32", "act_bf16", "bias_act_f32", "bias_act_bf16", "cast_f32_bf16", "cast_bf16_f32", "glu_f32", "glu_bf16", "rope_f32", "rope_bf16",
-        ],
-        Unit::Norm => &["layer_norm_f32", "layer_norm_bf16", "softmax_f32", "softmax_bf16", "l2_normalize_f32", "l2_normalize_bf16"],
-        Unit::Attention => &[
-            "attention_f32",
-            "attention_bf16",
-            "attention_bias_f32",
-            "attention_bias_bf16",
-            "flash_f32_d32_q32",
-            "flash_f32_d32_q64",
-            "flash_f32_d64_q32",
-            "flash_f32_d64_q64",
-            "flash_f32_d128_q32",
-            "flash_f32_d128_q64",
-            "flash_bf16_d32_q32",
-            "flash_bf16_d32_q64",
-            "flash_bf16_d64_q32",
-            "flash_bf16_d64_q64",
-            "flash_bf16_d128_q32",
-            "flash_bf16_d128_q64",
-        ],
-        Unit::Gather => &["gather_f32", "gather_bf16", "mean_pool_f32", "mean_pool_bf16"],
+        Unit::Elementwise => &["add_f32", "add_bf16", "add_f16", "act_f32", "act_bf16", "act_f16", "bias_act_f32", "bias_act_bf16", "bias_act_f16", "cast_f32_bf16", "cast_bf16_f32", "cast_f32_f16", "cast_f16_f32", "glu_f32", "glu_bf16", "glu_f16", "rope_f32", "rope_bf16", "rope_f16"],
+        Unit::Norm => &["layer_norm_f32", "layer_norm_bf16", "layer_norm_f16", "softmax_f32", "softmax_bf16", "softmax_f16", "l2_normalize_f32", "l2_normalize_bf16", "l2_normalize_f16"],
+        Unit::Attention => &["attention_f32", "attention_bf16", "attention_f16", "attention_bias_f32", "attention_bias_bf16", "attention_bias_f16", "flash_f32_d32_q32", "flash_f32_d32_q64", "flash_f32_d64_q32", "flash_f32_d64_q64", "flash_f32_d128_q32", "flash_f32_d128_q64", "flash_bf16_d32_q32", "flash_f16_d32_q32", "flash_bf16_d32_q64", "flash_f16_d32_q64", "flash_bf16_d64_q32", "flash_f16_d64_q32", "flash_bf16_d64_q64", "flash_f16_d64_q64", "flash_bf16_d128_q32", "flash_f16_d128_q32", "flash_bf16_d128_q64", "flash_f16_d128_q64", "flash_varlen_f32_d32_q32", "flash_varlen_f32_d32_q64", "flash_varlen_f32_d64_q32", "flash_varlen_f32_d64_q64", "flash_varlen_f32_d128_q32", "flash_varlen_f32_d128_q64", "flash_varlen_bf16_d32_q32", "flash_varlen_bf16_d32_q64", "flash_varlen_bf16_d64_q32", "flash_varlen_bf16_d64_q64", "flash_varlen_bf16_d128_q32", "flash_varlen_bf16_d128_q64", "flash_varlen_f16_d32_q32", "flash_varlen_f16_d32_q64", "flash_varlen_f16_d64_q32", "flash_varlen_f16_d64_q64", "flash_varlen_f16_d128_q32", "flash_varlen_f16_d128_q64", "flash_mma_bf16_d32", "flash_mma_bf16_d64", "flash_mma_bf16_d128", "flash_mma_f16_d32", "flash_mma_f16_d64", "flash_mma_f16_d128"],
+        Unit::Gather => &["gather_f32", "gather_bf16", "gather_f16", "mean_pool_f32", "mean_pool_bf16", "mean_pool_f16"],
     }
 }

@@ -7,7 +7,7 @@ use super::event::cuda_event;
 use super::graph::CudaGraph;
 use super::module::Unit;
 use super::pinned::PinnedPool;
-use crate::backend::{Activation, Attention, BackendEvent, BackendGraph, BackendStream, BufSlice, Capture, DType, Gather, Gemm, HostFns, Kernels, LayerNorm, MeanPool, Rope};
+use crate::backend::{Activation, Attention, BackendEvent, BackendGraph, BackendStream, BufSlice, Capture, DType, Gather, Gemm, HostFns, Kernels, LayerNorm, MeanPool, Rope, VarlenAttention};
 use crate::error::{Error, Result};
 use cudarc::driver::sys::{self, CUresult, CUstream};
 use std::any::Any;
@@ -55,13 +55,16 @@ fn ptr(s: BufSlice) -> Arg {
     Arg::Ptr(s.addr())
 }
 
-/// The kernel for `d` among its f32 and bf16 instantiations (static names:
-/// no allocation on the launch path).
-fn pick(d: DType, f32: &'static str, bf16: &'static str) -> &'static str {
-    match d {
-        DType::F32 => f32,
-        DType::BF16 => bf16,
-    }
+/// The kernel `name_{f32,bf16,f16}` for dtype `d` (static names: no
+/// allocation on the launch path).
+macro_rules! pick {
+    ($d:expr, $name:literal) => {
+        match $d {
+            DType::F32 => concat!($name, "_f32"),
+            DType::BF16 => concat!($name, "_bf16"),
+            DType::F16 => concat!($name, "_f16"),
+        }
+    };
 }
 
 fn act_code(a: Activation) -> i32 {
@@ -199,7 +202,46 @@ fn flash_name(d: DType, dpad: usize, bq: u32) -> &'static str {
         (DType::BF16, 64, _) => "flash_bf16_d64_q64",
         (DType::BF16, _, 32) => "flash_bf16_d128_q32",
         (DType::BF16, _, _) => "flash_bf16_d128_q64",
+        (DType::F16, 32, 32) => "flash_f16_d32_q32",
+        (DType::F16, 32, _) => "flash_f16_d32_q64",
+        (DType::F16, 64, 32) => "flash_f16_d64_q32",
+        (DType::F16, 64, _) => "flash_f16_d64_q64",
+        (DType::F16, _, 32) => "flash_f16_d128_q32",
+        (DType::F16, _, _) => "flash_f16_d128_q64",
     }
+}
+
+/// The packed-layout kernel: `(name, threads, query tile)`. f16/bf16 run the
+/// tensor-core (mma) kernel unless `mma` is off; f32 (and half with `mma`
+/// off) the CUDA-core tiled kernel. `None`: head_dim over 128.
+fn varlen_kernel(d: DType, hd: usize, mma: bool) -> Option<(&'static str, u32, u32)> {
+    let dpad = hd.next_power_of_two().max(32);
+    if dpad > 128 {
+        return None;
+    }
+    if mma && d.is_half() {
+        let name = match (d, dpad) {
+            (DType::BF16, 32) => "flash_mma_bf16_d32",
+            (DType::BF16, 64) => "flash_mma_bf16_d64",
+            (DType::BF16, _) => "flash_mma_bf16_d128",
+            (DType::F16, 32) => "flash_mma_f16_d32",
+            (DType::F16, 64) => "flash_mma_f16_d64",
+            (_, _) => "flash_mma_f16_d128",
+        };
+        return Some((name, 128, 64));
+    }
+    let name = match (d, dpad) {
+        (DType::F32, 32) => "flash_varlen_f32_d32_q64",
+        (DType::F32, 64) => "flash_varlen_f32_d64_q64",
+        (DType::F32, _) => "flash_varlen_f32_d128_q64",
+        (DType::BF16, 32) => "flash_varlen_bf16_d32_q64",
+        (DType::BF16, 64) => "flash_varlen_bf16_d64_q64",
+        (DType::BF16, _) => "flash_varlen_bf16_d128_q64",
+        (DType::F16, 32) => "flash_varlen_f16_d32_q64",
+        (DType::F16, 64) => "flash_varlen_f16_d64_q64",
+        (DType::F16, _) => "flash_varlen_f16_d128_q64",
+    };
+    Some((name, 64 * (dpad as u32 / 32), 64))
 }
 
 /// The checks and kernel arguments every attention kernel shares: q, k, v,
@@ -218,6 +260,44 @@ fn attention_args(p: &Attention) -> Result<Option<(i32, [Arg; 10])>> {
 }
 
 impl CudaStream {
+    /// Packed attention with the tensor-core kernel (`mma`, f16/bf16) or
+    /// the CUDA-core tiled one (tests compare them);
+    /// `Kernels::attention_varlen` uses mma unless `BRAID_ATTN_MMA=0`.
+    ///
+    /// # Safety
+    /// As [`Kernels::attention_varlen`].
+    pub unsafe fn attention_varlen_with(&self, p: &VarlenAttention, mma: bool) -> Result<()> {
+        if p.batch == 0 || p.max_seq == 0 || p.heads == 0 || p.head_dim == 0 {
+            return Ok(());
+        }
+        if p.heads > 65535 || p.batch > 65535 {
+            return Err(Error::InvalidArgument(format!("attention_varlen: heads ({}) and batch ({}) must be at most 65535 on CUDA", p.heads, p.batch)));
+        }
+        // mma.sync with bf16 needs compute capability 8.0.
+        let Some((name, threads, bq)) = varlen_kernel(p.dtype, p.head_dim, mma && self.ctx.cc.0 >= 8) else {
+            return Err(Error::Unsupported { backend: "cuda", what: format!("packed attention with head_dim {} > 128", p.head_dim) });
+        };
+        let max_seq = i32_dim(p.max_seq, "max_seq")? as u32;
+        let args = [
+            ptr(p.q),
+            ptr(p.k),
+            ptr(p.v),
+            ptr(p.cu_seqlens),
+            ptr(p.out),
+            Arg::I32(p.heads as i32),
+            Arg::I32(i32_dim(p.head_dim, "head_dim")?),
+            Arg::I64(p.row_stride as i64),
+            Arg::F32(p.scale),
+        ];
+        let grid = (max_seq.div_ceil(bq), p.heads as u32, p.batch as u32);
+        // SAFETY: cu_seqlens holds batch+1 offsets rising to the stream's
+        // token count, each segment at most max_seq long (checked by the
+        // caller); q/k/v hold that many rows of row_stride and out
+        // tokens*heads*head_dim elements; the kernels use static shared memory
+        // and read head_dim <= their padded width.
+        unsafe { self.launch(Unit::Attention, name, grid, threads, 0, &args) }
+    }
+
     /// Attention with a chosen kernel (tests and benchmarks compare them);
     /// `BackendStream::attention` is `attention_with(p, AttnKernel::Auto)`.
     ///
@@ -247,7 +327,7 @@ impl CudaStream {
         if smem > 48 * 1024 {
             return Err(Error::Unsupported { backend: "cuda", what: format!("attention with head_dim {} > 128 and seq {} + head_dim > 12288 floats of shared memory", p.head_dim, p.seq) });
         }
-        let name = pick(p.dtype, "attention_f32", "attention_bf16");
+        let name = pick!(p.dtype, "attention");
         // SAFETY: as above; `smem` floats of dynamic shared memory.
         unsafe { self.launch(Unit::Attention, name, (seq as u32, p.heads as u32, p.batch as u32), ATTN_BLOCK, smem as u32, &args) }
     }
@@ -357,7 +437,7 @@ impl Kernels for CudaStream {
         // cublasGemmEx path): one elementwise pass over the output.
         if rest.bias || rest.act != Activation::None {
             let total = g.m * g.n;
-            let name = pick(g.dtype, "bias_act_f32", "bias_act_bf16");
+            let name = pick!(g.dtype, "bias_act");
             let bias = if rest.bias { g.bias } else { None };
             let args = [ptr(g.out), opt(bias), Arg::I64(total as i64), Arg::I32(i32_dim(g.n, "gemm n")?), Arg::I32(act_code(rest.act))];
             // SAFETY: `out` holds m*n and `bias` n elements of `dtype`.
@@ -370,7 +450,7 @@ impl Kernels for CudaStream {
         if n == 0 {
             return Ok(());
         }
-        let name = pick(dtype, "add_f32", "add_bf16");
+        let name = pick!(dtype, "add");
         // SAFETY: the three buffers hold n elements of `dtype` (the contract).
         unsafe { self.launch(Unit::Elementwise, name, (grid_1d(n, EW_BLOCK), 1, 1), EW_BLOCK, 0, &[ptr(a), ptr(b), ptr(out), Arg::I64(n as i64)]) }
     }
@@ -379,7 +459,7 @@ impl Kernels for CudaStream {
         if n == 0 {
             return Ok(());
         }
-        let name = pick(dtype, "act_f32", "act_bf16");
+        let name = pick!(dtype, "act");
         let args = [ptr(x), ptr(out), Arg::I64(n as i64), Arg::I32(act_code(act))];
         // SAFETY: both buffers hold n elements of `dtype` (the contract).
         unsafe { self.launch(Unit::Elementwise, name, (grid_1d(n, EW_BLOCK), 1, 1), EW_BLOCK, 0, &args) }
@@ -390,7 +470,7 @@ impl Kernels for CudaStream {
             return Ok(());
         }
         let rows = u32::try_from(p.rows).ok().filter(|&r| r < i32::MAX as u32).ok_or_else(|| Error::InvalidArgument(format!("layer_norm rows={} too large", p.rows)))?;
-        let name = pick(p.dtype, "layer_norm_f32", "layer_norm_bf16");
+        let name = pick!(p.dtype, "layer_norm");
         let args = [ptr(p.x), opt(p.residual), ptr(p.gamma), ptr(p.beta), ptr(p.out), Arg::I32(i32_dim(p.cols, "cols")?), Arg::F32(p.eps)];
         // SAFETY: x/residual/out hold rows*cols, gamma/beta cols elements.
         unsafe { self.launch(Unit::Norm, name, (rows, 1, 1), ROW_BLOCK, 0, &args) }
@@ -401,7 +481,7 @@ impl Kernels for CudaStream {
             return Ok(());
         }
         let r = i32_dim(rows, "rows")? as u32;
-        let name = pick(dtype, "softmax_f32", "softmax_bf16");
+        let name = pick!(dtype, "softmax");
         // SAFETY: both buffers hold rows*cols elements.
         unsafe { self.launch(Unit::Norm, name, (r, 1, 1), ROW_BLOCK, 0, &[ptr(x), ptr(out), Arg::I32(i32_dim(cols, "cols")?)]) }
     }
@@ -411,12 +491,17 @@ impl Kernels for CudaStream {
         unsafe { self.attention_with(p, AttnKernel::Auto) }
     }
 
+    unsafe fn attention_varlen(&self, p: &VarlenAttention) -> Result<()> {
+        // SAFETY: the caller's contract, passed on.
+        unsafe { self.attention_varlen_with(p, self.ctx.attn_mma) }
+    }
+
     unsafe fn glu(&self, x: BufSlice, out: BufSlice, rows: usize, cols: usize, act: Activation, dtype: DType) -> Result<()> {
         let n = rows * cols;
         if n == 0 {
             return Ok(());
         }
-        let name = pick(dtype, "glu_f32", "glu_bf16");
+        let name = pick!(dtype, "glu");
         let args = [ptr(x), ptr(out), Arg::I64(rows as i64), Arg::I32(i32_dim(cols, "cols")?), Arg::I32(act_code(act))];
         // SAFETY: x holds rows*2*cols and out rows*cols elements of `dtype` (the contract).
         unsafe { self.launch(Unit::Elementwise, name, (grid_1d(n, EW_BLOCK), 1, 1), EW_BLOCK, 0, &args) }
@@ -431,7 +516,7 @@ impl Kernels for CudaStream {
         if p.head_dim % 2 != 0 || p.seq == 0 {
             return Err(Error::InvalidArgument(format!("rope: head_dim {} must be even and seq {} positive", p.head_dim, p.seq)));
         }
-        let name = pick(p.dtype, "rope_f32", "rope_bf16");
+        let name = pick!(p.dtype, "rope");
         let args = [
             ptr(p.x),
             ptr(p.out),
@@ -453,7 +538,7 @@ impl Kernels for CudaStream {
         if smem > 48 * 1024 {
             return Err(Error::Unsupported { backend: "cuda", what: format!("attention with a bias and seq {} + head_dim {} > 12288 floats of shared memory", p.seq, p.head_dim) });
         }
-        let name = pick(p.dtype, "attention_bias_f32", "attention_bias_bf16");
+        let name = pick!(p.dtype, "attention_bias");
         // SAFETY: q/k/v hold batch*seq rows of row_stride, mask batch*seq f32,
         // bias heads*seq*seq f32, out batch*seq*heads*head_dim elements (the
         // trait's contract); `smem` floats of dynamic shared memory.
@@ -464,7 +549,7 @@ impl Kernels for CudaStream {
         if p.n == 0 || p.dim == 0 {
             return Ok(());
         }
-        let name = pick(p.dtype, "gather_f32", "gather_bf16");
+        let name = pick!(p.dtype, "gather");
         let args = [ptr(p.table), ptr(p.ids), ptr(p.out), Arg::I64(p.n as i64), Arg::I32(i32_dim(p.dim, "dim")?)];
         // SAFETY: ids hold n in-range u32, out n*dim elements (the contract).
         unsafe { self.launch(Unit::Gather, name, (grid_1d(p.n * p.dim, EW_BLOCK), 1, 1), EW_BLOCK, 0, &args) }
@@ -477,7 +562,7 @@ impl Kernels for CudaStream {
         if p.batch > 65535 {
             return Err(Error::InvalidArgument(format!("mean_pool: batch {} exceeds 65535 on CUDA", p.batch)));
         }
-        let name = pick(p.dtype, "mean_pool_f32", "mean_pool_bf16");
+        let name = pick!(p.dtype, "mean_pool");
         let dim = i32_dim(p.dim, "dim")?;
         let args = [ptr(p.x), opt(p.mask), ptr(p.out), Arg::I32(i32_dim(p.seq, "seq")?), Arg::I32(dim)];
         let grid = ((p.dim as u32).div_ceil(POOL_BLOCK), p.batch as u32, 1);
@@ -490,7 +575,7 @@ impl Kernels for CudaStream {
             return Ok(());
         }
         let r = i32_dim(rows, "rows")? as u32;
-        let name = pick(dtype, "l2_normalize_f32", "l2_normalize_bf16");
+        let name = pick!(dtype, "l2_normalize");
         // SAFETY: both buffers hold rows*cols elements.
         unsafe { self.launch(Unit::Norm, name, (r, 1, 1), ROW_BLOCK, 0, &[ptr(x), ptr(out), Arg::I32(i32_dim(cols, "cols")?)]) }
     }
@@ -503,7 +588,13 @@ impl Kernels for CudaStream {
             // SAFETY: both buffers hold n elements of `from`.
             return unsafe { self.d2d(x.sub(0, n * from.size())?, out.sub(0, n * from.size())?) };
         }
-        let name = if from == DType::F32 { "cast_f32_bf16" } else { "cast_bf16_f32" };
+        let name = match (from, to) {
+            (DType::F32, DType::BF16) => "cast_f32_bf16",
+            (DType::BF16, DType::F32) => "cast_bf16_f32",
+            (DType::F32, DType::F16) => "cast_f32_f16",
+            (DType::F16, DType::F32) => "cast_f16_f32",
+            _ => return Err(Error::Unsupported { backend: "cuda", what: format!("cast {} -> {} (go through f32)", from.name(), to.name()) }),
+        };
         // SAFETY: x holds n `from`, out n `to` elements.
         unsafe { self.launch(Unit::Elementwise, name, (grid_1d(n, EW_BLOCK), 1, 1), EW_BLOCK, 0, &[ptr(x), ptr(out), Arg::I64(n as i64)]) }
     }

@@ -5,7 +5,7 @@
 //! to stderr and returns.
 
 use super::*;
-use crate::backend::{Activation, Attention, BufSlice, Kernels, BufferId, Gather, Gemm, LayerNorm, MeanPool};
+use crate::backend::{Activation, Attention, BufSlice, Kernels, BufferId, Gather, Gemm, LayerNorm, MeanPool, VarlenAttention};
 
 /// Test operands are whole allocations or ranges of them.
 type DevicePtr = BufSlice;
@@ -102,6 +102,7 @@ impl Mem {
         match dtype {
             DType::F32 => self.bytes(&v.iter().flat_map(|x| x.to_ne_bytes()).collect::<Vec<_>>()),
             DType::BF16 => self.bytes(&v.iter().flat_map(|x| to_bf16(*x).to_ne_bytes()).collect::<Vec<_>>()),
+            DType::F16 => self.bytes(&v.iter().flat_map(|x| half::f16::from_f32(*x).to_bits().to_ne_bytes()).collect::<Vec<_>>()),
         }
     }
     /// An output buffer of `n` elements poisoned with NaN, so an element the
@@ -116,6 +117,7 @@ impl Mem {
         match dtype {
             DType::F32 => b.chunks_exact(4).map(|c| f32::from_ne_bytes(c.try_into().unwrap())).collect(),
             DType::BF16 => b.chunks_exact(2).map(|c| from_bf16(u16::from_ne_bytes(c.try_into().unwrap()))).collect(),
+            DType::F16 => b.chunks_exact(2).map(|c| half::f16::from_bits(u16::from_ne_bytes(c.try_into().unwrap())).to_f32()).collect(),
         }
     }
 }
@@ -152,7 +154,7 @@ fn check(name: &str, out: &[f32], r: &[f64], tol: f64) -> f64 {
 }
 
 fn tol(dtype: DType, f32_tol: f64) -> f64 {
-    if dtype == DType::BF16 {
+    if dtype.is_half() {
         1e-2
     } else {
         f32_tol
@@ -161,10 +163,10 @@ fn tol(dtype: DType, f32_tol: f64) -> f64 {
 
 /// Inputs as the kernel sees them (rounded to bf16 for bf16 runs).
 fn input(v: Vec<f32>, dtype: DType) -> Vec<f32> {
-    if dtype == DType::BF16 {
-        rb(&v)
-    } else {
-        v
+    match dtype {
+        DType::BF16 => rb(&v),
+        DType::F16 => v.iter().map(|&x| half::f16::from_f32(x).to_f32()).collect(),
+        DType::F32 => v,
     }
 }
 
@@ -179,7 +181,7 @@ fn act64(x: f64, a: Activation) -> f64 {
 }
 
 const ACTS: [Activation; 4] = [Activation::None, Activation::Relu, Activation::GeluErf, Activation::GeluTanh];
-const DTYPES: [DType; 2] = [DType::F32, DType::BF16];
+const DTYPES: [DType; 3] = [DType::F32, DType::BF16, DType::F16];
 
 #[test]
 fn unavailable_is_an_error_not_a_panic() {
@@ -505,6 +507,7 @@ fn attention_matches_f64_reference() {
                         let nan: Vec<u8> = match dtype {
                             DType::F32 => f32::NAN.to_ne_bytes().repeat(batch * seq * d),
                             DType::BF16 => to_bf16(f32::NAN).to_ne_bytes().repeat(batch * seq * d),
+                            DType::F16 => half::f16::NAN.to_bits().to_ne_bytes().repeat(batch * seq * d),
                         };
                         // SAFETY: `po` holds batch*seq*d elements.
                         unsafe { mem.s.h2d(&nan, po).unwrap() };
@@ -526,6 +529,82 @@ fn attention_matches_f64_reference() {
                         assert!(last.iter().all(|&v| v == 0.0), "fully masked batch entry must give zeros");
                     }
                 }
+            }
+        }
+    }
+}
+
+/// Packed (varlen) attention, tensor-core (mma) and CUDA-core kernels,
+/// against the f64 reference run per sequence: random segment lengths
+/// (1, tile edges 63/64/65, up to 300), head_dim 32/64/128 and odd widths,
+/// output poisoned with NaN before each kernel.
+#[test]
+fn attention_varlen_matches_f64_reference() {
+    let Some(be) = gpu("attention_varlen_matches_f64_reference") else { return };
+    let mut rng = Rng::new("attention_varlen");
+    // (segment lengths, heads, head_dim)
+    let mut cases: Vec<(Vec<usize>, usize, usize)> = vec![
+        (vec![1], 1, 32),
+        (vec![5, 63, 64, 65, 1, 17], 3, 32),
+        (vec![128, 7, 200], 12, 32),
+        (vec![33, 70], 2, 64),
+        (vec![129, 2, 64], 2, 128),
+        (vec![40, 9], 3, 40),
+        (vec![31, 0, 12], 2, 20),
+    ];
+    if !std::env::var("BRAID_ATTN_SMALL").is_ok_and(|v| v == "1") {
+        cases.push(((0..64).map(|_| 8 + rng.below(249) as usize).collect(), 12, 32));
+        cases.push((vec![300, 256], 4, 64));
+    }
+    for dtype in DTYPES {
+        for (lens, heads, hd) in &cases {
+            let (heads, hd) = (*heads, *hd);
+            let mut mem = Mem::new(&be);
+            let d = heads * hd;
+            let rs = 3 * d;
+            let mut cu = vec![0u32];
+            for l in lens {
+                cu.push(cu.last().unwrap() + *l as u32);
+            }
+            let t = *cu.last().unwrap() as usize;
+            let qkv = input(rng.vec(t * rs, 1.0), dtype);
+            let pqkv = mem.up(&qkv, dtype);
+            let pcu = mem.bytes(&cu.iter().flat_map(|c| c.to_ne_bytes()).collect::<Vec<_>>());
+            let po = mem.out(t * d, dtype);
+            let scale = 1.0 / (hd as f32).sqrt();
+            let mut r = Vec::with_capacity(t * d);
+            for w in cu.windows(2) {
+                let (a, n) = (w[0] as usize, (w[1] - w[0]) as usize);
+                r.extend(attention_ref(&qkv[a * rs..(a + n) * rs], rs, 0, d, 2 * d, None, 1, n, heads, hd, scale as f64));
+            }
+            let es = dtype.size() as u64;
+            let p = VarlenAttention {
+                q: pqkv,
+                k: at(pqkv, d * es as usize),
+                v: at(pqkv, 2 * d * es as usize),
+                row_stride: rs,
+                cu_seqlens: pcu,
+                out: po,
+                batch: lens.len(),
+                max_seq: *lens.iter().max().unwrap(),
+                heads,
+                head_dim: hd,
+                scale,
+                dtype,
+            };
+            for mma in [true, false] {
+                if mma && !dtype.is_half() {
+                    continue;
+                }
+                let nan = mem.up(&vec![f32::NAN; t * d], dtype);
+                // SAFETY: both hold t*d elements of `dtype`.
+                unsafe { mem.s.d2d(nan, po).unwrap() };
+                let cs = mem.s.as_any().downcast_ref::<CudaStream>().unwrap();
+                // SAFETY: sized per the descriptor; cu rises from 0 to t.
+                unsafe { cs.attention_varlen_with(&p, mma).unwrap() };
+                let out = mem.down(po, t * d, dtype);
+                let kname = if mma { "mma" } else { "cuda-core" };
+                check(&format!("attention_varlen[{kname}] {} segs{:?} h{heads} d{hd}", dtype.name(), &lens[..lens.len().min(8)]), &out, &r, tol(dtype, 1e-4));
             }
         }
     }

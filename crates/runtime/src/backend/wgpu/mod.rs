@@ -309,7 +309,7 @@ impl Backend for WgpuBackend {
         self.sh.check()
     }
     fn capabilities(&self) -> Capabilities {
-        Capabilities { graph_capture: false, host_functions: false, dtypes: vec![DType::F32], timing: false }
+        Capabilities { graph_capture: false, host_functions: false, dtypes: vec![DType::F32], timing: false, varlen_attention: false }
     }
     fn as_any(&self) -> &dyn Any {
         self

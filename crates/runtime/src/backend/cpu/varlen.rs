@@ -1,0 +1,63 @@
+//! Packed (varlen) attention on the CPU backend: each sequence of the token
+//! stream (`cu_seqlens[b] .. cu_seqlens[b+1]`) attends to itself with the
+//! dense kernel of [`super::kernels::attention`], batch 1 and no mask, so
+//! no work is spent on padding. Owns only this loop over segments; the
+//! arithmetic is the dense kernel's.
+
+use super::kernels;
+use crate::error::{Error, Result};
+
+/// `cu` holds `batch + 1` offsets; `q`/`k`/`v` hold the stream's rows
+/// `row_stride` apart, `out` is `[tokens, heads*hd]`. Offsets that decrease
+/// or pass the buffers are an error, never an out-of-bounds read.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_varlen(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    row_stride: usize,
+    cu: &[u32],
+    out: &mut [f32],
+    heads: usize,
+    hd: usize,
+    scale: f32,
+) -> Result<()> {
+    let d = heads * hd;
+    let tokens = *cu.last().unwrap_or(&0) as usize;
+    if cu.first().is_some_and(|&c| c != 0)
+        || cu.windows(2).any(|w| w[1] < w[0])
+        || out.len() < tokens * d
+    {
+        return Err(Error::InvalidArgument(format!(
+            "attention_varlen: cu_seqlens {cu:?} must rise from 0 to the stream's {} tokens",
+            out.len() / d.max(1)
+        )));
+    }
+    for w in cu.windows(2) {
+        let (start, len) = (w[0] as usize, (w[1] - w[0]) as usize);
+        if len == 0 {
+            continue;
+        }
+        let span = (len - 1) * row_stride + d;
+        let at = start * row_stride;
+        if at + span > q.len().min(k.len()).min(v.len()) {
+            return Err(Error::InvalidArgument(format!(
+                "attention_varlen: segment at {start} of {len} tokens runs past the q/k/v rows"
+            )));
+        }
+        kernels::attention(
+            &q[at..at + span],
+            &k[at..at + span],
+            &v[at..at + span],
+            row_stride,
+            None,
+            &mut out[start * d..(start + len) * d],
+            1,
+            len,
+            heads,
+            hd,
+            scale,
+        );
+    }
+    Ok(())
+}
