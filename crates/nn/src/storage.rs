@@ -13,6 +13,7 @@
 //!   allocator hands the memory out again only after those streams have
 //!   passed their reads. This is what makes dropping a shared weight safe.
 
+use braid_runtime::backend::WeightPack;
 use braid_runtime::{Device, DeviceBlock, DevicePtr, Result, Stream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
@@ -23,6 +24,11 @@ pub struct Storage {
     /// Streams other than `home` that read the block: bit i of word i/64.
     used_on: [AtomicU64; 2],
     settled: AtomicBool,
+    /// The backend's prepared form of these bytes as a GEMM weight (the CPU's
+    /// packed panels), made on first use. It lives and dies with this
+    /// allocation, and the bytes never change after the op that made them,
+    /// so it can never describe other data.
+    gemm_pack: WeightPack,
 }
 
 impl std::fmt::Debug for Storage {
@@ -35,13 +41,17 @@ impl Storage {
     /// `bytes` of memory on `stream` (the caller's current stream).
     pub fn alloc(device: &Device, bytes: usize, stream: &Stream) -> Result<Storage> {
         let block = device.alloc(bytes, stream)?;
-        Ok(Storage { block: Some(block), home: stream.index(), used_on: [AtomicU64::new(0), AtomicU64::new(0)], settled: AtomicBool::new(false) })
+        Ok(Storage { block: Some(block), home: stream.index(), used_on: [AtomicU64::new(0), AtomicU64::new(0)], settled: AtomicBool::new(false), gemm_pack: WeightPack::default() })
     }
 
     pub fn ptr(&self) -> DevicePtr {
         self.block.as_ref().map_or(0, |b| b.ptr())
     }
 
+    /// The slot for a backend's packed form of these bytes as a GEMM weight.
+    pub fn gemm_pack(&self) -> &WeightPack {
+        &self.gemm_pack
+    }
     pub fn bytes(&self) -> usize {
         self.block.as_ref().map_or(0, |b| b.requested())
     }

@@ -33,7 +33,8 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>, act: Activation) -> Re
         // SAFETY: shapes checked above: x holds m*k, w n*k, bias n, out m*n
         // elements of the dtype; all are alive (owned by the caller and by
         // `out`) and freed stream-ordered, so they outlive the kernel.
-        unsafe { stream.raw().gemm(&g)? };
+        // The weight's storage carries its packed form (see `Storage`).
+        unsafe { stream.raw().gemm_weight(&g, w.storage().gemm_pack())? };
     }
     Ok(out)
 }

@@ -19,6 +19,7 @@
 //! whichever task computes it: the results depend on the CPU's features (FMA
 //! or not), never on the thread count or timing.
 
+use super::packed::{self, PackedWeights};
 use super::pool::{self, SendPtr};
 use crate::backend::Activation;
 
@@ -415,6 +416,53 @@ pub fn gemm(m: usize, n: usize, k: usize, a: &[f32], w: &[f32], bias: Option<&[f
         }
         if activation != Activation::None {
             for r in r0..r1 {
+                act_rows(unsafe { std::slice::from_raw_parts_mut(o.ptr().add(r * n + c0), c1 - c0) }, activation);
+            }
+        }
+    });
+}
+
+/// `out[m,n] = act(a[m,k] · wᵀ + bias)` with `w` pre-packed
+/// ([`PackedWeights`]): no packing at all during the call. The output is cut
+/// into one block of whole 6-row tiles × whole 16-feature panels per pool
+/// thread (shaped to read the least of `a` and of the pack in total); the
+/// bias and activation are applied per block while it is in cache.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_packed(m: usize, a: &[f32], pw: &PackedWeights, bias: Option<&[f32]>, out: &mut [f32], activation: Activation) {
+    let (n, k) = (pw.n(), pw.k());
+    assert!(a.len() >= m * k && out.len() >= m * n && bias.is_none_or(|b| b.len() >= n), "gemm operands smaller than the descriptor");
+    if m == 0 || n == 0 {
+        return;
+    }
+    let o = SendPtr(out.as_mut_ptr());
+    let panels = pw.panels();
+    let tasks = pool::tasks_for(m.saturating_mul(n).saturating_mul(k.max(1)));
+    let p = tasks.min(pool::threads()).max(1);
+    let (mut mt, mut nt, mut best) = (1, 1, usize::MAX);
+    for cand_mt in 1..=p {
+        let cand_nt = p / cand_mt;
+        if cand_mt * cand_nt != p || (cand_mt > 1 && m / cand_mt < packed::MR) || (cand_nt > 1 && panels / cand_nt < 1) {
+            continue;
+        }
+        let cost = cand_nt * m + cand_mt * n;
+        if cost < best {
+            (mt, nt, best) = (cand_mt, cand_nt, cost);
+        }
+    }
+    pool::run(mt * nt, |t| {
+        let (r0, r1) = pool::chunk(m, mt, t / nt, packed::MR);
+        let (p0, p1) = pool::chunk(panels, nt, t % nt, 1);
+        if r0 >= r1 || p0 >= p1 {
+            return;
+        }
+        // SAFETY: rows [r0, r1) × panels [p0, p1) of `out` (an m × n buffer,
+        // asserted above) belong to this task alone: the chunks partition
+        // rows and panels.
+        unsafe { packed::gemm_block(a, pw, bias, o.ptr(), n, r0, r1, p0, p1) };
+        if activation != Activation::None {
+            let (c0, c1) = (p0 * packed::NR, (p1 * packed::NR).min(n));
+            for r in r0..r1 {
+                // SAFETY: as above, this task's rows and columns.
                 act_rows(unsafe { std::slice::from_raw_parts_mut(o.ptr().add(r * n + c0), c1 - c0) }, activation);
             }
         }
