@@ -88,13 +88,14 @@ fn row_block(k: usize) -> usize {
 #[allow(clippy::too_many_arguments)]
 pub unsafe fn gemm_block(a: &[f32], pw: &PackedWeights, bias: Option<&[f32]>, out: *mut f32, ldo: usize, r0: usize, r1: usize, p0: usize, p1: usize) {
     let mc = row_block(pw.k);
+    let tile_rows = if use_avx512() { MR512 } else { MR };
     let mut rb = r0;
     while rb < r1 {
         let re = (rb + mc).min(r1);
         for p in p0..p1 {
             let mut r = rb;
             while r < re {
-                let rows = MR.min(re - r);
+                let rows = tile_rows.min(re - r);
                 // SAFETY: forwarded from the caller (rows r..r+rows ⊂ r0..r1, panel p ⊂ p0..p1).
                 unsafe { tile(a, pw, bias, out, ldo, r, rows, p) };
                 r += rows;
@@ -104,12 +105,50 @@ pub unsafe fn gemm_block(a: &[f32], pw: &PackedWeights, bias: Option<&[f32]>, ou
     }
 }
 
-/// One `rows × 16` tile (rows ≤ 6) at row `r`, panel `p`.
+/// Rows per register tile of the AVX-512 kernel (12 of its 32 registers
+/// accumulate, one holds the panel's 16 values).
+pub const MR512: usize = 12;
+
+/// Whether the AVX-512 tile is used: the CPU has AVX-512F and
+/// `BRAID_CPU_AVX512=1` asks for it. Off by default: it could not be measured
+/// or run on the machine it was written on (no AVX-512 there); it computes
+/// every element with the same FMA chain as the AVX2 tile, so turning it on
+/// changes speed, never results (`scripts/cpu-gemm.sh` checks both).
+pub fn use_avx512() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *ON.get_or_init(|| {
+            std::env::var("BRAID_CPU_AVX512").is_ok_and(|v| v.trim() == "1") && std::is_x86_feature_detected!("avx512f") && super::kernels::has_avx2_fma()
+        })
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// One `rows × 16` tile (rows ≤ 6, or ≤ [`MR512`] with AVX-512) at row `r`, panel `p`.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 unsafe fn tile(a: &[f32], pw: &PackedWeights, bias: Option<&[f32]>, out: *mut f32, ldo: usize, r: usize, rows: usize, p: usize) {
     let k = pw.k;
     let panel = &pw.data[p * k * NR..(p + 1) * k * NR];
+    #[cfg(target_arch = "x86_64")]
+    if rows > MR || use_avx512() {
+        let mut arow = [&a[..0]; MR512];
+        for (i, ar) in arow.iter_mut().enumerate() {
+            let ri = r + i.min(rows - 1);
+            *ar = &a[ri * k..(ri + 1) * k];
+        }
+        let mut acc = [[0f32; NR]; MR512];
+        // SAFETY: `use_avx512` is true (tiles of more than MR rows are only
+        // made when it is), so the CPU has AVX-512F.
+        unsafe { tile_avx512(&arow, panel, k, &mut acc) };
+        // SAFETY: forwarded from the caller.
+        unsafe { store(&acc, pw.n, bias, out, ldo, r, rows, p) };
+        return;
+    }
     // Rows past `rows` repeat the last real row (computed, never stored).
     let mut arow = [&a[..0]; MR];
     for (i, ar) in arow.iter_mut().enumerate() {
@@ -130,8 +169,20 @@ unsafe fn tile(a: &[f32], pw: &PackedWeights, bias: Option<&[f32]>, out: *mut f3
     tile_fma(&arow, panel, k, &mut acc);
     #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
     tile_portable(&arow, panel, k, &mut acc);
+    // SAFETY: forwarded from the caller.
+    unsafe { store(&acc, pw.n, bias, out, ldo, r, rows, p) };
+}
+
+/// Write the first `rows` rows of a tile (plus the bias) to `out`.
+///
+/// # Safety
+/// Rows `r..r+rows`, columns of panel `p` below `n`, of the `ldo`-strided
+/// `out` are the caller's alone.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn store<const R: usize>(acc: &[[f32; NR]; R], n: usize, bias: Option<&[f32]>, out: *mut f32, ldo: usize, r: usize, rows: usize, p: usize) {
     let c0 = p * NR;
-    let cols = NR.min(pw.n - c0);
+    let cols = NR.min(n - c0);
     for (i, row) in acc.iter().enumerate().take(rows) {
         // SAFETY: row r+i < r1 and columns c0..c0+cols < n belong to this call
         // (the caller's contract); the buffer holds m × ldo floats.
@@ -175,6 +226,31 @@ unsafe fn tile_avx2(arow: &[&[f32]; MR], panel: &[f32], k: usize, acc: &mut [[f3
             _mm256_storeu_ps(acc[i].as_mut_ptr(), c[i][0]);
             _mm256_storeu_ps(acc[i].as_mut_ptr().add(8), c[i][1]);
         }
+    }
+}
+
+/// The tile on AVX-512F: 12 accumulators of 16 lanes, the same FMA chain
+/// per element as [`tile_avx2`] (so the same bits).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn tile_avx512(arow: &[&[f32]; MR512], panel: &[f32], k: usize, acc: &mut [[f32; NR]; MR512]) {
+    use std::arch::x86_64::*;
+    debug_assert!(panel.len() >= k * NR && arow.iter().all(|r| r.len() >= k));
+    let mut c = [_mm512_setzero_ps(); MR512];
+    let pp = panel.as_ptr();
+    let ap: [*const f32; MR512] = std::array::from_fn(|i| arow[i].as_ptr());
+    for kk in 0..k {
+        // SAFETY: kk < k; the panel holds k × 16 floats and every row k floats.
+        unsafe {
+            let b = _mm512_loadu_ps(pp.add(kk * NR));
+            for i in 0..MR512 {
+                c[i] = _mm512_fmadd_ps(_mm512_set1_ps(*ap[i].add(kk)), b, c[i]);
+            }
+        }
+    }
+    for i in 0..MR512 {
+        // SAFETY: acc[i] is 16 floats.
+        unsafe { _mm512_storeu_ps(acc[i].as_mut_ptr(), c[i]) };
     }
 }
 
