@@ -607,10 +607,28 @@ simd_fn! {
                     *qv = x * scale;
                 }
                 let s = &mut s[..tk];
-                s.iter_mut().for_each(|x| *x = 0.0);
-                for dd in 0..hd {
-                    let qd = qs[dd];
-                    for (sv, &kv) in s.iter_mut().zip(&kt[dd * tk..(dd + 1) * tk]) {
+                // Scores 16 keys at a time, each kept in registers across the
+                // whole head dimension (one store per score, not one per d);
+                // per score the same FMA chain over d = 0..hd as a plain loop.
+                let full = tk / 16 * 16;
+                let mut c = 0;
+                while c < full {
+                    let mut a16 = [0f32; 16];
+                    for (dd, &qd) in qs.iter().enumerate() {
+                        let kr = &kt[dd * tk + c..dd * tk + c + 16];
+                        for l in 0..16 {
+                            a16[l] = fmadd::<F>(qd, kr[l], a16[l]);
+                        }
+                    }
+                    s[c..c + 16].copy_from_slice(&a16);
+                    c += 16;
+                }
+                // The last < 16 keys: vectorised across keys instead (the
+                // same chain per score).
+                let st = &mut s[full..];
+                st.iter_mut().for_each(|x| *x = 0.0);
+                for (dd, &qd) in qs.iter().enumerate() {
+                    for (sv, &kv) in st.iter_mut().zip(&kt[dd * tk + full..(dd + 1) * tk]) {
                         *sv = fmadd::<F>(qd, kv, *sv);
                     }
                 }
@@ -636,9 +654,27 @@ simd_fn! {
                 if corr != 1.0 {
                     ai.iter_mut().for_each(|x| *x *= corr);
                 }
-                for (jj, &p) in s.iter().enumerate() {
-                    for (av, &vv) in ai.iter_mut().zip(&vt[jj * hd..(jj + 1) * hd]) {
-                        *av = fmadd::<F>(p, vv, *av);
+                // P·V 16 head lanes at a time, kept in registers across the
+                // tile's keys (same FMA chain per lane, key order unchanged).
+                let hfull = hd / 16 * 16;
+                let mut c = 0;
+                while c < hfull {
+                    let mut a16 = [0f32; 16];
+                    a16.copy_from_slice(&ai[c..c + 16]);
+                    for (jj, &p) in s.iter().enumerate() {
+                        let vr = &vt[jj * hd + c..jj * hd + c + 16];
+                        for l in 0..16 {
+                            a16[l] = fmadd::<F>(p, vr[l], a16[l]);
+                        }
+                    }
+                    ai[c..c + 16].copy_from_slice(&a16);
+                    c += 16;
+                }
+                if hfull < hd {
+                    for (jj, &p) in s.iter().enumerate() {
+                        for (av, &vv) in ai[hfull..].iter_mut().zip(&vt[jj * hd + hfull..(jj + 1) * hd]) {
+                            *av = fmadd::<F>(p, vv, *av);
+                        }
                     }
                 }
             }
