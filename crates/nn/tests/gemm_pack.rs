@@ -56,3 +56,37 @@ fn packed_weights_never_stale() {
     assert!(reused > 0, "the caching allocator never reused the weight's address; the stale-pack case was not exercised");
     eprintln!("address reused in {reused} of 5 rounds");
 }
+
+#[test]
+fn first_use_from_many_threads_at_once() {
+    // Eight threads (each on its own stream) make a fresh weight's first
+    // packed GEMM at the same moment: one packs, the others wait for that
+    // pack (the slot is a OnceLock); every answer is the same bits and right.
+    let dev = Device::parse("cpu").unwrap();
+    let mut rng = Rng::new(41);
+    let (m, n, k) = (24, 96, 80);
+    let x = rng.uniform_vec(m * k, -1.0, 1.0);
+    for round in 0..4 {
+        let wv = rng.uniform_vec(n * k, -1.0, 1.0);
+        let w = Tensor::from_slice(&dev, &wv, &[n, k]).unwrap();
+        w.settle().unwrap();
+        let barrier = std::sync::Barrier::new(8);
+        let outs: Vec<Vec<f32>> = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..8)
+                .map(|_| {
+                    s.spawn(|| {
+                        let xt = Tensor::from_slice(&dev, &x, &[m, k]).unwrap();
+                        barrier.wait();
+                        ops::linear(&xt, &w, None, Activation::GeluErf).unwrap().to_vec().unwrap()
+                    })
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let e = rel_err(&outs[0], &reference(&x, &wv, m, n, k));
+        assert!(e < 1e-4, "round {round}: rel err {e:e}");
+        for (t, o) in outs.iter().enumerate() {
+            assert!(o.iter().zip(&outs[0]).all(|(a, b)| a.to_bits() == b.to_bits()), "round {round}: thread {t} differs from thread 0");
+        }
+    }
+}
