@@ -13,16 +13,32 @@ fn reference(x: &[f32], w: &[f32], m: usize, n: usize, k: usize) -> Vec<f64> {
     let mut out = vec![0f64; m * n];
     for i in 0..m {
         for j in 0..n {
-            let s: f64 = (0..k).map(|kk| x[i * k + kk] as f64 * w[j * k + kk] as f64).sum();
-            out[i * n + j] = 0.5 * s * (1.0 + braid_runtime::backend::cpu::kernels::erf64(s / std::f64::consts::SQRT_2));
+            let s: f64 = (0..k)
+                .map(|kk| x[i * k + kk] as f64 * w[j * k + kk] as f64)
+                .sum();
+            out[i * n + j] = 0.5
+                * s
+                * (1.0 + braid_runtime::backend::cpu::kernels::erf64(s / std::f64::consts::SQRT_2));
         }
     }
     out
 }
 
-fn check(dev: &Device, x: &[f32], w: &Tensor, wv: &[f32], m: usize, n: usize, k: usize, what: &str) {
+fn check(
+    dev: &Device,
+    x: &[f32],
+    w: &Tensor,
+    wv: &[f32],
+    m: usize,
+    n: usize,
+    k: usize,
+    what: &str,
+) {
     let xt = Tensor::from_slice(dev, x, &[m, k]).unwrap();
-    let out = ops::linear(&xt, w, None, Activation::GeluErf).unwrap().to_vec().unwrap();
+    let out = ops::linear(&xt, w, None, Activation::GeluErf)
+        .unwrap()
+        .to_vec()
+        .unwrap();
     let reference = reference(x, wv, m, n, k);
     let e = rel_err(&out, &reference);
     assert!(e < 1e-4, "{what}: rel err {e:e}");
@@ -44,12 +60,42 @@ fn packed_weights_never_stale() {
         }
         last_ptr = w.ptr();
         // First call packs, second uses the pack.
-        check(&dev, &x, &w, &wv, m, n, k, &format!("round {round}, first use"));
-        check(&dev, &x, &w, &wv, m, n, k, &format!("round {round}, packed"));
-        assert!(w.storage().gemm_pack().get().is_some(), "a {m}-row GEMM should have packed the weight");
+        check(
+            &dev,
+            &x,
+            &w,
+            &wv,
+            m,
+            n,
+            k,
+            &format!("round {round}, first use"),
+        );
+        check(
+            &dev,
+            &x,
+            &w,
+            &wv,
+            m,
+            n,
+            k,
+            &format!("round {round}, packed"),
+        );
+        assert!(
+            w.storage().gemm_pack().get().is_some(),
+            "a {m}-row GEMM should have packed the weight"
+        );
         // The same bytes as a [2n, k/2] weight: must not be served the [n, k] pack.
         let view = w.reshape(&[2 * n, k / 2]).unwrap();
-        check(&dev, &x[..m * (k / 2)], &view, &wv, m, 2 * n, k / 2, "reshaped view");
+        check(
+            &dev,
+            &x[..m * (k / 2)],
+            &view,
+            &wv,
+            m,
+            2 * n,
+            k / 2,
+            "reshaped view",
+        );
         drop((w, view));
     }
     // The test is only meaningful if the allocator did hand the same address out again.
@@ -77,7 +123,10 @@ fn first_use_from_many_threads_at_once() {
                     s.spawn(|| {
                         let xt = Tensor::from_slice(&dev, &x, &[m, k]).unwrap();
                         barrier.wait();
-                        ops::linear(&xt, &w, None, Activation::GeluErf).unwrap().to_vec().unwrap()
+                        ops::linear(&xt, &w, None, Activation::GeluErf)
+                            .unwrap()
+                            .to_vec()
+                            .unwrap()
                     })
                 })
                 .collect();
@@ -86,7 +135,12 @@ fn first_use_from_many_threads_at_once() {
         let e = rel_err(&outs[0], &reference(&x, &wv, m, n, k));
         assert!(e < 1e-4, "round {round}: rel err {e:e}");
         for (t, o) in outs.iter().enumerate() {
-            assert!(o.iter().zip(&outs[0]).all(|(a, b)| a.to_bits() == b.to_bits()), "round {round}: thread {t} differs from thread 0");
+            assert!(
+                o.iter()
+                    .zip(&outs[0])
+                    .all(|(a, b)| a.to_bits() == b.to_bits()),
+                "round {round}: thread {t} differs from thread 0"
+            );
         }
     }
 }

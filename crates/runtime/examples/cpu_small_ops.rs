@@ -11,7 +11,12 @@ use std::time::Instant;
 
 fn main() {
     println!("pool threads {}", pool::threads());
-    for &(m, n, k) in &[(1usize, 1024usize, 512usize), (1, 1024, 1024), (1, 512, 1024), (8, 1024, 1024)] {
+    for &(m, n, k) in &[
+        (1usize, 1024usize, 512usize),
+        (1, 1024, 1024),
+        (1, 512, 1024),
+        (8, 1024, 1024),
+    ] {
         let a: Vec<f32> = (0..m * k).map(|i| (i % 13) as f32 * 0.1).collect();
         let w: Vec<f32> = (0..n * k).map(|i| (i % 7) as f32 * 0.1).collect();
         let mut o = vec![0f32; m * n];
@@ -22,6 +27,9 @@ fn main() {
             t.push(t0.elapsed().as_secs_f64() * 1e6);
         }
         t.sort_by(|a, b| a.total_cmp(b));
-        println!("gemm {m} x {n} x {k}: p50 {:.1} us, p90 {:.1} us", t[1000], t[1800]);
+        println!(
+            "gemm {m} x {n} x {k}: p50 {:.1} us, p90 {:.1} us",
+            t[1000], t[1800]
+        );
     }
 }

@@ -35,35 +35,62 @@ fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     let mut shapes = vec![];
     // MiniLM: rows = batch × tokens; q/k/v fused (1152), FFN up (1536) and down (k 1536).
-    let ms: &[usize] = if quick { &[16, 128, 512, 2048] } else { &[1, 16, 128, 512, 2048, 16384] };
+    let ms: &[usize] = if quick {
+        &[16, 128, 512, 2048]
+    } else {
+        &[1, 16, 128, 512, 2048, 16384]
+    };
     for &m in ms {
         for &(n, k) in &[(384, 384), (1152, 384), (1536, 384), (384, 1536)] {
             shapes.push((m, n, k));
         }
     }
     // mlp story: batch × 1024 (k 512 first layer, 1024 after).
-    for &(m, n, k) in &[(1, 1024, 512), (8, 1024, 1024), (64, 1024, 512), (256, 1024, 1024)] {
+    for &(m, n, k) in &[
+        (1, 1024, 512),
+        (8, 1024, 1024),
+        (64, 1024, 512),
+        (256, 1024, 1024),
+    ] {
         shapes.push((m, n, k));
     }
-    println!("pool threads {}, {}{}; GFLOP/s (best of 5, round-robin)", braid_runtime::backend::cpu::pool::threads(), kernels::simd_level(), if braid_runtime::backend::cpu::packed::use_avx512() { ", packed tile avx512f" } else { "" });
+    println!(
+        "pool threads {}, {}{}; GFLOP/s (best of 5, round-robin)",
+        braid_runtime::backend::cpu::pool::threads(),
+        kernels::simd_level(),
+        if braid_runtime::backend::cpu::packed::use_avx512() {
+            ", packed tile avx512f"
+        } else {
+            ""
+        }
+    );
     println!("| m x n x k | matrixmultiply blocks | packed kernel, pack per call | prepacked | prepacked / matrixmultiply | max rel diff | prepacked output hash |");
     println!("|---|---:|---:|---:|---:|---:|---:|");
     for (m, n, k) in shapes {
-        let a: Vec<f32> = (0..m * k).map(|i| ((i * 7919 % 1000) as f32 / 500.0) - 1.0).collect();
-        let w: Vec<f32> = (0..n * k).map(|i| ((i * 104729 % 997) as f32 / 498.5) - 1.0).collect();
+        let a: Vec<f32> = (0..m * k)
+            .map(|i| ((i * 7919 % 1000) as f32 / 500.0) - 1.0)
+            .collect();
+        let w: Vec<f32> = (0..n * k)
+            .map(|i| ((i * 104729 % 997) as f32 / 498.5) - 1.0)
+            .collect();
         let b: Vec<f32> = (0..n).map(|i| i as f32 * 0.01).collect();
         let mut o1 = vec![0f32; m * n];
         let mut o2 = vec![0f32; m * n];
         let mut o3 = vec![0f32; m * n];
         let pw = PackedWeights::pack(&w, n, k);
-        let g = gflops(m, n, k, &mut [
-            &mut || kernels::gemm(m, n, k, &a, &w, Some(&b), &mut o1, Activation::None),
-            &mut || {
-                let pw = PackedWeights::pack(&w, n, k);
-                kernels::gemm_packed(m, &a, &pw, Some(&b), &mut o2, Activation::None)
-            },
-            &mut || kernels::gemm_packed(m, &a, &pw, Some(&b), &mut o3, Activation::None),
-        ]);
+        let g = gflops(
+            m,
+            n,
+            k,
+            &mut [
+                &mut || kernels::gemm(m, n, k, &a, &w, Some(&b), &mut o1, Activation::None),
+                &mut || {
+                    let pw = PackedWeights::pack(&w, n, k);
+                    kernels::gemm_packed(m, &a, &pw, Some(&b), &mut o2, Activation::None)
+                },
+                &mut || kernels::gemm_packed(m, &a, &pw, Some(&b), &mut o3, Activation::None),
+            ],
+        );
         let (g1, g2, g3) = (g[0], g[1], g[2]);
         let (mut num, mut den) = (0f64, 0f64);
         for (x, y) in o1.iter().zip(&o3) {
@@ -72,7 +99,13 @@ fn main() {
         }
         // FNV-1a over the output bits: equal across kernels (AVX2, AVX-512) and
         // pool sizes when the arithmetic is the same.
-        let hash = o3.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, v| (h ^ v.to_bits() as u64).wrapping_mul(0x100_0000_01b3));
-        println!("| {m} x {n} x {k} | {g1:.1} | {g2:.1} | {g3:.1} | {:.2}x | {:.1e} | {hash:016x} |", g3 / g1, (num / den).sqrt());
+        let hash = o3.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, v| {
+            (h ^ v.to_bits() as u64).wrapping_mul(0x100_0000_01b3)
+        });
+        println!(
+            "| {m} x {n} x {k} | {g1:.1} | {g2:.1} | {g3:.1} | {:.2}x | {:.1e} | {hash:016x} |",
+            g3 / g1,
+            (num / den).sqrt()
+        );
     }
 }

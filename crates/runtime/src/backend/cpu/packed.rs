@@ -86,7 +86,17 @@ fn row_block(k: usize) -> usize {
 /// whose rows `r0..r1`, columns `16·p0 .. min(16·p1, n)` no one else reads or
 /// writes during the call.
 #[allow(clippy::too_many_arguments)]
-pub unsafe fn gemm_block(a: &[f32], pw: &PackedWeights, bias: Option<&[f32]>, out: *mut f32, ldo: usize, r0: usize, r1: usize, p0: usize, p1: usize) {
+pub unsafe fn gemm_block(
+    a: &[f32],
+    pw: &PackedWeights,
+    bias: Option<&[f32]>,
+    out: *mut f32,
+    ldo: usize,
+    r0: usize,
+    r1: usize,
+    p0: usize,
+    p1: usize,
+) {
     let mc = row_block(pw.k);
     let tile_rows = if use_avx512() { MR512 } else { MR };
     let mut rb = r0;
@@ -119,7 +129,9 @@ pub fn use_avx512() -> bool {
     {
         static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
         *ON.get_or_init(|| {
-            std::env::var("BRAID_CPU_AVX512").is_ok_and(|v| v.trim() == "1") && std::is_x86_feature_detected!("avx512f") && super::kernels::has_avx2_fma()
+            std::env::var("BRAID_CPU_AVX512").is_ok_and(|v| v.trim() == "1")
+                && std::is_x86_feature_detected!("avx512f")
+                && super::kernels::has_avx2_fma()
         })
     }
     #[cfg(not(target_arch = "x86_64"))]
@@ -131,7 +143,16 @@ pub fn use_avx512() -> bool {
 /// One `rows × 16` tile (rows ≤ 6, or ≤ [`MR512`] with AVX-512) at row `r`, panel `p`.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn tile(a: &[f32], pw: &PackedWeights, bias: Option<&[f32]>, out: *mut f32, ldo: usize, r: usize, rows: usize, p: usize) {
+unsafe fn tile(
+    a: &[f32],
+    pw: &PackedWeights,
+    bias: Option<&[f32]>,
+    out: *mut f32,
+    ldo: usize,
+    r: usize,
+    rows: usize,
+    p: usize,
+) {
     let k = pw.k;
     let panel = &pw.data[p * k * NR..(p + 1) * k * NR];
     #[cfg(target_arch = "x86_64")]
@@ -180,7 +201,16 @@ unsafe fn tile(a: &[f32], pw: &PackedWeights, bias: Option<&[f32]>, out: *mut f3
 /// `out` are the caller's alone.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn store<const R: usize>(acc: &[[f32; NR]; R], n: usize, bias: Option<&[f32]>, out: *mut f32, ldo: usize, r: usize, rows: usize, p: usize) {
+unsafe fn store<const R: usize>(
+    acc: &[[f32; NR]; R],
+    n: usize,
+    bias: Option<&[f32]>,
+    out: *mut f32,
+    ldo: usize,
+    r: usize,
+    rows: usize,
+    p: usize,
+) {
     let c0 = p * NR;
     let cols = NR.min(n - c0);
     for (i, row) in acc.iter().enumerate().take(rows) {
@@ -233,7 +263,12 @@ unsafe fn tile_avx2(arow: &[&[f32]; MR], panel: &[f32], k: usize, acc: &mut [[f3
 /// per element as [`tile_avx2`] (so the same bits).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn tile_avx512(arow: &[&[f32]; MR512], panel: &[f32], k: usize, acc: &mut [[f32; NR]; MR512]) {
+unsafe fn tile_avx512(
+    arow: &[&[f32]; MR512],
+    panel: &[f32],
+    k: usize,
+    acc: &mut [[f32; NR]; MR512],
+) {
     use std::arch::x86_64::*;
     debug_assert!(panel.len() >= k * NR && arow.iter().all(|r| r.len() >= k));
     let mut c = [_mm512_setzero_ps(); MR512];
@@ -291,8 +326,12 @@ mod tests {
     fn packed_block_matches_f64() {
         // Odd sizes: partial row tiles, a partial panel, k not a multiple of 8.
         for &(m, n, k) in &[(1, 1, 1), (7, 33, 19), (13, 48, 64), (50, 17, 300)] {
-            let a: Vec<f32> = (0..m * k).map(|i| ((i * 7919 % 1000) as f32 / 500.0) - 1.0).collect();
-            let w: Vec<f32> = (0..n * k).map(|i| ((i * 104729 % 997) as f32 / 498.5) - 1.0).collect();
+            let a: Vec<f32> = (0..m * k)
+                .map(|i| ((i * 7919 % 1000) as f32 / 500.0) - 1.0)
+                .collect();
+            let w: Vec<f32> = (0..n * k)
+                .map(|i| ((i * 104729 % 997) as f32 / 498.5) - 1.0)
+                .collect();
             let b: Vec<f32> = (0..n).map(|i| i as f32 * 0.01).collect();
             let pw = PackedWeights::pack(&w, n, k);
             let mut out = vec![f32::NAN; m * n];
@@ -301,7 +340,10 @@ mod tests {
             let (mut num, mut den) = (0f64, 0f64);
             for i in 0..m {
                 for j in 0..n {
-                    let r: f64 = (0..k).map(|kk| a[i * k + kk] as f64 * w[j * k + kk] as f64).sum::<f64>() + b[j] as f64;
+                    let r: f64 = (0..k)
+                        .map(|kk| a[i * k + kk] as f64 * w[j * k + kk] as f64)
+                        .sum::<f64>()
+                        + b[j] as f64;
                     num += (out[i * n + j] as f64 - r).powi(2);
                     den += r * r;
                 }
