@@ -2,7 +2,9 @@
 //! executor thread, which splits the large ones into tasks on the shared
 //! intra-op pool ([`super::pool`]). Owns the CPU arithmetic of every op.
 //!
-//! - GEMM: `matrixmultiply`'s packed SGEMM (it picks its AVX/FMA kernels at
+//! - GEMM: on a weight packed once ([`gemm_packed`], the kernel in
+//!   [`super::packed`]) for weights with a pack slot; otherwise
+//!   `matrixmultiply`'s packed SGEMM (it picks its AVX/FMA kernels at
 //!   run time) on 2-D blocks of the output, one block per pool thread, shaped
 //!   to pack the least; for fewer than
 //!   [`SMALL_M`] rows, a dot-product kernel that streams each weight row once.

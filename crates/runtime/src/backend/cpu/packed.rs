@@ -9,7 +9,7 @@
 //! panels of [`NR`] = 16 output features; panel `p` stores, for each
 //! `kk` in `0..k`, the 16 values `w[16p + j, kk]` contiguously (zero past `n`).
 //! The kernel computes a 6 × 16 tile of the output in 12 AVX registers,
-//! streaming one panel (aligned 64-byte loads) and broadcasting 6 input values
+//! streaming one panel (two 8-lane loads per k) and broadcasting 6 input values
 //! per `kk`; the input is read in place (row-major), never packed.
 //!
 //! Arithmetic order: every output element is `fma(a[i,kk], w[j,kk], acc)`
