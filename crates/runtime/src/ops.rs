@@ -176,12 +176,14 @@ impl Stream {
     pub fn gemm_weight(&self, g: &Gemm<View<'_>>) -> Result<()> {
         let mut c = Check::new(self, "gemm");
         let d = gemm_operands(&mut c, g)?;
+        c.finish()?;
+        // After the checks (a refused call changes nothing), before the
+        // enqueue (which is what a later write must not overtake).
         let wbuf = g.w.buffer();
         wbuf.freeze_as_weight();
-        c.finish()?;
         // SAFETY: as in `gemm`; and `w`'s buffer accepts no write from now on
         // (`freeze_as_weight`, checked by every op's `Check::output`), and
-        // writes checked before are ordered before this call by `finish`, so
+        // writes accepted before are ordered before this call by `finish`, so
         // `w`'s bytes do not change while the pack (owned by the buffer,
         // dropped with it) lives.
         unsafe { self.raw.gemm_weight(&d, wbuf.gemm_pack()) }
