@@ -100,7 +100,7 @@ fn a_gemm_weight_is_read_only_afterwards_and_checked_like_gemm() {
     let g = Gemm { m, n, k, a: a.view(), w: w.view(), bias: None, out: out.view(), act: Activation::None, dtype: DType::F32 };
     // The same size checks as gemm, before anything is enqueued.
     invalid(s.gemm_weight(&Gemm { n: 4, ..g }), "needs 32 bytes");
-    invalid(s.gemm_weight(&Gemm { out: w.view(), ..g }), "overlaps");
+    invalid(s.gemm_weight(&Gemm { a: out.view(), ..g }), "overlaps");
     s.gemm_weight(&g).unwrap();
     s.gemm(&Gemm { out: plain.view(), ..g }).unwrap();
     let (mut got, mut want) = (vec![0f32; m * n], vec![0f32; m * n]);
