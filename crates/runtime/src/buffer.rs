@@ -15,9 +15,14 @@
 //! - every other stream that read it is noted (`used_on`), and when the last
 //!   owner drops it the block is `record_stream`ed on each, so the caching
 //!   allocator hands the memory out again only after those streams have
-//!   passed their reads. This is what makes dropping a shared weight safe.
+//!   passed their reads. This is what makes dropping a shared weight safe;
+//! - a buffer used as a GEMM weight through `Stream::gemm_weight` carries the
+//!   backend's prepared form of it (the CPU's packed panels, a
+//!   [`WeightPack`]) and from then on is read-only, like a settled one, so
+//!   the pack can never describe other bytes: it lives and dies with the
+//!   allocation, and memory handed out again comes with a new, empty slot.
 
-use crate::backend::BufSlice;
+use crate::backend::{BufSlice, BufferId, WeightPack};
 use crate::device::{Device, DeviceBlock};
 use crate::error::{Error, Result};
 use crate::stream::Stream;
@@ -31,6 +36,12 @@ pub struct Buffer {
     /// Streams other than `home` that read the block: bit i of word i/64.
     used_on: [AtomicU64; 2],
     settled: AtomicBool,
+    /// Set (before the op is enqueued) when the buffer is first used as a
+    /// packed GEMM weight: no write is accepted afterwards.
+    weight: AtomicBool,
+    /// The backend's prepared form of these bytes as a GEMM weight, made on
+    /// first use in stream order (after the writes enqueued before it).
+    gemm_pack: WeightPack,
 }
 
 impl std::fmt::Debug for Buffer {
@@ -43,7 +54,7 @@ impl Buffer {
     /// `bytes` of memory on `stream` (the caller's current stream).
     pub fn alloc(device: &Device, bytes: usize, stream: &Stream) -> Result<Buffer> {
         let block = device.alloc(bytes, stream)?;
-        Ok(Buffer { block: Some(block), device_id: device.id(), home: stream.index(), used_on: [AtomicU64::new(0), AtomicU64::new(0)], settled: AtomicBool::new(false) })
+        Ok(Buffer { block: Some(block), device_id: device.id(), home: stream.index(), used_on: [AtomicU64::new(0), AtomicU64::new(0)], settled: AtomicBool::new(false), weight: AtomicBool::new(false), gemm_pack: WeightPack::default() })
     }
 
     pub fn bytes(&self) -> usize {
@@ -53,6 +64,32 @@ impl Buffer {
     /// Id of the device the memory is on.
     pub fn device_id(&self) -> u64 {
         self.device_id
+    }
+
+    /// The backend handle of the allocation: opaque, for comparing only
+    /// (two live buffers never share one; a freed one may come back).
+    pub fn id(&self) -> BufferId {
+        self.slice().buffer
+    }
+
+    /// The slot for a backend's prepared form of these bytes as a GEMM
+    /// weight (filled by the first [`Stream::gemm_weight`] that can use it).
+    pub fn gemm_pack(&self) -> &WeightPack {
+        &self.gemm_pack
+    }
+
+    /// Make the buffer read-only for good because a backend may keep a
+    /// prepared copy of its bytes (see [`Buffer::gemm_pack`]).
+    pub(crate) fn freeze_as_weight(&self) {
+        // Release: pairs with the Acquire in `check_writable`, so a write
+        // checked after this store is refused. A write checked before it is
+        // ordered before the GEMM as any write before a read is (stream order
+        // on the home stream, the event `Check::finish` records otherwise),
+        // and the pack is made in stream order, after it. Load first so that
+        // many threads using a weight do not all write its cache line.
+        if !self.weight.load(Ordering::Relaxed) {
+            self.weight.store(true, Ordering::Release);
+        }
     }
 
     /// Index of the stream the memory was allocated and written on.
@@ -116,6 +153,10 @@ impl Buffer {
         }
         if self.is_settled() {
             return Err(Error::InvalidArgument(format!("{op}: output buffer is settled (read-only)")));
+        }
+        // Acquire: pairs with the Release in `freeze_as_weight`.
+        if self.weight.load(Ordering::Acquire) {
+            return Err(Error::InvalidArgument(format!("{op}: output buffer was used as a GEMM weight (read-only: its packed form must stay valid)")));
         }
         Ok(())
     }

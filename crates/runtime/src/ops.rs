@@ -92,6 +92,22 @@ impl<'s, 'a> Check<'s, 'a> {
     }
 }
 
+/// The backend descriptor of a GEMM, each operand checked for what it touches.
+fn gemm_operands<'a>(c: &mut Check<'_, 'a>, g: &Gemm<View<'a>>) -> Result<Gemm> {
+    let es = g.dtype.size();
+    Ok(Gemm {
+        m: g.m,
+        n: g.n,
+        k: g.k,
+        a: c.input(g.a, "a", &[g.m, g.k], es)?,
+        w: c.input(g.w, "w", &[g.n, g.k], es)?,
+        bias: c.opt_input(g.bias, "bias", &[g.n], es)?,
+        out: c.output(g.out, "out", &[g.m, g.n], es)?,
+        act: g.act,
+        dtype: g.dtype,
+    })
+}
+
 impl Stream {
     /// Copy `src` into the start of `dst` (staged: `src` may be reused at once).
     pub fn write(&self, dst: View<'_>, src: &[u8]) -> Result<()> {
@@ -143,24 +159,34 @@ impl Stream {
     }
 
     pub fn gemm(&self, g: &Gemm<View<'_>>) -> Result<()> {
-        let es = g.dtype.size();
         let mut c = Check::new(self, "gemm");
-        let d = Gemm {
-            m: g.m,
-            n: g.n,
-            k: g.k,
-            a: c.input(g.a, "a", &[g.m, g.k], es)?,
-            w: c.input(g.w, "w", &[g.n, g.k], es)?,
-            bias: c.opt_input(g.bias, "bias", &[g.n], es)?,
-            out: c.output(g.out, "out", &[g.m, g.n], es)?,
-            act: g.act,
-            dtype: g.dtype,
-        };
+        let d = gemm_operands(&mut c, g)?;
         c.finish()?;
         // SAFETY: `finish` checked every operand's size, device, aliasing and
         // stream order; the views keep the buffers alive for the call and the
         // stream-ordered free keeps the memory until the kernel has run.
         unsafe { self.raw.gemm(&d) }
+    }
+
+    /// [`Stream::gemm`] where `g.w` is a weight: the backend may keep a
+    /// prepared form of it (the CPU's packed panels) in the weight buffer's
+    /// [`Buffer::gemm_pack`] and reuse it on later calls. The weight's buffer
+    /// becomes read-only (a later write to it is refused), which is what
+    /// keeps the prepared form valid for as long as it lives.
+    pub fn gemm_weight(&self, g: &Gemm<View<'_>>) -> Result<()> {
+        let mut c = Check::new(self, "gemm");
+        let d = gemm_operands(&mut c, g)?;
+        c.finish()?;
+        // After the checks (a refused call changes nothing), before the
+        // enqueue (which is what a later write must not overtake).
+        let wbuf = g.w.buffer();
+        wbuf.freeze_as_weight();
+        // SAFETY: as in `gemm`; and `w`'s buffer accepts no write from now on
+        // (`freeze_as_weight`, checked by every op's `Check::output`), and
+        // writes accepted before are ordered before this call by `finish`, so
+        // `w`'s bytes do not change while the pack (owned by the buffer,
+        // dropped with it) lives.
+        unsafe { self.raw.gemm_weight(&d, wbuf.gemm_pack()) }
     }
 
     pub fn add(&self, a: View<'_>, b: View<'_>, out: View<'_>, n: usize, dtype: DType) -> Result<()> {

@@ -127,3 +127,36 @@ fn varlen_offsets_and_sizes_are_checked() {
         assert!((*g as f64 - w).abs() < 1e-5, "varlen attention {back:?} vs reference {want:?}");
     }
 }
+
+#[test]
+fn a_gemm_weight_is_read_only_afterwards_and_checked_like_gemm() {
+    let device = Device::cpu().unwrap();
+    let s = device.current_stream().unwrap();
+    // m=8 rows (the CPU packs the weight from 8 rows on), n=3, k=2.
+    let (m, n, k) = (8usize, 3usize, 2usize);
+    let av: Vec<f32> = (0..m * k).map(|i| i as f32 * 0.5 - 3.0).collect();
+    let wv = [1.0f32, -2.0, 0.5, 3.0, -1.5, 0.25];
+    let (a, w) = (f32s(&device, &s, &av), f32s(&device, &s, &wv));
+    let (out, plain) = (Buffer::alloc(&device, m * n * 4, &s).unwrap(), Buffer::alloc(&device, m * n * 4, &s).unwrap());
+    let g = Gemm { m, n, k, a: a.view(), w: w.view(), bias: None, out: out.view(), act: Activation::None, dtype: DType::F32 };
+    // The same size checks as gemm, before anything is enqueued.
+    invalid(s.gemm_weight(&Gemm { n: 4, ..g }), "needs 32 bytes");
+    invalid(s.gemm_weight(&Gemm { a: out.view(), ..g }), "overlaps");
+    s.gemm_weight(&g).unwrap();
+    s.gemm(&Gemm { out: plain.view(), ..g }).unwrap();
+    let (mut got, mut want) = (vec![0f32; m * n], vec![0f32; m * n]);
+    s.read_f32(out.view(), &mut got).unwrap();
+    s.read_f32(plain.view(), &mut want).unwrap();
+    for i in 0..m {
+        for j in 0..n {
+            let r: f32 = (0..k).map(|kk| av[i * k + kk] * wv[j * k + kk]).sum();
+            for (what, v) in [("gemm", want[i * n + j]), ("gemm_weight", got[i * n + j])] {
+                assert!((v - r).abs() <= 1e-5 * r.abs().max(1.0), "{what} [{i},{j}]: {v} vs {r}");
+            }
+        }
+    }
+    assert!(w.gemm_pack().get().is_some(), "an {m}-row GEMM should have packed the weight");
+    // The pack would go stale if the weight changed: every write is refused.
+    invalid(s.write(w.view(), &[0u8; 8]), "GEMM weight");
+    invalid(s.activation(a.view(), w.view(), 4, Activation::None, DType::F32), "GEMM weight");
+}

@@ -29,7 +29,8 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>, act: Activation) -> Re
     let stream = Tensor::prepare(x.device(), &inputs)?;
     let out = Tensor::empty_on(x.device(), &stream, &out_shape, x.dtype())?;
     if m > 0 && n > 0 {
-        stream.gemm(&Gemm { m, n, k, a: x.view(), w: w.view(), bias: b.map(|b| b.view()), out: out.view(), act, dtype: x.dtype() })?;
+        // The weight's buffer carries its packed form (`Buffer::gemm_pack`).
+        stream.gemm_weight(&Gemm { m, n, k, a: x.view(), w: w.view(), bias: b.map(|b| b.view()), out: out.view(), act, dtype: x.dtype() })?;
     }
     Ok(out)
 }

@@ -175,6 +175,35 @@ pub struct Gemm<P = BufSlice> {
     pub dtype: DType,
 }
 
+/// A slot for a backend's prepared form of one GEMM weight (the CPU
+/// backend's packed panels), passed to [`Kernels::gemm_weight`]. It
+/// belongs to the weight's memory, not to an address: each
+/// [`Buffer`](crate::Buffer) keeps one, made empty with it and dropped with
+/// it (and `Stream::gemm_weight` makes the buffer read-only), so memory the allocator hands out again comes with a new,
+/// empty slot and a stale pack cannot be served. The backend fills it on the
+/// first GEMM that uses the weight, in stream order (after the weight's
+/// writes), and checks on every use that it was made for the same address and
+/// shape. Cloning shares the slot.
+#[derive(Clone, Default)]
+pub struct WeightPack(Arc<std::sync::OnceLock<Arc<dyn Any + Send + Sync>>>);
+
+impl WeightPack {
+    /// The prepared form, made by `make` if this is the first use.
+    pub fn get_or_init(&self, make: impl FnOnce() -> Arc<dyn Any + Send + Sync>) -> &Arc<dyn Any + Send + Sync> {
+        self.0.get_or_init(make)
+    }
+    /// The prepared form, if one was made.
+    pub fn get(&self) -> Option<&Arc<dyn Any + Send + Sync>> {
+        self.0.get()
+    }
+}
+
+impl std::fmt::Debug for WeightPack {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "WeightPack({})", if self.0.get().is_some() { "made" } else { "empty" })
+    }
+}
+
 /// `out = LayerNorm(x + residual) * gamma + beta` over the last dimension.
 #[derive(Clone, Copy, Debug)]
 pub struct LayerNorm<P = BufSlice> {
@@ -394,6 +423,19 @@ pub trait BackendStream: Kernels + Send + Sync + 'static {
 /// entry points of [`BackendStream`].
 pub trait Kernels {
     unsafe fn gemm(&self, g: &Gemm) -> Result<()>;
+    /// [`gemm`](Self::gemm) where `g.w` does not change while `pack` lives
+    /// (a weight: tensors are immutable once made): the backend may keep a
+    /// prepared form of the weight in `pack` and use it on later calls. The
+    /// default ignores `pack`.
+    ///
+    /// # Safety
+    /// As [`gemm`](Self::gemm); and `g.w`'s bytes are not written while
+    /// `pack` (or a clone) is alive.
+    unsafe fn gemm_weight(&self, g: &Gemm, pack: &WeightPack) -> Result<()> {
+        let _ = pack;
+        // SAFETY: the caller's contract is gemm's.
+        unsafe { self.gemm(g) }
+    }
     /// `out[i] = a[i] + b[i]` for `n` elements.
     unsafe fn add(&self, a: BufSlice, b: BufSlice, out: BufSlice, n: usize, dtype: DType) -> Result<()>;
     /// `out[i] = act(x[i])` for `n` elements.

@@ -2,7 +2,9 @@
 //! executor thread, which splits the large ones into tasks on the shared
 //! intra-op pool ([`super::pool`]). Owns the CPU arithmetic of every op.
 //!
-//! - GEMM: `matrixmultiply`'s packed SGEMM (it picks its AVX/FMA kernels at
+//! - GEMM: on a weight packed once ([`gemm_packed`], the kernel in
+//!   [`super::packed`]) for weights with a pack slot; otherwise
+//!   `matrixmultiply`'s packed SGEMM (it picks its AVX/FMA kernels at
 //!   run time) on 2-D blocks of the output, one block per pool thread, shaped
 //!   to pack the least; for fewer than
 //!   [`SMALL_M`] rows, a dot-product kernel that streams each weight row once.
@@ -19,6 +21,7 @@
 //! whichever task computes it: the results depend on the CPU's features (FMA
 //! or not), never on the thread count or timing.
 
+use super::packed::{self, PackedWeights};
 use super::pool::{self, SendPtr};
 use crate::backend::Activation;
 
@@ -421,6 +424,53 @@ pub fn gemm(m: usize, n: usize, k: usize, a: &[f32], w: &[f32], bias: Option<&[f
     });
 }
 
+/// `out[m,n] = act(a[m,k] · wᵀ + bias)` with `w` pre-packed
+/// ([`PackedWeights`]): no packing at all during the call. The output is cut
+/// into one block of whole 6-row tiles × whole 16-feature panels per pool
+/// thread (shaped to read the least of `a` and of the pack in total); the
+/// bias and activation are applied per block while it is in cache.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_packed(m: usize, a: &[f32], pw: &PackedWeights, bias: Option<&[f32]>, out: &mut [f32], activation: Activation) {
+    let (n, k) = (pw.n(), pw.k());
+    assert!(a.len() >= m * k && out.len() >= m * n && bias.is_none_or(|b| b.len() >= n), "gemm operands smaller than the descriptor");
+    if m == 0 || n == 0 {
+        return;
+    }
+    let o = SendPtr(out.as_mut_ptr());
+    let panels = pw.panels();
+    let tasks = pool::tasks_for(m.saturating_mul(n).saturating_mul(k.max(1)));
+    let p = tasks.min(pool::threads()).max(1);
+    let (mut mt, mut nt, mut best) = (1, 1, usize::MAX);
+    for cand_mt in 1..=p {
+        let cand_nt = p / cand_mt;
+        if cand_mt * cand_nt != p || (cand_mt > 1 && m / cand_mt < packed::MR) || (cand_nt > 1 && panels / cand_nt < 1) {
+            continue;
+        }
+        let cost = cand_nt * m + cand_mt * n;
+        if cost < best {
+            (mt, nt, best) = (cand_mt, cand_nt, cost);
+        }
+    }
+    pool::run(mt * nt, |t| {
+        let (r0, r1) = pool::chunk(m, mt, t / nt, packed::MR);
+        let (p0, p1) = pool::chunk(panels, nt, t % nt, 1);
+        if r0 >= r1 || p0 >= p1 {
+            return;
+        }
+        // SAFETY: rows [r0, r1) × panels [p0, p1) of `out` (an m × n buffer,
+        // asserted above) belong to this task alone: the chunks partition
+        // rows and panels.
+        unsafe { packed::gemm_block(a, pw, bias, o.ptr(), n, r0, r1, p0, p1) };
+        if activation != Activation::None {
+            let (c0, c1) = (p0 * packed::NR, (p1 * packed::NR).min(n));
+            for r in r0..r1 {
+                // SAFETY: as above, this task's rows and columns.
+                act_rows(unsafe { std::slice::from_raw_parts_mut(o.ptr().add(r * n + c0), c1 - c0) }, activation);
+            }
+        }
+    });
+}
+
 simd_fn! {
     fn add_range<const F: bool>(a: &[f32], b: &[f32], out: &mut [f32]) {
         for ((o, x), y) in out.iter_mut().zip(a).zip(b) {
@@ -559,10 +609,28 @@ simd_fn! {
                     *qv = x * scale;
                 }
                 let s = &mut s[..tk];
-                s.iter_mut().for_each(|x| *x = 0.0);
-                for dd in 0..hd {
-                    let qd = qs[dd];
-                    for (sv, &kv) in s.iter_mut().zip(&kt[dd * tk..(dd + 1) * tk]) {
+                // Scores 16 keys at a time, each kept in registers across the
+                // whole head dimension (one store per score, not one per d);
+                // per score the same FMA chain over d = 0..hd as a plain loop.
+                let full = tk / 16 * 16;
+                let mut c = 0;
+                while c < full {
+                    let mut a16 = [0f32; 16];
+                    for (dd, &qd) in qs.iter().enumerate() {
+                        let kr = &kt[dd * tk + c..dd * tk + c + 16];
+                        for l in 0..16 {
+                            a16[l] = fmadd::<F>(qd, kr[l], a16[l]);
+                        }
+                    }
+                    s[c..c + 16].copy_from_slice(&a16);
+                    c += 16;
+                }
+                // The last < 16 keys: vectorised across keys instead (the
+                // same chain per score).
+                let st = &mut s[full..];
+                st.iter_mut().for_each(|x| *x = 0.0);
+                for (dd, &qd) in qs.iter().enumerate() {
+                    for (sv, &kv) in st.iter_mut().zip(&kt[dd * tk + full..(dd + 1) * tk]) {
                         *sv = fmadd::<F>(qd, kv, *sv);
                     }
                 }
@@ -588,9 +656,27 @@ simd_fn! {
                 if corr != 1.0 {
                     ai.iter_mut().for_each(|x| *x *= corr);
                 }
-                for (jj, &p) in s.iter().enumerate() {
-                    for (av, &vv) in ai.iter_mut().zip(&vt[jj * hd..(jj + 1) * hd]) {
-                        *av = fmadd::<F>(p, vv, *av);
+                // P·V 16 head lanes at a time, kept in registers across the
+                // tile's keys (same FMA chain per lane, key order unchanged).
+                let hfull = hd / 16 * 16;
+                let mut c = 0;
+                while c < hfull {
+                    let mut a16 = [0f32; 16];
+                    a16.copy_from_slice(&ai[c..c + 16]);
+                    for (jj, &p) in s.iter().enumerate() {
+                        let vr = &vt[jj * hd + c..jj * hd + c + 16];
+                        for l in 0..16 {
+                            a16[l] = fmadd::<F>(p, vr[l], a16[l]);
+                        }
+                    }
+                    ai[c..c + 16].copy_from_slice(&a16);
+                    c += 16;
+                }
+                if hfull < hd {
+                    for (jj, &p) in s.iter().enumerate() {
+                        for (av, &vv) in ai[hfull..].iter_mut().zip(&vt[jj * hd + hfull..(jj + 1) * hd]) {
+                            *av = fmadd::<F>(p, vv, *av);
+                        }
                     }
                 }
             }

@@ -11,11 +11,12 @@
 //! so work enqueued back to back costs no thread wake-up.
 
 pub mod kernels;
+pub mod packed;
 pub mod pool;
 pub mod progress;
 pub mod varlen;
 
-use super::{Activation, Attention, Backend, BackendEvent, BackendKind, BackendStream, BufSlice, BufferId, Capabilities, DType, Gather, Gemm, HostFns, Kernels, LayerNorm, MeanPool, Rope, VarlenAttention};
+use super::{Activation, Attention, Backend, BackendEvent, BackendKind, BackendStream, BufSlice, BufferId, Capabilities, DType, Gather, Gemm, HostFns, Kernels, LayerNorm, MeanPool, Rope, VarlenAttention, WeightPack};
 use crate::error::{Error, Result};
 use crate::event_state::EventState;
 use std::any::Any;
@@ -119,6 +120,13 @@ impl Backend for CpuBackend {
     fn as_any(&self) -> &dyn Any {
         self
     }
+}
+
+/// The CPU's prepared form of a GEMM weight: its packed panels, and the
+/// operand range they were packed from (checked on every use with the shape).
+struct CpuPack {
+    w: BufSlice,
+    pw: packed::PackedWeights,
 }
 
 type Job = Box<dyn FnOnce() -> Result<()> + Send>;
@@ -346,6 +354,34 @@ impl Kernels for CpuStream {
             // SAFETY (all four): caller contract on the descriptor's sizes and lifetimes.
             unsafe {
                 kernels::gemm(g.m, g.n, g.k, a.f32(g.m * g.k), w.f32(g.n * g.k), b.map(|b| b.f32(g.n)), o.f32_mut(g.m * g.n), g.act);
+            }
+            Ok(())
+        }))
+    }
+    unsafe fn gemm_weight(&self, g: &Gemm, pack: &WeightPack) -> Result<()> {
+        f32_only(g.dtype)?;
+        if g.m < kernels::SMALL_M {
+            // Few rows stream the weight unpacked (no packing to save).
+            // SAFETY: the caller's contract is gemm's.
+            return unsafe { self.gemm(g) };
+        }
+        let g = *g;
+        let pack = pack.clone();
+        let (a, w, b, o) = (arg(g.a), arg(g.w), g.bias.map(arg), arg(g.out));
+        self.enqueue(Box::new(move || {
+            // SAFETY (all four): caller contract on the descriptor's sizes and
+            // lifetimes; `w` is not written while `pack` lives.
+            unsafe {
+                let wv = w.f32(g.n * g.k);
+                let made = pack.get_or_init(|| Arc::new(CpuPack { w: g.w, pw: packed::PackedWeights::pack(wv, g.n, g.k) }));
+                match made.downcast_ref::<CpuPack>() {
+                    Some(p) if p.w == g.w && p.pw.n() == g.n && p.pw.k() == g.k => {
+                        kernels::gemm_packed(g.m, a.f32(g.m * g.k), &p.pw, b.map(|b| b.f32(g.n)), o.f32_mut(g.m * g.n), g.act)
+                    }
+                    // The same memory seen with another shape (a reshaped
+                    // view): correct, unpacked.
+                    _ => kernels::gemm(g.m, g.n, g.k, a.f32(g.m * g.k), wv, b.map(|b| b.f32(g.n)), o.f32_mut(g.m * g.n), g.act),
+                }
             }
             Ok(())
         }))
