@@ -145,7 +145,9 @@ fn seconds(flag: &str, v: f64) -> Result<Duration> {
 /// The cache budget `auto` stands for: 256 MiB on the CPU (where the
 /// cache is host memory and malloc is cheap), 2 GiB on a GPU.
 pub fn auto_cache_bytes(device: &str) -> usize {
-    if device.trim() == "cpu" {
+    // Every CPU device list (`cpu`, `cpu:0,1`) gets the host budget.
+    let d = device.trim();
+    if d == "cpu" || d.starts_with("cpu:") {
         256 << 20
     } else {
         2 << 30
@@ -392,4 +394,16 @@ async fn shutdown_signal(timeout: Duration) {
         eprintln!("serve: still shutting down {timeout:?} after the signal (--shutdown-timeout): exiting now");
         std::process::exit(1);
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::auto_cache_bytes;
+
+    #[test]
+    fn cpu_device_lists_get_the_host_cache_budget() {
+        assert_eq!(auto_cache_bytes("cpu"), 256 << 20);
+        assert_eq!(auto_cache_bytes("cpu:0,1"), 256 << 20);
+        assert_eq!(auto_cache_bytes("cuda:all"), 2 << 30);
+    }
 }
