@@ -29,23 +29,7 @@ fn serve_answers_then_stops_on_sigterm() {
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
-    let mut err = BufReader::new(child.stderr.take().unwrap());
-    // "serve: listening on http://127.0.0.1:PORT ..."
-    let mut addr = None;
-    let mut seen = String::new();
-    let t0 = Instant::now();
-    while addr.is_none() && t0.elapsed() < Duration::from_secs(120) {
-        let mut line = String::new();
-        if err.read_line(&mut line).unwrap() == 0 {
-            break;
-        }
-        seen.push_str(&line);
-        addr = line.split("http://").nth(1).and_then(|r| r.split_whitespace().next()).map(str::to_string);
-    }
-    let Some(addr) = addr else {
-        let _ = child.kill();
-        panic!("braid serve never said where it listens: {seen}");
-    };
+    let (addr, mut err) = listen_addr(&mut child);
     let body = r#"{"inputs": ["hello from the CLI test"]}"#;
     let mut s = TcpStream::connect(&addr).unwrap();
     write!(s, "POST /embed HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len()).unwrap();
@@ -329,20 +313,7 @@ fn fault_drill_takes_a_device_down_and_loses_nothing() {
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
-    let mut err = BufReader::new(child.stderr.take().unwrap());
-    let (mut addr, mut seen, t0) = (None, String::new(), Instant::now());
-    while addr.is_none() && t0.elapsed() < Duration::from_secs(120) {
-        let mut line = String::new();
-        if err.read_line(&mut line).unwrap() == 0 {
-            break;
-        }
-        seen.push_str(&line);
-        addr = line.split("http://").nth(1).and_then(|r| r.split_whitespace().next()).map(str::to_string);
-    }
-    let Some(addr) = addr else {
-        let _ = child.kill();
-        panic!("braid serve never said where it listens: {seen}");
-    };
+    let (addr, mut err) = listen_addr(&mut child);
     let stop = std::sync::atomic::AtomicBool::new(false);
     let (answered, failed) = (std::sync::atomic::AtomicUsize::new(0), std::sync::atomic::AtomicUsize::new(0));
     let mut health = serde_json::Value::Null;
@@ -391,4 +362,25 @@ fn fault_drill_takes_a_device_down_and_loses_nothing() {
     assert!(health["devices"][1]["reason"].as_str().unwrap_or_default().contains("BRAID_INJECT_FAULT drill"), "{health}");
     assert!(rest.contains("fault drill armed: cpu:1 fails in 1s") && rest.contains("cpu:1 is now failing (fault drill)"), "{rest}");
     assert!(st.is_some_and(|s| s.success()), "{rest}");
+}
+
+/// Wait (at most 120 s) for `braid serve`'s "listening on http://ADDR" line
+/// on stderr; returns the address and the rest of stderr. Kills the child
+/// and fails the test if it never comes.
+fn listen_addr(child: &mut std::process::Child) -> (String, BufReader<std::process::ChildStderr>) {
+    let mut err = BufReader::new(child.stderr.take().unwrap());
+    let (mut addr, mut seen, t0) = (None, String::new(), Instant::now());
+    while addr.is_none() && t0.elapsed() < Duration::from_secs(120) {
+        let mut line = String::new();
+        if err.read_line(&mut line).unwrap() == 0 {
+            break;
+        }
+        seen.push_str(&line);
+        addr = line.split("http://").nth(1).and_then(|r| r.split_whitespace().next()).map(str::to_string);
+    }
+    let Some(addr) = addr else {
+        let _ = child.kill();
+        panic!("braid serve never said where it listens: {seen}");
+    };
+    (addr, err)
 }
