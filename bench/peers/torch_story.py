@@ -226,6 +226,7 @@ def main():
     ap.add_argument("--dtype", default="f32", choices=sorted(DTYPES), help="model dtype (minilm, mixed)")
     ap.add_argument("--sections", default="correctness,threads,batching,sync,pipeline,dynamic",
                     help="comma-separated subset of the sections to run")
+    ap.add_argument("--batches", help="comma-separated batch sizes for the batching section (default: the workload's)")
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--model", default="models/all-MiniLM-L6-v2")
     ap.add_argument("--quick", action="store_true")
@@ -246,6 +247,10 @@ def main():
         for b in w.batches:
             t = sum(len(r) for r in mixed_rows(b))
             log(f"mixed set, batch {b}: {t} tokens, mean {t / b:.1f} a text")
+    if a.batches:
+        w.batches = tuple(int(b) for b in a.batches.split(","))
+        if any(b < 1 for b in w.batches):
+            sys.exit("--batches takes batch sizes of at least 1")
     if a.dtype != "f32" and a.workload not in ("minilm", "mixed"):
         sys.exit("--dtype applies to --workload minilm or mixed")
     wanted = set(a.sections.split(","))

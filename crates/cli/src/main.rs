@@ -146,6 +146,12 @@ enum BenchCmd {
         /// Also write the report as JSON here.
         #[arg(long)]
         json: Option<String>,
+        /// Run only these sections (comma-separated): correctness, threads, batching, sync, pipeline, dynamic.
+        #[arg(long)]
+        sections: Option<String>,
+        /// Batch sizes for the batching section (comma-separated), instead of the workload's own.
+        #[arg(long, value_delimiter = ',')]
+        batches: Option<Vec<usize>>,
         /// MiniLM model directory (for --workload minilm).
         #[arg(long, default_value = "models/all-MiniLM-L6-v2")]
         model: String,
@@ -184,7 +190,7 @@ fn main() -> ExitCode {
             let (query, texts) = if predict { (None, &args[..]) } else { (args.first().map(|s| s.as_str()), args.get(1..).unwrap_or(&[])) };
             rerank::run(&d, &model, query, texts, raw_scores, predict, json)
         }),
-        Cmd::Bench { cmd: BenchCmd::Story { device, workload, quick, json, model, dtype } } => story_cmd(&device, &workload, quick, json.as_deref(), &model, dtype),
+        Cmd::Bench { cmd: BenchCmd::Story { device, workload, quick, json, sections, batches, model, dtype } } => story_cmd(&device, &workload, quick, json.as_deref(), sections.as_deref(), batches, &model, dtype),
         Cmd::Bench { cmd: BenchCmd::Compare { ours, peer, svg } } => compare::load(&ours).and_then(|a| {
             let b = compare::load(&peer)?;
             print!("{}", compare::compare(&a, &b));
@@ -204,7 +210,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn story_cmd(device: &str, workload: &str, quick: bool, json: Option<&str>, model: &str, dtype: DType) -> braid_runtime::Result<ExitCode> {
+fn story_cmd(device: &str, workload: &str, quick: bool, json: Option<&str>, sections: Option<&str>, batches: Option<Vec<usize>>, model: &str, dtype: DType) -> braid_runtime::Result<ExitCode> {
     if dtype != DType::F32 && !matches!(workload, "minilm" | "mixed") {
         return Err(braid_runtime::Error::InvalidArgument(format!("--dtype {} applies to --workload minilm or mixed; the {workload} workload is f32 only", dtype.name())));
     }
@@ -213,7 +219,16 @@ fn story_cmd(device: &str, workload: &str, quick: bool, json: Option<&str>, mode
     // per device, even where the list has one device; a single name runs
     // them on that device directly.
     let replicated = device.contains(',') || device.trim().ends_with(":all");
-    let settings = story::Settings::new(quick);
+    let mut settings = story::Settings::new(quick);
+    if let Some(list) = sections {
+        settings.only(list)?;
+    }
+    if let Some(b) = batches {
+        if b.is_empty() || b.contains(&0) {
+            return Err(braid_runtime::Error::InvalidArgument("--batches takes batch sizes of at least 1".into()));
+        }
+        settings.batches = Some(b);
+    }
     let d0 = &devices[0];
     // Checked before anything runs: a bad policy, or a fault drill the
     // story would not honour, is an error, not ignored.

@@ -44,7 +44,14 @@ pub struct Settings {
     pub threads: Vec<usize>,
     pub depths: Vec<usize>,
     pub clients: Vec<usize>,
+    /// The sections to run (all of [`SECTIONS`] by default).
+    pub sections: Vec<&'static str>,
+    /// Batch sizes for the batching table; `None`: the workload's own.
+    pub batches: Option<Vec<usize>>,
 }
+
+/// The story's sections, in the order they run.
+pub const SECTIONS: [&str; 6] = ["correctness", "threads", "batching", "sync", "pipeline", "dynamic"];
 
 impl Settings {
     pub fn new(quick: bool) -> Settings {
@@ -54,7 +61,30 @@ impl Settings {
             threads: vec![1, 2, 4, 8, 16],
             depths: vec![1, 2, 4, 8, 16, 32],
             clients: vec![1, 4, 16, 64, 256],
+            sections: SECTIONS.to_vec(),
+            batches: None,
         }
+    }
+
+    /// Keep only the comma-separated `list` of sections; an unknown name is
+    /// an error naming the known ones.
+    pub fn only(&mut self, list: &str) -> Result<()> {
+        let mut keep = Vec::new();
+        for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+            match SECTIONS.iter().find(|s| **s == name) {
+                Some(s) => keep.push(*s),
+                None => return Err(braid_runtime::Error::InvalidArgument(format!("unknown story section {name:?}: expected some of {}", SECTIONS.join(",")))),
+            }
+        }
+        if keep.is_empty() {
+            return Err(braid_runtime::Error::InvalidArgument("--sections names no section".into()));
+        }
+        self.sections = keep;
+        Ok(())
+    }
+
+    fn runs(&self, section: &str) -> bool {
+        self.sections.contains(&section)
     }
 }
 
@@ -133,140 +163,152 @@ pub fn run<B: Bench>(devices: &[Device], benches: &[B], replicated: bool, s: &Se
     let n_sections = 6;
     let progress = |i: usize, what: &str| eprintln!("[{i}/{n_sections}] {what} ({} on {})", bench.name(), device.name());
 
-    progress(1, "correctness vs CPU f64 reference");
-    println!("\n## correctness\n\n| check | rel err |\n| --- | ---: |");
-    for (name, err) in bench.correctness()? {
-        println!("| {name} | {err:.2e} |");
-        rows.push(Row::Correctness { name, max_rel_err: err });
+    if s.runs("correctness") {
+        progress(1, "correctness vs CPU f64 reference");
+        println!("\n## correctness\n\n| check | rel err |\n| --- | ---: |");
+        for (name, err) in bench.correctness()? {
+            println!("| {name} | {err:.2e} |");
+            rows.push(Row::Correctness { name, max_rel_err: err });
+        }
     }
 
-    progress(2, "thread scaling (batch 1)");
-    println!("\n## threads (batch 1, ops/s)\n\n| threads | per-thread-stream | shared-stream | graph |\n| ---: | ---: | ---: | ---: |");
-    let shared = device.stream(1)?;
-    for &t in &s.threads {
-        let mut line = format!("| {t} ");
-        for mode in ["per-thread-stream", "shared-stream", "graph"] {
-            if mode == "graph" && !bench.graphs() {
-                line += "| - ";
-                continue;
-            }
-            let ops = repeated(s.repeats, || {
-                run_threads(t, s.seconds, |tid| {
-                    let guard = if mode == "shared-stream" { Some(StreamGuard::new(&shared)) } else { None };
-                    let stream = device.current_stream()?;
-                    let x = bench.input(1, tid as u64)?;
-                    forward_wait(bench, &stream, &x)?; // warm-up
-                    // The runtime's capture (graph.rs): the output stays
-                    // alive in the graph's state as long as the graph.
-                    let graph = if mode == "graph" { Some(braid_runtime::graph::capture(&stream, || bench.forward(&x))?) } else { None };
-                    let ev = Event::new_on(&stream, false)?;
-                    Ok(move || -> Result<u64> {
-                        let _keep = &guard;
-                        match &graph {
-                            Some(g) => g.launch()?,
-                            None => drop(bench.forward(&x)?),
-                        }
-                        ev.record(&stream)?;
-                        ev.synchronize()?;
-                        Ok(1)
+    if s.runs("threads") {
+        progress(2, "thread scaling (batch 1)");
+        println!("\n## threads (batch 1, ops/s)\n\n| threads | per-thread-stream | shared-stream | graph |\n| ---: | ---: | ---: | ---: |");
+        let shared = device.stream(1)?;
+        for &t in &s.threads {
+            let mut line = format!("| {t} ");
+            for mode in ["per-thread-stream", "shared-stream", "graph"] {
+                if mode == "graph" && !bench.graphs() {
+                    line += "| - ";
+                    continue;
+                }
+                let ops = repeated(s.repeats, || {
+                    run_threads(t, s.seconds, |tid| {
+                        let guard = if mode == "shared-stream" { Some(StreamGuard::new(&shared)) } else { None };
+                        let stream = device.current_stream()?;
+                        let x = bench.input(1, tid as u64)?;
+                        forward_wait(bench, &stream, &x)?; // warm-up
+                        // The runtime's capture (graph.rs): the output stays
+                        // alive in the graph's state as long as the graph.
+                        let graph = if mode == "graph" { Some(braid_runtime::graph::capture(&stream, || bench.forward(&x))?) } else { None };
+                        let ev = Event::new_on(&stream, false)?;
+                        Ok(move || -> Result<u64> {
+                            let _keep = &guard;
+                            match &graph {
+                                Some(g) => g.launch()?,
+                                None => drop(bench.forward(&x)?),
+                            }
+                            ev.record(&stream)?;
+                            ev.synchronize()?;
+                            Ok(1)
+                        })
                     })
+                })?;
+                line += &format!("| {ops:.0} ");
+                rows.push(Row::Threads { threads: t, mode: mode.into(), ops_per_s: ops });
+            }
+            println!("{line}|");
+        }
+    }
+
+    if s.runs("batching") {
+        progress(3, "batching (1 thread)");
+        println!("\n## batching (1 thread)\n\n| batch | latency ms | samples/s |\n| ---: | ---: | ---: |");
+        for b in s.batches.clone().unwrap_or_else(|| bench.batches()) {
+            let per_s = repeated(s.repeats, || {
+                run_threads(1, s.seconds, |_| {
+                    let stream = device.current_stream()?;
+                    let x = bench.input(b, 7)?;
+                    forward_wait(bench, &stream, &x)?;
+                    Ok(move || forward_wait(bench, &stream, &x).map(|_| 1))
                 })
             })?;
-            line += &format!("| {ops:.0} ");
-            rows.push(Row::Threads { threads: t, mode: mode.into(), ops_per_s: ops });
+            println!("| {b} | {:.3} | {:.0} |", 1e3 / per_s, per_s * b as f64);
+            rows.push(Row::Batching { batch: b, latency_ms: 1e3 / per_s, samples_per_s: per_s * b as f64 });
         }
-        println!("{line}|");
     }
 
-    progress(3, "batching (1 thread)");
-    println!("\n## batching (1 thread)\n\n| batch | latency ms | samples/s |\n| ---: | ---: | ---: |");
-    for b in bench.batches() {
-        let per_s = repeated(s.repeats, || {
-            run_threads(1, s.seconds, |_| {
-                let stream = device.current_stream()?;
-                let x = bench.input(b, 7)?;
-                forward_wait(bench, &stream, &x)?;
-                Ok(move || forward_wait(bench, &stream, &x).map(|_| 1))
-            })
-        })?;
-        println!("| {b} | {:.3} | {:.0} |", 1e3 / per_s, per_s * b as f64);
-        rows.push(Row::Batching { batch: b, latency_ms: 1e3 / per_s, samples_per_s: per_s * b as f64 });
+    if s.runs("sync") {
+        progress(4, "sync pattern (device-wide sync after every op vs one event at the end of 10)");
+        println!("\n## sync pattern (batch 1, ops/s)\n\n| threads | every-op | at-end |\n| ---: | ---: | ---: |");
+        for t in [1usize, 8] {
+            let mut line = format!("| {t} ");
+            for pattern in ["every-op", "at-end"] {
+                let ops = repeated(s.repeats, || {
+                    run_threads(t, s.seconds, |tid| {
+                        let stream = device.current_stream()?;
+                        let x = bench.input(1, tid as u64)?;
+                        forward_wait(bench, &stream, &x)?;
+                        Ok(move || -> Result<u64> {
+                            let mut outs = Vec::with_capacity(10);
+                            for _ in 0..10 {
+                                outs.push(bench.forward(&x)?);
+                                if pattern == "every-op" {
+                                    device.synchronize()?;
+                                }
+                            }
+                            if pattern == "at-end" {
+                                stream.record_event()?.synchronize()?;
+                            }
+                            Ok(10)
+                        })
+                    })
+                })?;
+                line += &format!("| {ops:.0} ");
+                rows.push(Row::Sync { pattern: pattern.into(), threads: t, ops_per_s: ops });
+            }
+            println!("{line}|");
+        }
     }
 
-    progress(4, "sync pattern (device-wide sync after every op vs one event at the end of 10)");
-    println!("\n## sync pattern (batch 1, ops/s)\n\n| threads | every-op | at-end |\n| ---: | ---: | ---: |");
-    for t in [1usize, 8] {
-        let mut line = format!("| {t} ");
-        for pattern in ["every-op", "at-end"] {
+    if s.runs("pipeline") {
+        progress(5, "pipeline depth (1 thread, events, no device-wide sync)");
+        println!("\n## pipeline depth (1 thread, batch 1)\n\n| depth | ops/s |\n| ---: | ---: |");
+        for &depth in &s.depths {
             let ops = repeated(s.repeats, || {
-                run_threads(t, s.seconds, |tid| {
+                run_threads(1, s.seconds, |_| {
                     let stream = device.current_stream()?;
-                    let x = bench.input(1, tid as u64)?;
+                    let x = bench.input(1, 3)?;
                     forward_wait(bench, &stream, &x)?;
+                    let mut inflight: std::collections::VecDeque<(Event, B::Output)> = Default::default();
                     Ok(move || -> Result<u64> {
-                        let mut outs = Vec::with_capacity(10);
-                        for _ in 0..10 {
-                            outs.push(bench.forward(&x)?);
-                            if pattern == "every-op" {
-                                device.synchronize()?;
+                        // Count an op when it has completed (its event), not when
+                        // it was enqueued.
+                        let out = bench.forward(&x)?;
+                        inflight.push_back((stream.record_event()?, out));
+                        if inflight.len() >= depth {
+                            if let Some((ev, out)) = inflight.pop_front() {
+                                ev.synchronize()?;
+                                drop(out);
+                                return Ok(1);
                             }
                         }
-                        if pattern == "at-end" {
-                            stream.record_event()?.synchronize()?;
-                        }
-                        Ok(10)
+                        Ok(0)
                     })
                 })
             })?;
-            line += &format!("| {ops:.0} ");
-            rows.push(Row::Sync { pattern: pattern.into(), threads: t, ops_per_s: ops });
+            // Anything still in flight when the loop stopped is drained by the
+            // threads' stream being synchronised at the next section.
+            device.synchronize()?;
+            println!("| {depth} | {ops:.0} |");
+            rows.push(Row::Pipeline { depth, ops_per_s: ops });
         }
-        println!("{line}|");
     }
 
-    progress(5, "pipeline depth (1 thread, events, no device-wide sync)");
-    println!("\n## pipeline depth (1 thread, batch 1)\n\n| depth | ops/s |\n| ---: | ---: |");
-    for &depth in &s.depths {
-        let ops = repeated(s.repeats, || {
-            run_threads(1, s.seconds, |_| {
-                let stream = device.current_stream()?;
-                let x = bench.input(1, 3)?;
-                forward_wait(bench, &stream, &x)?;
-                let mut inflight: std::collections::VecDeque<(Event, B::Output)> = Default::default();
-                Ok(move || -> Result<u64> {
-                    // Count an op when it has completed (its event), not when
-                    // it was enqueued.
-                    let out = bench.forward(&x)?;
-                    inflight.push_back((stream.record_event()?, out));
-                    if inflight.len() >= depth {
-                        if let Some((ev, out)) = inflight.pop_front() {
-                            ev.synchronize()?;
-                            drop(out);
-                            return Ok(1);
-                        }
-                    }
-                    Ok(0)
-                })
-            })
-        })?;
-        // Anything still in flight when the loop stopped is drained by the
-        // threads' stream being synchronised at the next section.
-        device.synchronize()?;
-        println!("| {depth} | {ops:.0} |");
-        rows.push(Row::Pipeline { depth, ops_per_s: ops });
-    }
-
-    if replicated {
-        progress(6, &format!("dynamic batching (clients send single samples) over {} device(s): {}", devices.len(), devices.iter().map(|d| d.label().to_string()).collect::<Vec<_>>().join(", ")));
-    } else {
-        progress(6, "dynamic batching (clients send single samples)");
-    }
-    println!("\n## dynamic batching\n\n| clients | req/s | p50 ms | p99 ms | mean batch |\n| ---: | ---: | ---: | ---: | ---: |");
-    for r in B::dynamic(benches, replicated, &s.clients, s.seconds.max(0.3) * 2.0)? {
-        if let Row::Dynamic { clients, requests_per_s, p50_ms, p99_ms, mean_batch } = &r {
-            println!("| {clients} | {requests_per_s:.0} | {p50_ms:.3} | {p99_ms:.3} | {mean_batch:.1} |");
+    if s.runs("dynamic") {
+        if replicated {
+            progress(6, &format!("dynamic batching (clients send single samples) over {} device(s): {}", devices.len(), devices.iter().map(|d| d.label().to_string()).collect::<Vec<_>>().join(", ")));
+        } else {
+            progress(6, "dynamic batching (clients send single samples)");
         }
-        rows.push(r);
+        println!("\n## dynamic batching\n\n| clients | req/s | p50 ms | p99 ms | mean batch |\n| ---: | ---: | ---: | ---: | ---: |");
+        for r in B::dynamic(benches, replicated, &s.clients, s.seconds.max(0.3) * 2.0)? {
+            if let Row::Dynamic { clients, requests_per_s, p50_ms, p99_ms, mean_batch } = &r {
+                println!("| {clients} | {requests_per_s:.0} | {p50_ms:.3} | {p99_ms:.3} | {mean_batch:.1} |");
+            }
+            rows.push(r);
+        }
     }
 
     Ok(Report {
