@@ -141,7 +141,7 @@ impl SentenceEmbedder {
 
     /// The last hidden state and the embedding before a final Normalize
     /// module (see [`SentenceModules::forward_parts`]).
-    pub fn forward_parts(&self, input: &BertInput) -> Result<(Tensor, Tensor)> {
+    pub fn forward_parts(&self, input: &BertInput) -> Result<(crate::models::Hidden, Tensor)> {
         self.modules.forward_parts(self.encoder.as_ref(), input)
     }
 

@@ -14,7 +14,7 @@
 //! honour — an unknown module type, pooling mode or activation — is an error
 //! naming the file and the field.
 
-use crate::models::Encoder;
+use crate::models::{Encoder, Hidden};
 use crate::{ops, BertInput, HostWeights, Linear, Tensor};
 use braid_runtime::{Activation, Device, DType, Error, Result};
 use std::path::Path;
@@ -347,27 +347,34 @@ impl SentenceModules {
 
     /// Sentence embeddings `[batch, dim]` of one tokenized batch.
     pub fn embed(&self, encoder: &dyn Encoder, input: &BertInput) -> Result<Tensor> {
-        let (h, mask) = encoder.forward(input)?;
-        self.after(encoder, input, &h, &mask, true)
+        let hidden = encoder.forward_hidden(input)?;
+        self.after(encoder, input, &hidden, true)
     }
 
-    /// The last hidden state `[batch, seq, hidden]` and the embedding
-    /// `[batch, dim]` before a final Normalize module (the whole pipeline
-    /// when there is none): what a server needs to answer `normalize: false`
-    /// and token embeddings from one forward.
-    pub fn forward_parts(&self, encoder: &dyn Encoder, input: &BertInput) -> Result<(Tensor, Tensor)> {
-        let (h, mask) = encoder.forward(input)?;
-        let e = self.after(encoder, input, &h, &mask, false)?;
-        Ok((h, e))
+    /// The last hidden state (packed or padded: [`Hidden::padded`] gives
+    /// `[batch, seq, hidden]`) and the embedding `[batch, dim]` before a
+    /// final Normalize module (the whole pipeline when there is none): what
+    /// a server needs to answer `normalize: false` and token embeddings from
+    /// one forward.
+    pub fn forward_parts(&self, encoder: &dyn Encoder, input: &BertInput) -> Result<(Hidden, Tensor)> {
+        let hidden = encoder.forward_hidden(input)?;
+        let e = self.after(encoder, input, &hidden, false)?;
+        Ok((hidden, e))
     }
 
     /// Pooling and the modules after it, over hidden states `h`; a final
     /// Normalize only when `final_normalize`.
-    fn after(&self, encoder: &dyn Encoder, input: &BertInput, h: &Tensor, mask: &Tensor, final_normalize: bool) -> Result<Tensor> {
-        let (h, mask) = (h.clone(), mask.clone());
+    fn after(&self, encoder: &dyn Encoder, input: &BertInput, hidden: &Hidden, final_normalize: bool) -> Result<Tensor> {
         let (b, s, d) = (input.batch, input.seq, encoder.hidden_size());
         let device = encoder.device();
-        let mut cur = if self.pooling.modes.len() == 1 {
+        // Mean pooling of a packed state runs per segment; every other
+        // pooling reads the padded state.
+        if let (Hidden::Packed { h, cu_seqlens, .. }, [PoolingMode::Mean]) = (hidden, self.pooling.modes.as_slice()) {
+            let cur = Stage::Device(ops::segment_mean_pool(h, cu_seqlens)?);
+            return self.post(cur, b, device, final_normalize);
+        }
+        let (h, mask) = hidden.padded()?;
+        let cur = if self.pooling.modes.len() == 1 {
             match self.pooling.modes[0] {
                 PoolingMode::Mean => Stage::Device(ops::mean_pool(&h, Some(&mask))?),
                 PoolingMode::WeightedMean => {
@@ -382,6 +389,12 @@ impl SentenceModules {
         } else {
             Stage::Host(host_pool(&h.to_vec()?, input, d, &self.pooling.modes), d * self.pooling.modes.len())
         };
+        self.post(cur, b, device, final_normalize)
+    }
+
+    /// The modules after pooling (a final Normalize only when
+    /// `final_normalize`), on `b` pooled rows.
+    fn post(&self, mut cur: Stage, b: usize, device: &Device, final_normalize: bool) -> Result<Tensor> {
         let n_post = if !final_normalize && matches!(self.post.last(), Some(PostModule::Normalize)) { self.post.len() - 1 } else { self.post.len() };
         for m in &self.post[..n_post] {
             cur = match (m, cur) {

@@ -93,6 +93,22 @@ fn gather_ids_out_of_range_are_a_clear_error() {
 }
 
 #[test]
+fn segment_pool_offsets_that_do_not_cover_the_stream_are_a_clear_error() {
+    let d = Device::cpu().unwrap();
+    let x = t(&d, &[6, 4]);
+    for cu in [&[0u32, 2, 5][..], &[0, 4, 2, 6], &[1, 6], &[0]] {
+        match ops::segment_mean_pool(&x, cu) {
+            Err(Error::InvalidArgument(m)) => assert!(m.contains("segment_mean_pool") && m.contains("6 tokens"), "{m}"),
+            other => panic!("{cu:?}: expected InvalidArgument, got {other:?}"),
+        }
+    }
+    // Empty segments pool to zeros; the others to their mean.
+    let x = Tensor::from_slice(&d, &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], &[3, 2]).unwrap();
+    let out = ops::segment_mean_pool(&x, &[0, 2, 2, 3]).unwrap().to_vec().unwrap();
+    assert_eq!(out, vec![2.0, 3.0, 0.0, 0.0, 5.0, 6.0]);
+}
+
+#[test]
 fn bf16_is_unsupported_on_cpu_not_a_panic() {
     let d = Device::cpu().unwrap();
     assert!(!d.supports(DType::BF16));

@@ -22,7 +22,7 @@
 //! each `View` field through [`Check::input`]/[`Check::output`]; see
 //! `docs/backends.md`.
 
-use crate::backend::{Activation, Attention, BufSlice, DType, Gather, Gemm, LayerNorm, MeanPool, Rope, VarlenAttention};
+use crate::backend::{Activation, Attention, BufSlice, DType, Gather, Gemm, LayerNorm, MeanPool, Rope, SegmentMeanPool, VarlenAttention};
 use crate::buffer::{Buffer, View};
 use crate::device::Device;
 use crate::error::{Error, Result};
@@ -406,6 +406,43 @@ impl Stream {
         c.finish()?;
         // SAFETY: as in `gemm`.
         unsafe { self.raw.mean_pool(&d) }
+    }
+
+    /// Mean pooling per segment of a packed stream: `p.cu_seqlens` are the
+    /// host offsets (checked here: `segments + 1` of them rising from 0 to
+    /// the stream's token count, which `x` must hold) and uploaded to the
+    /// device. A device without the kernel answers [`Error::Unsupported`].
+    pub fn segment_mean_pool(&self, device: &Device, p: &SegmentMeanPool<View<'_>, &[u32]>) -> Result<()> {
+        let op = "segment_mean_pool";
+        let cu = p.cu_seqlens;
+        if p.segments.checked_add(1) != Some(cu.len()) || cu.first() != Some(&0) || cu.windows(2).any(|w| w[1] < w[0]) {
+            return Err(Error::InvalidArgument(format!("{op}: cu_seqlens must be segments+1 offsets (segments {}) rising from 0, got {cu:?}", p.segments)));
+        }
+        if p.segments == 0 || p.dim == 0 {
+            return Ok(());
+        }
+        if device.id() != self.device_id() {
+            return Err(Error::DeviceMismatch(format!("{op}: stream of device {} used with device {}", self.device_id(), device.id())));
+        }
+        let tokens = *cu.last().unwrap_or(&0) as usize;
+        let device_cu = Buffer::alloc(device, cu.len() * 4, self)?;
+        self.write(device_cu.view(), bytemuck::cast_slice(cu))?;
+        let es = p.dtype.size();
+        let mut c = Check::new(self, op);
+        let desc = SegmentMeanPool {
+            x: c.input(p.x, "x", &[tokens, p.dim], es)?,
+            cu_seqlens: c.input(device_cu.view(), "cu_seqlens", &[cu.len()], 4)?,
+            out: c.output(p.out, "out", &[p.segments, p.dim], es)?,
+            segments: p.segments,
+            dim: p.dim,
+            dtype: p.dtype,
+        };
+        c.finish()?;
+        // SAFETY: as in `gemm`; the offsets (checked above: segments+1 of
+        // them, rising from 0 to `tokens`, the rows `x` holds) are in
+        // `device_cu`, written on this stream before the kernel and freed
+        // stream-ordered after it.
+        unsafe { self.raw.segment_mean_pool(&desc) }
     }
 
     pub fn l2_normalize(&self, x: View<'_>, out: View<'_>, rows: usize, cols: usize, dtype: DType) -> Result<()> {

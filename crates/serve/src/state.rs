@@ -81,7 +81,8 @@ impl BatchModel for ServeModel {
         // as `braid embed` computes them.
         let normed = if any(&|w| w == Want::Pooled { normalize: true }) { Some(ops::l2_normalize(&pooled)?.to_vec()?) } else { None };
         let raw = if any(&|w| w == Want::Pooled { normalize: false }) { Some(pooled.to_vec()?) } else { None };
-        let hidden = if any(&|w| w == Want::Tokens) { Some(h.to_vec()?) } else { None };
+        // Token embeddings need the padded state (a packed one is gathered back).
+        let hidden = if any(&|w| w == Want::Tokens) { Some(h.padded()?.0.to_vec()?) } else { None };
         let inference = started.elapsed();
         self.metrics.inference.observe(inference.as_secs_f64());
         self.metrics.batch_texts.observe(jobs.len() as f64);

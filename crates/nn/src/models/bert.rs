@@ -52,4 +52,7 @@ impl Encoder for BertModel {
     fn forward(&self, input: &BertInput) -> Result<(Tensor, Tensor)> {
         BertModel::forward(self, input)
     }
+    fn forward_hidden(&self, input: &BertInput) -> Result<super::Hidden> {
+        BertModel::forward_hidden(self, input)
+    }
 }

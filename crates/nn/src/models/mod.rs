@@ -35,6 +35,46 @@ pub trait Encoder: Send + Sync + std::fmt::Debug {
     /// The last hidden state `[batch, seq, hidden]` and the attention mask
     /// as an f32 tensor `[batch, seq]` (1 = token, 0 = padding).
     fn forward(&self, input: &BertInput) -> Result<(Tensor, Tensor)>;
+    /// The last hidden state in whichever layout the forward produced:
+    /// families that run packed (padding-free) batches answer
+    /// [`Hidden::Packed`], so that pooling need not unpack it. The default
+    /// is [`forward`](Self::forward)'s padded state.
+    fn forward_hidden(&self, input: &BertInput) -> Result<Hidden> {
+        let (h, mask) = self.forward(input)?;
+        Ok(Hidden::Padded { h, mask })
+    }
+}
+
+/// A last hidden state as an encoder produced it.
+#[derive(Clone, Debug)]
+pub enum Hidden {
+    /// `h` `[batch, seq, hidden]` with padding positions, and the mask
+    /// `[batch, seq]` (f32, 1 = token).
+    Padded { h: Tensor, mask: Tensor },
+    /// `h` `[tokens, hidden]`: only the real tokens, row `i` of the batch at
+    /// rows `cu_seqlens[i] .. cu_seqlens[i + 1]` (the layout of
+    /// [`crate::ops::attention_varlen`]); its tokens are the first
+    /// `cu_seqlens[i+1] - cu_seqlens[i]` positions of row `i` of the
+    /// `[batch, seq]` input, the rest being padding.
+    Packed { h: Tensor, cu_seqlens: Vec<u32>, batch: usize, seq: usize, mask: Vec<f32> },
+}
+
+impl Hidden {
+    /// `[batch, seq, hidden]` and the mask: a packed state is gathered back
+    /// (padding positions hold a copy of the stream's first row; the mask
+    /// hides them).
+    pub fn padded(&self) -> Result<(Tensor, Tensor)> {
+        match self {
+            Hidden::Padded { h, mask } => Ok((h.clone(), mask.clone())),
+            Hidden::Packed { h, cu_seqlens: cu, batch, seq, mask } => {
+                let (b, s) = (*batch, *seq);
+                let d = h.shape().get(1).copied().unwrap_or(0);
+                let back: Vec<u32> = (0..b).flat_map(|r| (0..s as u32).map(move |j| (r, j))).map(|(r, j)| if cu[r] + j < cu[r + 1] { cu[r] + j } else { 0 }).collect();
+                let full = crate::ops::embedding(h, &back)?.reshape(&[b, s, d])?;
+                Ok((full, Tensor::from_slice(h.device(), mask, &[b, s])?))
+            }
+        }
+    }
 }
 
 /// `config.json`, parsed once: the raw document and where it came from.

@@ -7,7 +7,7 @@
 //! XLM-RoBERTa are this model with positions offset by the padding index.
 
 use super::{LayerNorm, TransformerEncoderLayer};
-use crate::{ops, settle_all, HostWeights, Tensor};
+use crate::{models::Hidden, ops, settle_all, HostWeights, Tensor};
 use braid_runtime::{Activation, DType, Device, Error, Result};
 use serde::Deserialize;
 
@@ -212,6 +212,12 @@ impl BertModel {
 
     /// The last hidden state `[batch, seq, hidden]` and the mask tensor `[batch, seq]`.
     pub fn forward(&self, input: &BertInput) -> Result<(Tensor, Tensor)> {
+        self.forward_hidden(input)?.padded()
+    }
+
+    /// The last hidden state, packed where the batch ran packed (see
+    /// [`Hidden`]), so that mean pooling can run per segment.
+    pub fn forward_hidden(&self, input: &BertInput) -> Result<Hidden> {
         self.check(input)?;
         // Packed batches need the device's varlen attention kernel (wgpu
         // has none): without it, the padded path below.
@@ -220,6 +226,11 @@ impl BertModel {
                 return Ok(r);
             }
         }
+        let (h, mask) = self.forward_padded(input)?;
+        Ok(Hidden::Padded { h, mask })
+    }
+
+    fn forward_padded(&self, input: &BertInput) -> Result<(Tensor, Tensor)> {
         let (b, s, d) = (input.batch, input.seq, self.config.hidden_size);
         let device = self.device();
         let offset = self.config.position_offset();
@@ -245,13 +256,14 @@ impl BertModel {
     /// [`forward`](Self::forward) on the packed token stream: only the real
     /// tokens of each row (a row is its tokens, then padding) go through the
     /// layers, as one stream delimited by cumulative offsets, so no GEMM or
-    /// attention work is spent on padding. The last hidden state is then
-    /// gathered back to `[batch, seq, hidden]` for the pooling modules
-    /// (padding positions hold a copy of the stream's first row; the mask
-    /// hides them). `None` where a row's mask is not tokens-then-padding or
-    /// there are no tokens (the padded path handles those).
-    fn forward_packed(&self, input: &BertInput) -> Result<Option<(Tensor, Tensor)>> {
-        let (b, s, d) = (input.batch, input.seq, self.config.hidden_size);
+    /// attention work is spent on padding. The last hidden state stays
+    /// packed ([`Hidden::Packed`]); pooling runs per segment, and
+    /// [`Hidden::padded`] gathers it back where a caller needs
+    /// `[batch, seq, hidden]`. `None` where a row's mask is not
+    /// tokens-then-padding or there are no tokens (the padded path handles
+    /// those).
+    fn forward_packed(&self, input: &BertInput) -> Result<Option<Hidden>> {
+        let (b, s) = (input.batch, input.seq);
         let offset = self.config.position_offset() as u32;
         let mut cu = Vec::with_capacity(b + 1);
         cu.push(0u32);
@@ -278,16 +290,18 @@ impl BertModel {
         for layer in &self.layers {
             h = layer.forward_varlen(&h, &cu)?;
         }
-        let back: Vec<u32> = (0..b).flat_map(|r| (0..s as u32).map(move |j| (r, j))).map(|(r, j)| if cu[r] + j < cu[r + 1] { cu[r] + j } else { 0 }).collect();
-        let full = ops::embedding(&h, &back)?.reshape(&[b, s, d])?;
-        let mask = Tensor::from_slice(self.device(), &input.mask, &[b, s])?;
-        Ok(Some((full, mask)))
+        Ok(Some(Hidden::Packed { h, cu_seqlens: cu, batch: b, seq: s, mask: input.mask.clone() }))
     }
 
     /// Mean-pooled (over the mask), L2-normalised sentence embeddings `[batch, hidden]`.
     pub fn embed(&self, input: &BertInput) -> Result<Tensor> {
-        let (h, mask) = self.forward(input)?;
-        let pooled = ops::mean_pool(&h, Some(&mask))?;
+        let pooled = match self.forward_hidden(input)? {
+            Hidden::Packed { h, cu_seqlens, .. } => ops::segment_mean_pool(&h, &cu_seqlens)?,
+            hidden => {
+                let (h, mask) = hidden.padded()?;
+                ops::mean_pool(&h, Some(&mask))?
+            }
+        };
         ops::l2_normalize(&pooled)
     }
 }

@@ -19,7 +19,7 @@ pub use elementwise::{activation, add, gelu, gelu_tanh, relu};
 pub use gather::embedding;
 pub use linear::{linear, matmul};
 pub use norm::{l2_normalize, layer_norm};
-pub use pool::mean_pool;
+pub use pool::{mean_pool, segment_mean_pool};
 pub use rope::{glu, rope_qkv};
 pub use softmax::softmax;
 pub use braid_runtime::Activation;

@@ -236,6 +236,23 @@ impl Checker {
                 });
             }
         }
+        // Mean pooling per segment of a packed stream (empty segments give
+        // zeros); where the device runs packed batches.
+        let segments: Vec<(Vec<usize>, usize)> = if self.device.capabilities().varlen_attention { vec![(vec![3, 0, 1, 17], 5), (vec![70, 128, 1, 33, 256], 384)] } else { Vec::new() };
+        for (lens, dim) in segments {
+            self.record(format!("segment_mean_pool segments {lens:?} dim {dim}"), true, |c| {
+                let t: usize = lens.iter().sum();
+                let x = c.rand(t * dim, -1.0, 1.0);
+                let mut cu = vec![0u32];
+                let mut reference = Vec::with_capacity(lens.len() * dim);
+                for &l in &lens {
+                    let a = *cu.last().unwrap_or(&0) as usize;
+                    reference.extend(if l == 0 { vec![0.0; dim] } else { r::mean_pool(&d(&x[a * dim..(a + l) * dim]), None, 1, l, dim) });
+                    cu.push((a + l) as u32);
+                }
+                Ok((ops::segment_mean_pool(&c.up(&x, &[t, dim])?, &cu)?, reference))
+            });
+        }
     }
 
     /// Random weights of `w`, rounded to the dtype.

@@ -313,6 +313,24 @@ pub struct MeanPool<P = BufSlice> {
     pub dtype: DType,
 }
 
+/// Mean pooling per segment of a packed token stream (the layout of
+/// [`VarlenAttention`]): `out[i, :]` is the mean of rows `cu_seqlens[i] ..
+/// cu_seqlens[i + 1]` of `x[tokens, dim]`, accumulated in f32; an empty
+/// segment gives zeros. `C` is as in [`VarlenAttention`]: a device
+/// [`BufSlice`] of `segments + 1` u32 offsets for the backends, the host
+/// offsets for callers of the safe op (`Stream::segment_mean_pool`), which
+/// checks and uploads them. Devices with
+/// [`Capabilities::varlen_attention`] implement it.
+#[derive(Clone, Copy, Debug)]
+pub struct SegmentMeanPool<P = BufSlice, C = P> {
+    pub x: P,
+    pub cu_seqlens: C,
+    pub out: P,
+    pub segments: usize,
+    pub dim: usize,
+    pub dtype: DType,
+}
+
 /// What a device can do beyond the common boundary. The CLI and the
 /// benchmark ask this instead of testing the backend kind.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -461,6 +479,12 @@ pub trait Kernels {
     unsafe fn rope_qkv(&self, p: &Rope) -> Result<()>;
     unsafe fn gather(&self, p: &Gather) -> Result<()>;
     unsafe fn mean_pool(&self, p: &MeanPool) -> Result<()>;
+    /// See [`SegmentMeanPool`]; part of the packed-batch op set that
+    /// [`Capabilities::varlen_attention`] announces.
+    unsafe fn segment_mean_pool(&self, p: &SegmentMeanPool) -> Result<()> {
+        let _ = p;
+        Err(Error::Unsupported { backend: "this", what: "segment mean pooling of packed batches".into() })
+    }
     /// Row-wise `x / max(‖x‖₂, 1e-12)` of `x[rows, cols]`.
     unsafe fn l2_normalize(&self, x: BufSlice, out: BufSlice, rows: usize, cols: usize, dtype: DType) -> Result<()>;
     /// Convert `n` elements between f32 and bf16.

@@ -16,7 +16,7 @@ pub mod pool;
 pub mod progress;
 pub mod varlen;
 
-use super::{Activation, Attention, Backend, BackendEvent, BackendKind, BackendStream, BufSlice, BufferId, Capabilities, DType, Gather, Gemm, HostFns, Kernels, LayerNorm, MeanPool, Rope, VarlenAttention, WeightPack};
+use super::{Activation, Attention, Backend, BackendEvent, BackendKind, BackendStream, BufSlice, BufferId, Capabilities, DType, Gather, Gemm, HostFns, Kernels, LayerNorm, MeanPool, Rope, SegmentMeanPool, VarlenAttention, WeightPack};
 use crate::error::{Error, Result};
 use crate::event_state::EventState;
 use std::any::Any;
@@ -527,6 +527,25 @@ impl Kernels for CpuStream {
             // SAFETY: caller contract.
             unsafe { kernels::mean_pool(x.f32(p.batch * p.seq * p.dim), m.map(|m| m.f32(p.batch * p.seq)), o.f32_mut(p.batch * p.dim), p.batch, p.seq, p.dim) };
             Ok(())
+        }))
+    }
+    unsafe fn segment_mean_pool(&self, p: &SegmentMeanPool) -> Result<()> {
+        f32_only(p.dtype)?;
+        let p = *p;
+        let (cu, x, o) = (arg(p.cu_seqlens), arg(p.x), arg(p.out));
+        self.enqueue(Box::new(move || {
+            // SAFETY: caller contract on `SegmentMeanPool`: cu_seqlens holds
+            // segments+1 u32 (length asserted here; read on the stream, after
+            // the upload before it).
+            let cu = unsafe {
+                assert!((p.segments + 1) * 4 <= cu.len, "segment_mean_pool cu_seqlens");
+                std::slice::from_raw_parts(cu.addr as *const u32, p.segments + 1)
+            };
+            let tokens = *cu.last().unwrap_or(&0) as usize;
+            // SAFETY: caller contract: x holds `tokens` rows of dim, out
+            // segments*dim (lengths checked by `P::f32`; the offsets against
+            // them by `varlen::segment_mean_pool`).
+            unsafe { varlen::segment_mean_pool(x.f32(tokens * p.dim), cu, o.f32_mut(p.segments * p.dim), p.dim) }
         }))
     }
     unsafe fn l2_normalize(&self, x: BufSlice, out: BufSlice, rows: usize, cols: usize, dtype: DType) -> Result<()> {

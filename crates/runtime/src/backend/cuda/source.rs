@@ -614,6 +614,20 @@ extern "C" __global__ void gather_f16(const f16* t, const unsigned* ids, f16* o,
 extern "C" __global__ void mean_pool_f32(const float* x, const float* m, float* o, int seq, int dim) { mean_pool_t(x, m, o, seq, dim); }
 extern "C" __global__ void mean_pool_bf16(const bf16* x, const float* m, bf16* o, int seq, int dim) { mean_pool_t(x, m, o, seq, dim); }
 extern "C" __global__ void mean_pool_f16(const f16* x, const float* m, f16* o, int seq, int dim) { mean_pool_t(x, m, o, seq, dim); }
+// grid (ceil(dim / blockDim), segments): one thread per output element, the
+// mean of rows cu[i] .. cu[i+1] of the packed stream (zeros when empty).
+template <typename T> __device__ void segment_mean_pool_t(const T* x, const unsigned* cu, T* o, int dim) {
+    int d = blockIdx.x * blockDim.x + threadIdx.x;
+    int i = blockIdx.y;
+    if (d >= dim) return;
+    long long a = cu[i], b = cu[i + 1];
+    float acc = 0.0f;
+    for (long long r = a; r < b; r++) acc += ld(x, r * dim + d);
+    st(o, (long long)i * dim + d, b > a ? acc / (float)(b - a) : 0.0f);
+}
+extern "C" __global__ void segment_mean_pool_f32(const float* x, const unsigned* cu, float* o, int dim) { segment_mean_pool_t(x, cu, o, dim); }
+extern "C" __global__ void segment_mean_pool_bf16(const bf16* x, const unsigned* cu, bf16* o, int dim) { segment_mean_pool_t(x, cu, o, dim); }
+extern "C" __global__ void segment_mean_pool_f16(const f16* x, const unsigned* cu, f16* o, int dim) { segment_mean_pool_t(x, cu, o, dim); }
 "#
 );
 
@@ -623,6 +637,6 @@ pub(crate) fn kernel_names(unit: Unit) -> &'static [&'static str] {
         Unit::Elementwise => &["add_f32", "add_bf16", "add_f16", "act_f32", "act_bf16", "act_f16", "bias_act_f32", "bias_act_bf16", "bias_act_f16", "cast_f32_bf16", "cast_bf16_f32", "cast_f32_f16", "cast_f16_f32", "glu_f32", "glu_bf16", "glu_f16", "rope_f32", "rope_bf16", "rope_f16"],
         Unit::Norm => &["layer_norm_f32", "layer_norm_bf16", "layer_norm_f16", "softmax_f32", "softmax_bf16", "softmax_f16", "l2_normalize_f32", "l2_normalize_bf16", "l2_normalize_f16"],
         Unit::Attention => &["attention_f32", "attention_bf16", "attention_f16", "attention_bias_f32", "attention_bias_bf16", "attention_bias_f16", "flash_f32_d32_q32", "flash_f32_d32_q64", "flash_f32_d64_q32", "flash_f32_d64_q64", "flash_f32_d128_q32", "flash_f32_d128_q64", "flash_bf16_d32_q32", "flash_f16_d32_q32", "flash_bf16_d32_q64", "flash_f16_d32_q64", "flash_bf16_d64_q32", "flash_f16_d64_q32", "flash_bf16_d64_q64", "flash_f16_d64_q64", "flash_bf16_d128_q32", "flash_f16_d128_q32", "flash_bf16_d128_q64", "flash_f16_d128_q64", "flash_varlen_f32_d32_q32", "flash_varlen_f32_d32_q64", "flash_varlen_f32_d64_q32", "flash_varlen_f32_d64_q64", "flash_varlen_f32_d128_q32", "flash_varlen_f32_d128_q64", "flash_varlen_bf16_d32_q32", "flash_varlen_bf16_d32_q64", "flash_varlen_bf16_d64_q32", "flash_varlen_bf16_d64_q64", "flash_varlen_bf16_d128_q32", "flash_varlen_bf16_d128_q64", "flash_varlen_f16_d32_q32", "flash_varlen_f16_d32_q64", "flash_varlen_f16_d64_q32", "flash_varlen_f16_d64_q64", "flash_varlen_f16_d128_q32", "flash_varlen_f16_d128_q64", "flash_mma_bf16_d32", "flash_mma_bf16_d64", "flash_mma_bf16_d128", "flash_mma_f16_d32", "flash_mma_f16_d64", "flash_mma_f16_d128"],
-        Unit::Gather => &["gather_f32", "gather_bf16", "gather_f16", "mean_pool_f32", "mean_pool_bf16", "mean_pool_f16"],
+        Unit::Gather => &["gather_f32", "gather_bf16", "gather_f16", "mean_pool_f32", "mean_pool_bf16", "mean_pool_f16", "segment_mean_pool_f32", "segment_mean_pool_bf16", "segment_mean_pool_f16"],
     }
 }

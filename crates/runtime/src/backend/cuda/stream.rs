@@ -7,7 +7,7 @@ use super::event::cuda_event;
 use super::graph::CudaGraph;
 use super::module::Unit;
 use super::pinned::PinnedPool;
-use crate::backend::{Activation, Attention, BackendEvent, BackendGraph, BackendStream, BufSlice, Capture, DType, Gather, Gemm, HostFns, Kernels, LayerNorm, MeanPool, Rope, VarlenAttention};
+use crate::backend::{Activation, Attention, BackendEvent, BackendGraph, BackendStream, BufSlice, Capture, DType, Gather, Gemm, HostFns, Kernels, LayerNorm, MeanPool, Rope, SegmentMeanPool, VarlenAttention};
 use crate::error::{Error, Result};
 use cudarc::driver::sys::{self, CUresult, CUstream};
 use std::any::Any;
@@ -567,6 +567,22 @@ impl Kernels for CudaStream {
         let args = [ptr(p.x), opt(p.mask), ptr(p.out), Arg::I32(i32_dim(p.seq, "seq")?), Arg::I32(dim)];
         let grid = ((p.dim as u32).div_ceil(POOL_BLOCK), p.batch as u32, 1);
         // SAFETY: x holds batch*seq*dim, mask batch*seq, out batch*dim.
+        unsafe { self.launch(Unit::Gather, name, grid, POOL_BLOCK, 0, &args) }
+    }
+
+    unsafe fn segment_mean_pool(&self, p: &SegmentMeanPool) -> Result<()> {
+        if p.segments == 0 || p.dim == 0 {
+            return Ok(());
+        }
+        if p.segments > 65535 {
+            return Err(Error::InvalidArgument(format!("segment_mean_pool: {} segments exceed 65535 on CUDA", p.segments)));
+        }
+        let name = pick!(p.dtype, "segment_mean_pool");
+        let dim = i32_dim(p.dim, "dim")?;
+        let args = [ptr(p.x), ptr(p.cu_seqlens), ptr(p.out), Arg::I32(dim)];
+        let grid = ((p.dim as u32).div_ceil(POOL_BLOCK), p.segments as u32, 1);
+        // SAFETY: cu_seqlens holds segments+1 offsets rising from 0 to the
+        // rows x holds (checked by the op layer), out segments*dim.
         unsafe { self.launch(Unit::Gather, name, grid, POOL_BLOCK, 0, &args) }
     }
 
