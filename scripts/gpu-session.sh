@@ -54,7 +54,7 @@ if has serve; then
     mark "serve: bf16, 1 and 16 clients"
     "$braid" serve --device cuda --dtype bf16 --port 18080 --log-requests false > "$o/serve.log" 2>&1 &
     pid=$!
-    for _ in $(seq 60); do curl -sf localhost:18080/health >/dev/null && break; sleep 0.5; done
+    for _ in $(seq 60); do python3 -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:18080/health', timeout=1)" 2>/dev/null && break; sleep 0.5; done
     oha=(); [[ -x /tmp/oha ]] && oha=(--oha /tmp/oha)
     timeout 40 python3 bench/serve_load.py --url http://127.0.0.1:18080 --clients 1 16 --seconds 4 "${oha[@]}" --pid $pid --json "$o/load.json" > "$o/load.md" 2>&1
     cat "$o/load.md" >&2
