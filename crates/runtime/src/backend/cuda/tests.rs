@@ -356,7 +356,11 @@ fn layer_norm_softmax_l2_match_f64_reference() {
     let Some(be) = gpu("layer_norm_softmax_l2_match_f64_reference") else { return };
     let mut rng = Rng::new("norms");
     for dtype in DTYPES {
-        for &(rows, cols) in &[(1usize, 1usize), (5, 383), (17, 1025), (3, 4099)] {
+        // Block kernels: odd widths, > 1024. Warp-per-row kernels (width a
+        // multiple of the 16-byte vector, <= 1024): 384 with a partial last
+        // block of rows, 1024 (the widest), 36 (f32 only: not a multiple of 8);
+        // 1032 is vectorisable but too wide, so the block kernel again.
+        for &(rows, cols) in &[(1usize, 1usize), (5, 383), (17, 1025), (3, 4099), (9, 384), (6, 1024), (7, 36), (2, 1032)] {
             let mut mem = Mem::new(&be);
             let x = input(rng.vec(rows * cols, 3.0), dtype);
             let res = input(rng.vec(rows * cols, 1.0), dtype);
@@ -616,16 +620,18 @@ fn gather_and_mean_pool_match_f64_reference() {
     let mut rng = Rng::new("gather_pool");
     for dtype in DTYPES {
         let mut mem = Mem::new(&be);
-        let (rows, n, dim) = (50usize, 37usize, 129usize);
-        let table = input(rng.vec(rows * dim, 2.0), dtype);
-        let ids: Vec<u32> = (0..n).map(|_| rng.below(rows as u64) as u32).collect();
-        let pt = mem.up(&table, dtype);
-        let pids = mem.bytes(&ids.iter().flat_map(|i| i.to_ne_bytes()).collect::<Vec<_>>());
-        let po = mem.out(n * dim, dtype);
-        // SAFETY: ids in range, out n*dim.
-        unsafe { mem.s.gather(&Gather { table: pt, ids: pids, out: po, n, dim, dtype }).unwrap() };
-        let r: Vec<f64> = ids.iter().flat_map(|&i| table[i as usize * dim..(i as usize + 1) * dim].iter().map(|&v| v as f64)).collect();
-        check(&format!("gather {} n{n} dim{dim}", dtype.name()), &mem.down(po, n * dim, dtype), &r, 1e-5);
+        // dim 129: the element kernel; 384: 16-byte vectors.
+        for (rows, n, dim) in [(50usize, 37usize, 129usize), (50, 37, 384)] {
+            let table = input(rng.vec(rows * dim, 2.0), dtype);
+            let ids: Vec<u32> = (0..n).map(|_| rng.below(rows as u64) as u32).collect();
+            let pt = mem.up(&table, dtype);
+            let pids = mem.bytes(&ids.iter().flat_map(|i| i.to_ne_bytes()).collect::<Vec<_>>());
+            let po = mem.out(n * dim, dtype);
+            // SAFETY: ids in range, out n*dim.
+            unsafe { mem.s.gather(&Gather { table: pt, ids: pids, out: po, n, dim, dtype }).unwrap() };
+            let r: Vec<f64> = ids.iter().flat_map(|&i| table[i as usize * dim..(i as usize + 1) * dim].iter().map(|&v| v as f64)).collect();
+            check(&format!("gather {} n{n} dim{dim}", dtype.name()), &mem.down(po, n * dim, dtype), &r, 1e-5);
+        }
 
         let (batch, seq, dim) = (4usize, 31usize, 385usize);
         let x = input(rng.vec(batch * seq * dim, 2.0), dtype);

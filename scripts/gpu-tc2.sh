@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Issue 13, second pass: the vectorised memory-bound kernels and the 16-byte
+# attention tile loads, measured against the previous build in the same call
+# on the same GPU. Two prebuilt stripped braid binaries (gzipped to fit the
+# device tool's transfer), no cargo:
+#
+#   BIN=DIR scripts/gpu-tc2.sh OUTDIR
+#     DIR/braid-new.gz  this branch     DIR/braid-old.gz  the baseline build
+#
+# Steps (each bounded by `timeout`): `braid check --dtype bf16` with the new
+# build; `bench story` batching rows (MiniLM 128 tokens and the mixed set,
+# bf16) old then new; Nsight Compute kernel durations (gpu__time_duration
+# only) of a window of each build's batch-512 and batch-1 forwards, summed per
+# kernel by scripts/profile-summary.py. Needs models/all-MiniLM-L6-v2.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out=${1:?usage: BIN=DIR scripts/gpu-tc2.sh OUTDIR}
+bin=${BIN:-.bin-t}
+mkdir -p "$out" /tmp/tc2
+for v in new old; do gunzip -c "$bin/braid-$v.gz" > /tmp/tc2/braid-$v && chmod +x /tmp/tc2/braid-$v; done
+for lib in libcublas.so.13 libnvrtc.so.13; do
+    d=$(find /usr/local/cuda*/ /usr/lib/x86_64-linux-gnu /opt /usr/local/lib -name "$lib" -print -quit 2>/dev/null | xargs -r dirname)
+    [[ -n "$d" ]] && export LD_LIBRARY_PATH="$d:${LD_LIBRARY_PATH:-}"
+done
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv > "$out/gpu.txt" 2>&1
+dt=${DTYPE:-bf16}
+echo "== check $dt (new)"
+timeout ${CHECK_S:-35} /tmp/tc2/braid-new check --device cuda --dtype "$dt" --threads 4 --iters 2 > "$out/check-$dt.txt" 2>&1
+echo "rc=$?" >> "$out/check-$dt.txt"
+grep -E "passed|failed|FAIL|cosine" "$out/check-$dt.txt" | tail -8
+for v in old new; do
+    for w in minilm mixed; do
+        echo "== story $v $w"
+        timeout ${STORY_S:-22} /tmp/tc2/braid-$v bench story --device cuda --workload $w --dtype "$dt" --quick --sections batching --batches "${BATCHES:-1 32 512}" > "$out/story-$v-$w.txt" 2>&1
+        echo "rc=$?" >> "$out/story-$v-$w.txt"
+    done
+done
+ncu=$(command -v ncu || ls /usr/local/cuda/bin/ncu 2>/dev/null)
+if [[ -n "$ncu" ]]; then
+    m="--metrics gpu__time_duration.sum --csv --print-units base --clock-control none --cache-control none"
+    mkdir -p "$out/prof"
+    for b in ${PROF_BATCHES:-512 1}; do
+        for v in new old; do
+            echo "== ncu $v b$b"
+            timeout ${NCU_S:-14} "$ncu" $m --launch-skip ${SKIP:-200} --launch-count ${COUNT:-80} /tmp/tc2/braid-$v bench story --device cuda --workload minilm --dtype "$dt" --quick --sections batching --batches "$b" > "$out/prof/$v-b$b.csv" 2>"$out/prof/$v-b$b.log"
+        done
+    done
+    python3 "$bin/profile-summary.py" "$out/prof" > "$out/prof/summary.md" 2>&1 || python3 scripts/profile-summary.py "$out/prof" > "$out/prof/summary.md" 2>&1
+else
+    echo "SKIPPED (no ncu)" | tee "$out/prof-skipped.txt"
+fi
+echo "== done"
