@@ -155,21 +155,25 @@ template <typename T> __device__ void act_v(const T* x, T* o, long long nv, int 
         stv(o + i * V, v);
     }
 }
-// In place on out[m, n] with nvc = n / V vectors a row.
-template <typename T> __device__ void bias_act_v(T* o, const T* bias, long long nv, int nvc, int a) {
+// In place on out[rows, n] with nvc = n / V vectors a row. Block = 8 warps:
+// lane = vector column in a chunk of 32 (grid.x chunks), warp = row, rows
+// strided by 8 * gridDim.y. A thread keeps its bias vector in registers, so
+// there is no per-element index arithmetic beyond one multiply-add.
+template <typename T> __device__ void bias_act_v(T* o, const T* bias, long long rows, int nvc, int a) {
     constexpr int V = VW<T>::n;
-    GRID_STRIDE(i, nv) {
+    const int c = blockIdx.x * 32 + (threadIdx.x & 31);
+    if (c >= nvc) return;
+    float b[V];
+#pragma unroll
+    for (int k = 0; k < V; k++) b[k] = 0.0f;
+    if (bias) ldv(bias + (long long)c * V, b);
+    for (long long r = (long long)blockIdx.y * 8 + (threadIdx.x >> 5); r < rows; r += (long long)gridDim.y * 8) {
+        T* p = o + (r * nvc + c) * V;
         float v[V];
-        ldv(o + i * V, v);
-        if (bias) {
-            float b[V];
-            ldv(bias + (i % nvc) * V, b);
+        ldv(p, v);
 #pragma unroll
-            for (int k = 0; k < V; k++) v[k] += b[k];
-        }
-#pragma unroll
-        for (int k = 0; k < V; k++) v[k] = act_fn(v[k], a);
-        stv(o + i * V, v);
+        for (int k = 0; k < V; k++) v[k] = act_fn(v[k] + b[k], a);
+        stv(p, v);
     }
 }
 // GLU: o[r, c] = act(x[r, c]) * x[r, cols + c].

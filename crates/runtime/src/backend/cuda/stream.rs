@@ -459,10 +459,14 @@ impl Kernels for CudaStream {
             let addrs = [g.out.addr(), bias.map_or(0, |b| b.addr())];
             if vectorisable(self.ctx.vec_kernels, g.n, g.dtype, &addrs) {
                 // 16-byte vectors that never straddle a row (n is a multiple of the width).
-                let w = vec_width(g.dtype);
-                let args = [ptr(g.out), opt(bias), Arg::I64((total / w) as i64), Arg::I32(n / w as i32), Arg::I32(act_code(rest.act))];
+                // Grid: 32-vector column chunks x row groups of 8 (one per
+                // warp of the 256-thread block), row groups capped (the
+                // kernel strides over the rest).
+                let nvc = g.n / vec_width(g.dtype);
+                let grid = (nvc.div_ceil(32) as u32, g.m.div_ceil(8).clamp(1, 65535) as u32, 1);
+                let args = [ptr(g.out), opt(bias), Arg::I64(g.m as i64), Arg::I32(nvc as i32), Arg::I32(act_code(rest.act))];
                 // SAFETY: as below, and every address is 16-byte aligned.
-                unsafe { self.launch(Unit::Elementwise, pick!(g.dtype, "bias_act_v"), (grid_1d(total / w, EW_BLOCK), 1, 1), EW_BLOCK, 0, &args)? };
+                unsafe { self.launch(Unit::Elementwise, pick!(g.dtype, "bias_act_v"), grid, 256, 0, &args)? };
             } else {
                 let args = [ptr(g.out), opt(bias), Arg::I64(total as i64), Arg::I32(n), Arg::I32(act_code(rest.act))];
                 // SAFETY: `out` holds m*n and `bias` n elements of `dtype`.
