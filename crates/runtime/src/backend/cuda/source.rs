@@ -804,12 +804,25 @@ extern "C" __global__ void gather_v(const uint4* table, const unsigned* ids, uin
         o[i] = table[(long long)ids[r] * dimv + (i - r * dimv)];
     }
 }
-// grid (ceil(dim / 32), batch), block 32 x POOL_WARPS (flattened): lane =
-// column, warp w = tokens w, w + POOL_WARPS, ...; the warps' partial sums
-// meet in shared memory. Parallel over tokens as well as columns, so one
-// sequence is not a serial loop over its tokens.
-#define POOL_WARPS 8
+// Large batches: grid (ceil(dim / blockDim), batch), one thread per output
+// element looping over the tokens (enough blocks to fill the GPU).
 template <typename T> __device__ void mean_pool_t(const T* x, const float* mask, T* o, int seq, int dim) {
+    int d = blockIdx.x * blockDim.x + threadIdx.x;
+    int b = blockIdx.y;
+    if (d >= dim) return;
+    float acc = 0.0f, cnt = 0.0f;
+    for (int s = 0; s < seq; s++) {
+        float w = mask ? mask[(long long)b * seq + s] : 1.0f;
+        if (w != 0.0f) { cnt += w; acc += w * ld(x, ((long long)b * seq + s) * dim + d); }
+    }
+    st(o, (long long)b * dim + d, acc * (1.0f / fmaxf(cnt, 1e-9f)));
+}
+// Small batches: grid (ceil(dim / 32), batch), block 32 x POOL_WARPS
+// (flattened): lane = column, warp w = tokens w, w + POOL_WARPS, ...; the
+// warps' partial sums meet in shared memory. Parallel over tokens as well as
+// columns, so one sequence is not a serial loop over its tokens.
+#define POOL_WARPS 8
+template <typename T> __device__ void mean_pool_tok_t(const T* x, const float* mask, T* o, int seq, int dim) {
     __shared__ float part[POOL_WARPS][32];
     __shared__ float cnts[POOL_WARPS];
     int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
@@ -836,6 +849,9 @@ extern "C" __global__ void gather_f16(const f16* t, const unsigned* ids, f16* o,
 extern "C" __global__ void mean_pool_f32(const float* x, const float* m, float* o, int seq, int dim) { mean_pool_t(x, m, o, seq, dim); }
 extern "C" __global__ void mean_pool_bf16(const bf16* x, const float* m, bf16* o, int seq, int dim) { mean_pool_t(x, m, o, seq, dim); }
 extern "C" __global__ void mean_pool_f16(const f16* x, const float* m, f16* o, int seq, int dim) { mean_pool_t(x, m, o, seq, dim); }
+extern "C" __global__ void mean_pool_tok_f32(const float* x, const float* m, float* o, int seq, int dim) { mean_pool_tok_t(x, m, o, seq, dim); }
+extern "C" __global__ void mean_pool_tok_bf16(const bf16* x, const float* m, bf16* o, int seq, int dim) { mean_pool_tok_t(x, m, o, seq, dim); }
+extern "C" __global__ void mean_pool_tok_f16(const f16* x, const float* m, f16* o, int seq, int dim) { mean_pool_tok_t(x, m, o, seq, dim); }
 "#
 );
 
@@ -845,6 +861,6 @@ pub(crate) fn kernel_names(unit: Unit) -> &'static [&'static str] {
         Unit::Elementwise => &["add_f32", "add_bf16", "add_f16", "act_f32", "act_bf16", "act_f16", "bias_act_f32", "bias_act_bf16", "bias_act_f16", "add_v_f32", "add_v_bf16", "add_v_f16", "act_v_f32", "act_v_bf16", "act_v_f16", "bias_act_v_f32", "bias_act_v_bf16", "bias_act_v_f16", "cast_f32_bf16", "cast_bf16_f32", "cast_f32_f16", "cast_f16_f32", "glu_f32", "glu_bf16", "glu_f16", "rope_f32", "rope_bf16", "rope_f16"],
         Unit::Norm => &["layer_norm_f32", "layer_norm_bf16", "layer_norm_f16", "layer_norm_warp_f32", "layer_norm_warp_bf16", "layer_norm_warp_f16", "l2_normalize_warp_f32", "l2_normalize_warp_bf16", "l2_normalize_warp_f16", "softmax_f32", "softmax_bf16", "softmax_f16", "l2_normalize_f32", "l2_normalize_bf16", "l2_normalize_f16"],
         Unit::Attention => &["attention_f32", "attention_bf16", "attention_f16", "attention_bias_f32", "attention_bias_bf16", "attention_bias_f16", "flash_f32_d32_q32", "flash_f32_d32_q64", "flash_f32_d64_q32", "flash_f32_d64_q64", "flash_f32_d128_q32", "flash_f32_d128_q64", "flash_bf16_d32_q32", "flash_f16_d32_q32", "flash_bf16_d32_q64", "flash_f16_d32_q64", "flash_bf16_d64_q32", "flash_f16_d64_q32", "flash_bf16_d64_q64", "flash_f16_d64_q64", "flash_bf16_d128_q32", "flash_f16_d128_q32", "flash_bf16_d128_q64", "flash_f16_d128_q64", "flash_varlen_f32_d32_q32", "flash_varlen_f32_d32_q64", "flash_varlen_f32_d64_q32", "flash_varlen_f32_d64_q64", "flash_varlen_f32_d128_q32", "flash_varlen_f32_d128_q64", "flash_varlen_bf16_d32_q32", "flash_varlen_bf16_d32_q64", "flash_varlen_bf16_d64_q32", "flash_varlen_bf16_d64_q64", "flash_varlen_bf16_d128_q32", "flash_varlen_bf16_d128_q64", "flash_varlen_f16_d32_q32", "flash_varlen_f16_d32_q64", "flash_varlen_f16_d64_q32", "flash_varlen_f16_d64_q64", "flash_varlen_f16_d128_q32", "flash_varlen_f16_d128_q64", "flash_mma_bf16_d32", "flash_mma_bf16_d64", "flash_mma_bf16_d128", "flash_mma_f16_d32", "flash_mma_f16_d64", "flash_mma_f16_d128"],
-        Unit::Gather => &["gather_f32", "gather_bf16", "gather_f16", "gather_v", "mean_pool_f32", "mean_pool_bf16", "mean_pool_f16"],
+        Unit::Gather => &["gather_f32", "gather_bf16", "gather_f16", "gather_v", "mean_pool_f32", "mean_pool_bf16", "mean_pool_f16", "mean_pool_tok_f32", "mean_pool_tok_bf16", "mean_pool_tok_f16"],
     }
 }
