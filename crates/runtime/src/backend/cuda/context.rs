@@ -37,6 +37,10 @@ pub(crate) struct Ctx {
     /// GELU tanh fused as cuBLASLt's GELU epilogue (`BRAID_CUBLASLT_GELU`
     /// not `0`); else cuBLASLt fuses the bias and a kernel the GELU.
     pub lt_gelu: bool,
+    /// The 16-byte vector and warp-per-row kernels where a launch allows them
+    /// (`BRAID_CUDA_VEC=0`: always the element-at-a-time and block-per-row
+    /// kernels, for A/B measurements in one run).
+    pub vec_kernels: bool,
     /// The first sticky error's description; set once, never cleared.
     poison: OnceLock<String>,
     pub modules: ModuleCache,
@@ -55,7 +59,8 @@ impl Ctx {
         let use_lt = lt_loaded && !std::env::var("BRAID_CUBLASLT").is_ok_and(|v| v == "0");
         let lt_gelu = !std::env::var("BRAID_CUBLASLT_GELU").is_ok_and(|v| v == "0");
         let attn_mma = !std::env::var("BRAID_ATTN_MMA").is_ok_and(|v| v == "0");
-        Ctx { ordinal, device, raw, name, cc, allow_tf32, use_lt, attn_mma, lt_gelu, poison: OnceLock::new(), modules: ModuleCache::new() }
+        let vec_kernels = !std::env::var("BRAID_CUDA_VEC").is_ok_and(|v| v == "0");
+        Ctx { ordinal, device, raw, name, cc, allow_tf32, use_lt, attn_mma, lt_gelu, vec_kernels, poison: OnceLock::new(), modules: ModuleCache::new() }
     }
 
     /// Fail with [`Error::DevicePoisoned`] if a sticky error happened.

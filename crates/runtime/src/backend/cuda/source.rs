@@ -17,17 +17,52 @@ typedef unsigned short bf16;
 __device__ __forceinline__ float ld(const float* p, long long i) { return p[i]; }
 __device__ __forceinline__ float ld(const bf16* p, long long i) { return __uint_as_float(((unsigned)p[i]) << 16); }
 __device__ __forceinline__ void st(float* p, long long i, float v) { p[i] = v; }
-__device__ __forceinline__ void st(bf16* p, long long i, float v) {
+__device__ __forceinline__ unsigned short f2bf(float v) {
     unsigned u = __float_as_uint(v);
-    if ((u & 0x7fffffffu) > 0x7f800000u) { p[i] = (bf16)((u >> 16) | 0x40u); return; }
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (unsigned short)((u >> 16) | 0x40u); /* NaN stays NaN */
     u += 0x7fffu + ((u >> 16) & 1u);
-    p[i] = (bf16)(u >> 16);
+    return (unsigned short)(u >> 16);
 }
+__device__ __forceinline__ void st(bf16* p, long long i, float v) { p[i] = f2bf(v); }
 // IEEE half, a distinct type so overloads pick it; converted with the
 // hardware's cvt (round to nearest even).
 struct __align__(2) f16 { unsigned short u; };
-__device__ __forceinline__ float ld(const f16* p, long long i) { float f; asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(p[i].u)); return f; }
-__device__ __forceinline__ void st(f16* p, long long i, float v) { unsigned short h; asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(v)); p[i].u = h; }
+__device__ __forceinline__ float h2f(unsigned short h) { float f; asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h)); return f; }
+__device__ __forceinline__ unsigned short f2h(float v) { unsigned short h; asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(v)); return h; }
+__device__ __forceinline__ float ld(const f16* p, long long i) { return h2f(p[i].u); }
+__device__ __forceinline__ void st(f16* p, long long i, float v) { p[i].u = f2h(v); }
+// 16-byte vector access: VW<T>::n elements of T (4 f32, 8 bf16/f16) in one
+// load or store. The pointer must be 16-byte aligned (the launcher checks).
+template <typename T> struct VW { static constexpr int n = 16 / sizeof(T); };
+__device__ __forceinline__ void ldv(const float* p, float* f) {
+    float4 v = *reinterpret_cast<const float4*>(p);
+    f[0] = v.x; f[1] = v.y; f[2] = v.z; f[3] = v.w;
+}
+__device__ __forceinline__ void stv(float* p, const float* f) { *reinterpret_cast<float4*>(p) = make_float4(f[0], f[1], f[2], f[3]); }
+__device__ __forceinline__ void ldv(const bf16* p, float* f) {
+    uint4 v = *reinterpret_cast<const uint4*>(p);
+    unsigned w[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+    for (int k = 0; k < 4; k++) { f[2 * k] = __uint_as_float(w[k] << 16); f[2 * k + 1] = __uint_as_float(w[k] & 0xffff0000u); }
+}
+__device__ __forceinline__ void stv(bf16* p, const float* f) {
+    unsigned w[4];
+#pragma unroll
+    for (int k = 0; k < 4; k++) w[k] = (unsigned)f2bf(f[2 * k]) | ((unsigned)f2bf(f[2 * k + 1]) << 16);
+    *reinterpret_cast<uint4*>(p) = make_uint4(w[0], w[1], w[2], w[3]);
+}
+__device__ __forceinline__ void ldv(const f16* p, float* f) {
+    uint4 v = *reinterpret_cast<const uint4*>(p);
+    unsigned w[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+    for (int k = 0; k < 4; k++) { f[2 * k] = h2f((unsigned short)(w[k] & 0xffffu)); f[2 * k + 1] = h2f((unsigned short)(w[k] >> 16)); }
+}
+__device__ __forceinline__ void stv(f16* p, const float* f) {
+    unsigned w[4];
+#pragma unroll
+    for (int k = 0; k < 4; k++) w[k] = (unsigned)f2h(f[2 * k]) | ((unsigned)f2h(f[2 * k + 1]) << 16);
+    *reinterpret_cast<uint4*>(p) = make_uint4(w[0], w[1], w[2], w[3]);
+}
 __device__ __forceinline__ float act_fn(float x, int a) {
     switch (a) {
     case 1: return fmaxf(x, 0.0f);
@@ -97,6 +132,50 @@ template <typename T> __device__ void bias_act_t(T* o, const T* bias, long long 
         st(o, i, act_fn(v, a));
     }
 }
+// Vectorised forms: n counts 16-byte vectors (the launcher picks these when
+// every pointer is 16-byte aligned and the element count, or for bias_act
+// the row width, is a multiple of VW<T>::n).
+template <typename T> __device__ void add_v(const T* a, const T* b, T* o, long long nv) {
+    constexpr int V = VW<T>::n;
+    GRID_STRIDE(i, nv) {
+        float x[V], y[V];
+        ldv(a + i * V, x); ldv(b + i * V, y);
+#pragma unroll
+        for (int k = 0; k < V; k++) x[k] += y[k];
+        stv(o + i * V, x);
+    }
+}
+template <typename T> __device__ void act_v(const T* x, T* o, long long nv, int a) {
+    constexpr int V = VW<T>::n;
+    GRID_STRIDE(i, nv) {
+        float v[V];
+        ldv(x + i * V, v);
+#pragma unroll
+        for (int k = 0; k < V; k++) v[k] = act_fn(v[k], a);
+        stv(o + i * V, v);
+    }
+}
+// In place on out[rows, n] with nvc = n / V vectors a row. Block = 8 warps:
+// lane = vector column in a chunk of 32 (grid.x chunks), warp = row, rows
+// strided by 8 * gridDim.y. A thread keeps its bias vector in registers, so
+// there is no per-element index arithmetic beyond one multiply-add.
+template <typename T> __device__ void bias_act_v(T* o, const T* bias, long long rows, int nvc, int a) {
+    constexpr int V = VW<T>::n;
+    const int c = blockIdx.x * 32 + (threadIdx.x & 31);
+    if (c >= nvc) return;
+    float b[V];
+#pragma unroll
+    for (int k = 0; k < V; k++) b[k] = 0.0f;
+    if (bias) ldv(bias + (long long)c * V, b);
+    for (long long r = (long long)blockIdx.y * 8 + (threadIdx.x >> 5); r < rows; r += (long long)gridDim.y * 8) {
+        T* p = o + (r * nvc + c) * V;
+        float v[V];
+        ldv(p, v);
+#pragma unroll
+        for (int k = 0; k < V; k++) v[k] = act_fn(v[k] + b[k], a);
+        stv(p, v);
+    }
+}
 // GLU: o[r, c] = act(x[r, c]) * x[r, cols + c].
 template <typename T> __device__ void glu_t(const T* x, T* o, long long rows, int cols, int a) {
     GRID_STRIDE(i, rows * cols) {
@@ -133,6 +212,15 @@ extern "C" __global__ void act_f16(const f16* x, f16* o, long long n, int a) { a
 extern "C" __global__ void bias_act_f32(float* o, const float* b, long long t, int n, int a) { bias_act_t(o, b, t, n, a); }
 extern "C" __global__ void bias_act_bf16(bf16* o, const bf16* b, long long t, int n, int a) { bias_act_t(o, b, t, n, a); }
 extern "C" __global__ void bias_act_f16(f16* o, const f16* b, long long t, int n, int a) { bias_act_t(o, b, t, n, a); }
+extern "C" __global__ void add_v_f32(const float* a, const float* b, float* o, long long n) { add_v(a, b, o, n); }
+extern "C" __global__ void add_v_bf16(const bf16* a, const bf16* b, bf16* o, long long n) { add_v(a, b, o, n); }
+extern "C" __global__ void add_v_f16(const f16* a, const f16* b, f16* o, long long n) { add_v(a, b, o, n); }
+extern "C" __global__ void act_v_f32(const float* x, float* o, long long n, int a) { act_v(x, o, n, a); }
+extern "C" __global__ void act_v_bf16(const bf16* x, bf16* o, long long n, int a) { act_v(x, o, n, a); }
+extern "C" __global__ void act_v_f16(const f16* x, f16* o, long long n, int a) { act_v(x, o, n, a); }
+extern "C" __global__ void bias_act_v_f32(float* o, const float* b, long long t, int n, int a) { bias_act_v(o, b, t, n, a); }
+extern "C" __global__ void bias_act_v_bf16(bf16* o, const bf16* b, long long t, int n, int a) { bias_act_v(o, b, t, n, a); }
+extern "C" __global__ void bias_act_v_f16(f16* o, const f16* b, long long t, int n, int a) { bias_act_v(o, b, t, n, a); }
 extern "C" __global__ void cast_f32_bf16(const float* x, bf16* o, long long n) { GRID_STRIDE(i, n) st(o, i, x[i]); }
 extern "C" __global__ void cast_bf16_f32(const bf16* x, float* o, long long n) { GRID_STRIDE(i, n) o[i] = ld(x, i); }
 extern "C" __global__ void cast_f32_f16(const float* x, f16* o, long long n) { GRID_STRIDE(i, n) st(o, i, x[i]); }
@@ -162,6 +250,89 @@ __device__ void ln_t(const T* x, const T* res, const T* g, const T* b, T* o, int
         st(o, base + c, (v - mean) * inv * ld(g, c) + ld(b, c));
     }
 }
+// Warp-per-row LayerNorm for rows of at most 1024 elements whose width is a
+// multiple of VW<T>::n (16-byte aligned rows): the row (x + residual) stays in
+// registers, so x and the residual are read once and out written once; the
+// variance is the exact two-pass one. blockDim.x / 32 rows a block.
+template <typename T>
+__device__ void ln_warp_t(const T* x, const T* res, const T* g, const T* b, T* o, int rows, int cols, float eps) {
+    constexpr int V = VW<T>::n;
+    constexpr int NV = 1024 / 32 / V; // vectors a lane holds at most
+    int row = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    int lane = threadIdx.x & 31;
+    if (row >= rows) return; // whole warps leave together: the shuffles below stay full-warp
+    int nvec = cols / V;
+    long long base = (long long)row * cols;
+    float v[NV][V];
+    float s = 0.0f;
+#pragma unroll
+    for (int j = 0; j < NV; j++) {
+        int c = j * 32 + lane;
+        if (c < nvec) {
+            ldv(x + base + (long long)c * V, v[j]);
+            if (res) {
+                float r[V];
+                ldv(res + base + (long long)c * V, r);
+#pragma unroll
+                for (int k = 0; k < V; k++) v[j][k] += r[k];
+            }
+#pragma unroll
+            for (int k = 0; k < V; k++) s += v[j][k];
+        }
+    }
+    float mean = warp_sum(s) / cols;
+    float q = 0.0f;
+#pragma unroll
+    for (int j = 0; j < NV; j++) {
+        if (j * 32 + lane < nvec) {
+#pragma unroll
+            for (int k = 0; k < V; k++) { float d = v[j][k] - mean; q += d * d; }
+        }
+    }
+    float inv = rsqrtf(warp_sum(q) / cols + eps);
+#pragma unroll
+    for (int j = 0; j < NV; j++) {
+        int c = j * 32 + lane;
+        if (c < nvec) {
+            float gg[V], bb[V];
+            ldv(g + c * V, gg); ldv(b + c * V, bb);
+#pragma unroll
+            for (int k = 0; k < V; k++) v[j][k] = (v[j][k] - mean) * inv * gg[k] + bb[k];
+            stv(o + base + (long long)c * V, v[j]);
+        }
+    }
+}
+// Warp-per-row L2 normalisation, same conditions as ln_warp_t.
+template <typename T> __device__ void l2_warp_t(const T* x, T* o, int rows, int cols) {
+    constexpr int V = VW<T>::n;
+    constexpr int NV = 1024 / 32 / V;
+    int row = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    int lane = threadIdx.x & 31;
+    if (row >= rows) return;
+    int nvec = cols / V;
+    long long base = (long long)row * cols;
+    float v[NV][V];
+    float s = 0.0f;
+#pragma unroll
+    for (int j = 0; j < NV; j++) {
+        int c = j * 32 + lane;
+        if (c < nvec) {
+            ldv(x + base + (long long)c * V, v[j]);
+#pragma unroll
+            for (int k = 0; k < V; k++) s += v[j][k] * v[j][k];
+        }
+    }
+    float inv = 1.0f / fmaxf(sqrtf(warp_sum(s)), 1e-12f);
+#pragma unroll
+    for (int j = 0; j < NV; j++) {
+        int c = j * 32 + lane;
+        if (c < nvec) {
+#pragma unroll
+            for (int k = 0; k < V; k++) v[j][k] *= inv;
+            stv(o + base + (long long)c * V, v[j]);
+        }
+    }
+}
 template <typename T> __device__ void softmax_t(const T* x, T* o, int cols) {
     __shared__ float sh[32];
     long long base = (long long)blockIdx.x * cols;
@@ -188,6 +359,12 @@ template <typename T> __device__ void l2_t(const T* x, T* o, int cols) {
 extern "C" __global__ void layer_norm_f32(const float* x, const float* r, const float* g, const float* b, float* o, int cols, float eps) { ln_t(x, r, g, b, o, cols, eps); }
 extern "C" __global__ void layer_norm_bf16(const bf16* x, const bf16* r, const bf16* g, const bf16* b, bf16* o, int cols, float eps) { ln_t(x, r, g, b, o, cols, eps); }
 extern "C" __global__ void layer_norm_f16(const f16* x, const f16* r, const f16* g, const f16* b, f16* o, int cols, float eps) { ln_t(x, r, g, b, o, cols, eps); }
+extern "C" __global__ void layer_norm_warp_f32(const float* x, const float* r, const float* g, const float* b, float* o, int rows, int cols, float eps) { ln_warp_t(x, r, g, b, o, rows, cols, eps); }
+extern "C" __global__ void layer_norm_warp_bf16(const bf16* x, const bf16* r, const bf16* g, const bf16* b, bf16* o, int rows, int cols, float eps) { ln_warp_t(x, r, g, b, o, rows, cols, eps); }
+extern "C" __global__ void layer_norm_warp_f16(const f16* x, const f16* r, const f16* g, const f16* b, f16* o, int rows, int cols, float eps) { ln_warp_t(x, r, g, b, o, rows, cols, eps); }
+extern "C" __global__ void l2_normalize_warp_f32(const float* x, float* o, int rows, int cols) { l2_warp_t(x, o, rows, cols); }
+extern "C" __global__ void l2_normalize_warp_bf16(const bf16* x, bf16* o, int rows, int cols) { l2_warp_t(x, o, rows, cols); }
+extern "C" __global__ void l2_normalize_warp_f16(const f16* x, f16* o, int rows, int cols) { l2_warp_t(x, o, rows, cols); }
 extern "C" __global__ void softmax_f32(const float* x, float* o, int cols) { softmax_t(x, o, cols); }
 extern "C" __global__ void softmax_bf16(const bf16* x, bf16* o, int cols) { softmax_t(x, o, cols); }
 extern "C" __global__ void softmax_f16(const f16* x, f16* o, int cols) { softmax_t(x, o, cols); }
@@ -451,14 +628,37 @@ __device__ __forceinline__ void flash_mma_t(const T* __restrict__ q, const T* __
 #pragma unroll
     for (int db = 0; db < DB; db++) { o[db][0] = o[db][1] = o[db][2] = o[db][3] = 0.0f; }
     float m0 = NEG_INF, m1 = NEG_INF, l0 = 0.0f, l1 = 0.0f;
+    // 16-byte tile loads when every key/value row slice is 16-byte aligned
+    // (head_dim == D, the row stride a multiple of 8 elements, aligned
+    // bases); uniform over the grid. Else one 16-bit value at a time.
+    const bool vec = hd == D && (rs & 7) == 0 && (((unsigned long long)k | (unsigned long long)v) & 15) == 0;
     for (int j0 = 0; j0 < seq; j0 += BK) {
         __syncthreads();  // the previous tile is no longer read
-        for (int idx = tid; idx < BK * D; idx += BQ * 2) {
-            const int j = idx / D, d = idx % D;
-            const bool ok = j0 + j < seq && d < hd;
-            const long long a = (tok0 + j0 + j) * rs + hoff + d;
-            Ks[j * KP + d] = ok ? raw16(k, a) : (unsigned short)0;
-            Vt[d * VP + j] = ok ? raw16(v, a) : (unsigned short)0;
+        if (vec) {
+            for (int idx = tid; idx < BK * D / 8; idx += BQ * 2) {
+                const int j = idx / (D / 8), d = (idx % (D / 8)) * 8;
+                uint4 kv = make_uint4(0u, 0u, 0u, 0u), vv = kv;
+                if (j0 + j < seq) {
+                    const long long a = (tok0 + j0 + j) * rs + hoff + d;
+                    kv = *reinterpret_cast<const uint4*>(k + a);
+                    vv = *reinterpret_cast<const uint4*>(v + a);
+                }
+                *reinterpret_cast<uint4*>(&Ks[j * KP + d]) = kv; // KP * 2 bytes is a multiple of 16
+                const unsigned w[4] = {vv.x, vv.y, vv.z, vv.w};
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    Vt[(d + 2 * e) * VP + j] = (unsigned short)(w[e] & 0xffffu);
+                    Vt[(d + 2 * e + 1) * VP + j] = (unsigned short)(w[e] >> 16);
+                }
+            }
+        } else {
+            for (int idx = tid; idx < BK * D; idx += BQ * 2) {
+                const int j = idx / D, d = idx % D;
+                const bool ok = j0 + j < seq && d < hd;
+                const long long a = (tok0 + j0 + j) * rs + hoff + d;
+                Ks[j * KP + d] = ok ? raw16(k, a) : (unsigned short)0;
+                Vt[d * VP + j] = ok ? raw16(v, a) : (unsigned short)0;
+            }
         }
         __syncthreads();
         // S = Q·Kᵀ for this warp's 16 rows and the tile's 64 keys.
@@ -596,7 +796,16 @@ template <typename T> __device__ void gather_t(const T* table, const unsigned* i
         o[i] = table[(long long)ids[r] * dim + (i - r * dim)];
     }
 }
-// grid (ceil(dim / blockDim), batch): one thread per output element.
+// A row copy of 16-byte vectors (any dtype): dimv = dim / VW<T>::n, table
+// and out 16-byte aligned (the launcher checks).
+extern "C" __global__ void gather_v(const uint4* table, const unsigned* ids, uint4* o, long long n, int dimv) {
+    GRID_STRIDE(i, n * dimv) {
+        long long r = i / dimv;
+        o[i] = table[(long long)ids[r] * dimv + (i - r * dimv)];
+    }
+}
+// Large batches: grid (ceil(dim / blockDim), batch), one thread per output
+// element looping over the tokens (enough blocks to fill the GPU).
 template <typename T> __device__ void mean_pool_t(const T* x, const float* mask, T* o, int seq, int dim) {
     int d = blockIdx.x * blockDim.x + threadIdx.x;
     int b = blockIdx.y;
@@ -608,22 +817,62 @@ template <typename T> __device__ void mean_pool_t(const T* x, const float* mask,
     }
     st(o, (long long)b * dim + d, acc * (1.0f / fmaxf(cnt, 1e-9f)));
 }
+// Small batches: grid (ceil(dim / 32), batch), block 32 x POOL_WARPS
+// (flattened): lane = column, warp w = tokens w, w + POOL_WARPS, ...; the
+// warps' partial sums meet in shared memory. Parallel over tokens as well as
+// columns, so one sequence is not a serial loop over its tokens.
+#define POOL_WARPS 8
+template <typename T> __device__ void mean_pool_tok_t(const T* x, const float* mask, T* o, int seq, int dim) {
+    __shared__ float part[POOL_WARPS][32];
+    __shared__ float cnts[POOL_WARPS];
+    int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+    int d = blockIdx.x * 32 + lane;
+    int b = blockIdx.y;
+    float acc = 0.0f, cnt = 0.0f;
+    for (int s = w; s < seq; s += POOL_WARPS) {
+        float m = mask ? mask[(long long)b * seq + s] : 1.0f;
+        if (m != 0.0f) { cnt += m; if (d < dim) acc += m * ld(x, ((long long)b * seq + s) * dim + d); }
+    }
+    part[w][lane] = acc;
+    if (lane == 0) cnts[w] = cnt;
+    __syncthreads();
+    if (w == 0 && d < dim) {
+        float a = 0.0f, c = 0.0f;
+#pragma unroll
+        for (int k = 0; k < POOL_WARPS; k++) { a += part[k][lane]; c += cnts[k]; }
+        st(o, (long long)b * dim + d, a * (1.0f / fmaxf(c, 1e-9f)));
+    }
+}
 extern "C" __global__ void gather_f32(const float* t, const unsigned* ids, float* o, long long n, int dim) { gather_t(t, ids, o, n, dim); }
 extern "C" __global__ void gather_bf16(const bf16* t, const unsigned* ids, bf16* o, long long n, int dim) { gather_t(t, ids, o, n, dim); }
 extern "C" __global__ void gather_f16(const f16* t, const unsigned* ids, f16* o, long long n, int dim) { gather_t(t, ids, o, n, dim); }
 extern "C" __global__ void mean_pool_f32(const float* x, const float* m, float* o, int seq, int dim) { mean_pool_t(x, m, o, seq, dim); }
 extern "C" __global__ void mean_pool_bf16(const bf16* x, const float* m, bf16* o, int seq, int dim) { mean_pool_t(x, m, o, seq, dim); }
 extern "C" __global__ void mean_pool_f16(const f16* x, const float* m, f16* o, int seq, int dim) { mean_pool_t(x, m, o, seq, dim); }
-// grid (ceil(dim / blockDim), segments): one thread per output element, the
-// mean of rows cu[i] .. cu[i+1] of the packed stream (zeros when empty).
+extern "C" __global__ void mean_pool_tok_f32(const float* x, const float* m, float* o, int seq, int dim) { mean_pool_tok_t(x, m, o, seq, dim); }
+extern "C" __global__ void mean_pool_tok_bf16(const bf16* x, const float* m, bf16* o, int seq, int dim) { mean_pool_tok_t(x, m, o, seq, dim); }
+extern "C" __global__ void mean_pool_tok_f16(const f16* x, const float* m, f16* o, int seq, int dim) { mean_pool_tok_t(x, m, o, seq, dim); }
+// 256 threads a block: lane x (threadIdx.x & 31) owns a column of a
+// 32-column slice, warp y (threadIdx.x >> 5) sums every 8th row of the
+// segment, then warp 0 adds the 8 partial sums; grid (ceil(dim / 32),
+// segments). The mean of rows cu[i] .. cu[i+1] of the packed stream (zeros
+// when empty), parallel over tokens as well as columns (batch 1 has one
+// segment).
 template <typename T> __device__ void segment_mean_pool_t(const T* x, const unsigned* cu, T* o, int dim) {
-    int d = blockIdx.x * blockDim.x + threadIdx.x;
+    __shared__ float part[8][33];
+    int tx = threadIdx.x & 31, ty = threadIdx.x >> 5;
+    int d = blockIdx.x * 32 + tx;
     int i = blockIdx.y;
-    if (d >= dim) return;
     long long a = cu[i], b = cu[i + 1];
     float acc = 0.0f;
-    for (long long r = a; r < b; r++) acc += ld(x, r * dim + d);
-    st(o, (long long)i * dim + d, b > a ? acc / (float)(b - a) : 0.0f);
+    if (d < dim) for (long long r = a + ty; r < b; r += 8) acc += ld(x, r * dim + d);
+    part[ty][tx] = acc;
+    __syncthreads();
+    if (ty == 0 && d < dim) {
+        float s = 0.0f;
+        for (int k = 0; k < 8; k++) s += part[k][tx];
+        st(o, (long long)i * dim + d, b > a ? s / (float)(b - a) : 0.0f);
+    }
 }
 extern "C" __global__ void segment_mean_pool_f32(const float* x, const unsigned* cu, float* o, int dim) { segment_mean_pool_t(x, cu, o, dim); }
 extern "C" __global__ void segment_mean_pool_bf16(const bf16* x, const unsigned* cu, bf16* o, int dim) { segment_mean_pool_t(x, cu, o, dim); }
@@ -634,9 +883,9 @@ extern "C" __global__ void segment_mean_pool_f16(const f16* x, const unsigned* c
 /// The kernels each unit defines (looked up once after loading).
 pub(crate) fn kernel_names(unit: Unit) -> &'static [&'static str] {
     match unit {
-        Unit::Elementwise => &["add_f32", "add_bf16", "add_f16", "act_f32", "act_bf16", "act_f16", "bias_act_f32", "bias_act_bf16", "bias_act_f16", "cast_f32_bf16", "cast_bf16_f32", "cast_f32_f16", "cast_f16_f32", "glu_f32", "glu_bf16", "glu_f16", "rope_f32", "rope_bf16", "rope_f16"],
-        Unit::Norm => &["layer_norm_f32", "layer_norm_bf16", "layer_norm_f16", "softmax_f32", "softmax_bf16", "softmax_f16", "l2_normalize_f32", "l2_normalize_bf16", "l2_normalize_f16"],
+        Unit::Elementwise => &["add_f32", "add_bf16", "add_f16", "act_f32", "act_bf16", "act_f16", "bias_act_f32", "bias_act_bf16", "bias_act_f16", "add_v_f32", "add_v_bf16", "add_v_f16", "act_v_f32", "act_v_bf16", "act_v_f16", "bias_act_v_f32", "bias_act_v_bf16", "bias_act_v_f16", "cast_f32_bf16", "cast_bf16_f32", "cast_f32_f16", "cast_f16_f32", "glu_f32", "glu_bf16", "glu_f16", "rope_f32", "rope_bf16", "rope_f16"],
+        Unit::Norm => &["layer_norm_f32", "layer_norm_bf16", "layer_norm_f16", "layer_norm_warp_f32", "layer_norm_warp_bf16", "layer_norm_warp_f16", "l2_normalize_warp_f32", "l2_normalize_warp_bf16", "l2_normalize_warp_f16", "softmax_f32", "softmax_bf16", "softmax_f16", "l2_normalize_f32", "l2_normalize_bf16", "l2_normalize_f16"],
         Unit::Attention => &["attention_f32", "attention_bf16", "attention_f16", "attention_bias_f32", "attention_bias_bf16", "attention_bias_f16", "flash_f32_d32_q32", "flash_f32_d32_q64", "flash_f32_d64_q32", "flash_f32_d64_q64", "flash_f32_d128_q32", "flash_f32_d128_q64", "flash_bf16_d32_q32", "flash_f16_d32_q32", "flash_bf16_d32_q64", "flash_f16_d32_q64", "flash_bf16_d64_q32", "flash_f16_d64_q32", "flash_bf16_d64_q64", "flash_f16_d64_q64", "flash_bf16_d128_q32", "flash_f16_d128_q32", "flash_bf16_d128_q64", "flash_f16_d128_q64", "flash_varlen_f32_d32_q32", "flash_varlen_f32_d32_q64", "flash_varlen_f32_d64_q32", "flash_varlen_f32_d64_q64", "flash_varlen_f32_d128_q32", "flash_varlen_f32_d128_q64", "flash_varlen_bf16_d32_q32", "flash_varlen_bf16_d32_q64", "flash_varlen_bf16_d64_q32", "flash_varlen_bf16_d64_q64", "flash_varlen_bf16_d128_q32", "flash_varlen_bf16_d128_q64", "flash_varlen_f16_d32_q32", "flash_varlen_f16_d32_q64", "flash_varlen_f16_d64_q32", "flash_varlen_f16_d64_q64", "flash_varlen_f16_d128_q32", "flash_varlen_f16_d128_q64", "flash_mma_bf16_d32", "flash_mma_bf16_d64", "flash_mma_bf16_d128", "flash_mma_f16_d32", "flash_mma_f16_d64", "flash_mma_f16_d128"],
-        Unit::Gather => &["gather_f32", "gather_bf16", "gather_f16", "mean_pool_f32", "mean_pool_bf16", "mean_pool_f16", "segment_mean_pool_f32", "segment_mean_pool_bf16", "segment_mean_pool_f16"],
+        Unit::Gather => &["gather_f32", "gather_bf16", "gather_f16", "gather_v", "mean_pool_f32", "mean_pool_bf16", "mean_pool_f16", "mean_pool_tok_f32", "mean_pool_tok_bf16", "mean_pool_tok_f16", "segment_mean_pool_f32", "segment_mean_pool_bf16", "segment_mean_pool_f16"],
     }
 }

@@ -21,8 +21,33 @@ const EW_BLOCK: u32 = 256;
 const ROW_BLOCK: u32 = 256;
 /// Threads per block of attention (4 warps: 4 keys at a time).
 const ATTN_BLOCK: u32 = 128;
-/// Threads per block of mean pooling.
+/// Threads per block of mean pooling, one thread per output element (large batches).
 const POOL_BLOCK: u32 = 128;
+/// Threads per block of token-parallel mean pooling (`POOL_WARPS` = 8 warps in `source.rs`).
+const POOL_TOK_BLOCK: u32 = 256;
+/// Below this many blocks of the one-thread-per-output kernel, mean pooling
+/// splits the tokens over warps too (the old kernel cannot fill the GPU and
+/// loops serially over a sequence: 14.8 us at batch 1 on an H100). Above it
+/// the one-thread kernel is faster (56 vs 33 us at batch 512, H200 vs H100
+/// profiles).
+const POOL_TOK_BELOW_BLOCKS: usize = 512;
+/// Threads per block of the warp-per-row kernels (a row a warp).
+const WARP_ROWS_BLOCK: u32 = 128;
+/// The widest row the warp-per-row kernels hold in registers.
+const WARP_ROW_MAX: usize = 1024;
+
+/// Elements of `dtype` in one 16-byte vector (the `_v` kernels' `VW<T>::n`).
+fn vec_width(dtype: DType) -> usize {
+    16 / dtype.size()
+}
+
+/// Whether the 16-byte vector kernels may run: they are on (`BRAID_CUDA_VEC`),
+/// every operand address is 16-byte aligned (0 = an absent operand passes)
+/// and `count` (the elements a vector must not straddle: the total, or a
+/// row's width) is a multiple of the vector width.
+fn vectorisable(on: bool, count: usize, dtype: DType, addrs: &[u64]) -> bool {
+    on && count % vec_width(dtype) == 0 && addrs.iter().all(|a| a % 16 == 0)
+}
 
 /// One kernel argument, widened to a 64-bit slot. The driver reads each
 /// parameter's own size from the slot's start, which on little-endian
@@ -437,11 +462,24 @@ impl Kernels for CudaStream {
         // cublasGemmEx path): one elementwise pass over the output.
         if rest.bias || rest.act != Activation::None {
             let total = g.m * g.n;
-            let name = pick!(g.dtype, "bias_act");
             let bias = if rest.bias { g.bias } else { None };
-            let args = [ptr(g.out), opt(bias), Arg::I64(total as i64), Arg::I32(i32_dim(g.n, "gemm n")?), Arg::I32(act_code(rest.act))];
-            // SAFETY: `out` holds m*n and `bias` n elements of `dtype`.
-            unsafe { self.launch(Unit::Elementwise, name, (grid_1d(total, EW_BLOCK), 1, 1), EW_BLOCK, 0, &args)? };
+            let n = i32_dim(g.n, "gemm n")?;
+            let addrs = [g.out.addr(), bias.map_or(0, |b| b.addr())];
+            if vectorisable(self.ctx.vec_kernels, g.n, g.dtype, &addrs) {
+                // 16-byte vectors that never straddle a row (n is a multiple of the width).
+                // Grid: 32-vector column chunks x row groups of 8 (one per
+                // warp of the 256-thread block), row groups capped (the
+                // kernel strides over the rest).
+                let nvc = g.n / vec_width(g.dtype);
+                let grid = (nvc.div_ceil(32) as u32, g.m.div_ceil(8).clamp(1, 65535) as u32, 1);
+                let args = [ptr(g.out), opt(bias), Arg::I64(g.m as i64), Arg::I32(nvc as i32), Arg::I32(act_code(rest.act))];
+                // SAFETY: as below, and every address is 16-byte aligned.
+                unsafe { self.launch(Unit::Elementwise, pick!(g.dtype, "bias_act_v"), grid, 256, 0, &args)? };
+            } else {
+                let args = [ptr(g.out), opt(bias), Arg::I64(total as i64), Arg::I32(n), Arg::I32(act_code(rest.act))];
+                // SAFETY: `out` holds m*n and `bias` n elements of `dtype`.
+                unsafe { self.launch(Unit::Elementwise, pick!(g.dtype, "bias_act"), (grid_1d(total, EW_BLOCK), 1, 1), EW_BLOCK, 0, &args)? };
+            }
         }
         Ok(())
     }
@@ -449,6 +487,11 @@ impl Kernels for CudaStream {
     unsafe fn add(&self, a: BufSlice, b: BufSlice, out: BufSlice, n: usize, dtype: DType) -> Result<()> {
         if n == 0 {
             return Ok(());
+        }
+        if vectorisable(self.ctx.vec_kernels, n, dtype, &[a.addr(), b.addr(), out.addr()]) {
+            let nv = n / vec_width(dtype);
+            // SAFETY: as below, and every address is 16-byte aligned.
+            return unsafe { self.launch(Unit::Elementwise, pick!(dtype, "add_v"), (grid_1d(nv, EW_BLOCK), 1, 1), EW_BLOCK, 0, &[ptr(a), ptr(b), ptr(out), Arg::I64(nv as i64)]) };
         }
         let name = pick!(dtype, "add");
         // SAFETY: the three buffers hold n elements of `dtype` (the contract).
@@ -458,6 +501,12 @@ impl Kernels for CudaStream {
     unsafe fn activation(&self, x: BufSlice, out: BufSlice, n: usize, act: Activation, dtype: DType) -> Result<()> {
         if n == 0 {
             return Ok(());
+        }
+        if vectorisable(self.ctx.vec_kernels, n, dtype, &[x.addr(), out.addr()]) {
+            let nv = n / vec_width(dtype);
+            let args = [ptr(x), ptr(out), Arg::I64(nv as i64), Arg::I32(act_code(act))];
+            // SAFETY: as below, and both addresses are 16-byte aligned.
+            return unsafe { self.launch(Unit::Elementwise, pick!(dtype, "act_v"), (grid_1d(nv, EW_BLOCK), 1, 1), EW_BLOCK, 0, &args) };
         }
         let name = pick!(dtype, "act");
         let args = [ptr(x), ptr(out), Arg::I64(n as i64), Arg::I32(act_code(act))];
@@ -470,6 +519,15 @@ impl Kernels for CudaStream {
             return Ok(());
         }
         let rows = u32::try_from(p.rows).ok().filter(|&r| r < i32::MAX as u32).ok_or_else(|| Error::InvalidArgument(format!("layer_norm rows={} too large", p.rows)))?;
+        let addrs = [p.x.addr(), p.residual.map_or(0, |r| r.addr()), p.gamma.addr(), p.beta.addr(), p.out.addr()];
+        if p.cols <= WARP_ROW_MAX && vectorisable(self.ctx.vec_kernels, p.cols, p.dtype, &addrs) {
+            // A warp a row, the row in registers (every row start is aligned:
+            // cols is a multiple of the vector width).
+            let per = WARP_ROWS_BLOCK / 32;
+            let args = [ptr(p.x), opt(p.residual), ptr(p.gamma), ptr(p.beta), ptr(p.out), Arg::I32(rows as i32), Arg::I32(p.cols as i32), Arg::F32(p.eps)];
+            // SAFETY: as below, and every address is 16-byte aligned.
+            return unsafe { self.launch(Unit::Norm, pick!(p.dtype, "layer_norm_warp"), (rows.div_ceil(per), 1, 1), WARP_ROWS_BLOCK, 0, &args) };
+        }
         let name = pick!(p.dtype, "layer_norm");
         let args = [ptr(p.x), opt(p.residual), ptr(p.gamma), ptr(p.beta), ptr(p.out), Arg::I32(i32_dim(p.cols, "cols")?), Arg::F32(p.eps)];
         // SAFETY: x/residual/out hold rows*cols, gamma/beta cols elements.
@@ -549,6 +607,13 @@ impl Kernels for CudaStream {
         if p.n == 0 || p.dim == 0 {
             return Ok(());
         }
+        if vectorisable(self.ctx.vec_kernels, p.dim, p.dtype, &[p.table.addr(), p.out.addr()]) {
+            let dimv = p.dim / vec_width(p.dtype);
+            let args = [ptr(p.table), ptr(p.ids), ptr(p.out), Arg::I64(p.n as i64), Arg::I32(i32_dim(dimv, "dim")?)];
+            // SAFETY: as below; table and out are 16-byte aligned and dim is
+            // a whole number of 16-byte vectors.
+            return unsafe { self.launch(Unit::Gather, "gather_v", (grid_1d(p.n * dimv, EW_BLOCK), 1, 1), EW_BLOCK, 0, &args) };
+        }
         let name = pick!(p.dtype, "gather");
         let args = [ptr(p.table), ptr(p.ids), ptr(p.out), Arg::I64(p.n as i64), Arg::I32(i32_dim(p.dim, "dim")?)];
         // SAFETY: ids hold n in-range u32, out n*dim elements (the contract).
@@ -565,6 +630,11 @@ impl Kernels for CudaStream {
         let name = pick!(p.dtype, "mean_pool");
         let dim = i32_dim(p.dim, "dim")?;
         let args = [ptr(p.x), opt(p.mask), ptr(p.out), Arg::I32(i32_dim(p.seq, "seq")?), Arg::I32(dim)];
+        if self.ctx.vec_kernels && p.batch * p.dim.div_ceil(POOL_BLOCK as usize) < POOL_TOK_BELOW_BLOCKS {
+            let grid = ((p.dim as u32).div_ceil(32), p.batch as u32, 1);
+            // SAFETY: as below (same parameters).
+            return unsafe { self.launch(Unit::Gather, pick!(p.dtype, "mean_pool_tok"), grid, POOL_TOK_BLOCK, 0, &args) };
+        }
         let grid = ((p.dim as u32).div_ceil(POOL_BLOCK), p.batch as u32, 1);
         // SAFETY: x holds batch*seq*dim, mask batch*seq, out batch*dim.
         unsafe { self.launch(Unit::Gather, name, grid, POOL_BLOCK, 0, &args) }
@@ -580,10 +650,12 @@ impl Kernels for CudaStream {
         let name = pick!(p.dtype, "segment_mean_pool");
         let dim = i32_dim(p.dim, "dim")?;
         let args = [ptr(p.x), ptr(p.cu_seqlens), ptr(p.out), Arg::I32(dim)];
-        let grid = ((p.dim as u32).div_ceil(POOL_BLOCK), p.segments as u32, 1);
+        // 32 columns a block, 8 warps over the segment's rows (the kernel's
+        // shape: it assumes 256 threads).
+        let grid = ((p.dim as u32).div_ceil(32), p.segments as u32, 1);
         // SAFETY: cu_seqlens holds segments+1 offsets rising from 0 to the
         // rows x holds (checked by the op layer), out segments*dim.
-        unsafe { self.launch(Unit::Gather, name, grid, POOL_BLOCK, 0, &args) }
+        unsafe { self.launch(Unit::Gather, name, grid, 256, 0, &args) }
     }
 
     unsafe fn l2_normalize(&self, x: BufSlice, out: BufSlice, rows: usize, cols: usize, dtype: DType) -> Result<()> {
@@ -591,6 +663,12 @@ impl Kernels for CudaStream {
             return Ok(());
         }
         let r = i32_dim(rows, "rows")? as u32;
+        if cols <= WARP_ROW_MAX && vectorisable(self.ctx.vec_kernels, cols, dtype, &[x.addr(), out.addr()]) {
+            let per = WARP_ROWS_BLOCK / 32;
+            let args = [ptr(x), ptr(out), Arg::I32(r as i32), Arg::I32(cols as i32)];
+            // SAFETY: both buffers hold rows*cols elements, 16-byte aligned.
+            return unsafe { self.launch(Unit::Norm, pick!(dtype, "l2_normalize_warp"), (r.div_ceil(per), 1, 1), WARP_ROWS_BLOCK, 0, &args) };
+        }
         let name = pick!(dtype, "l2_normalize");
         // SAFETY: both buffers hold rows*cols elements.
         unsafe { self.launch(Unit::Norm, name, (r, 1, 1), ROW_BLOCK, 0, &[ptr(x), ptr(out), Arg::I32(i32_dim(cols, "cols")?)]) }
