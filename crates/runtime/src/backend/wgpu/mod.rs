@@ -47,14 +47,24 @@ const COMMON: &str = include_str!("shaders/common.wgsl");
 struct Source {
     file: &'static str,
     text: &'static str,
+    /// For a file compiled per size class: the constants prepended for
+    /// class `v` (see [`WgpuStream::dispatch_v`]).
+    defines: Option<fn(u32) -> String>,
 }
 
-const ELEMENTWISE: Source = Source { file: "elementwise", text: include_str!("shaders/elementwise.wgsl") };
-const GEMM: Source = Source { file: "gemm", text: include_str!("shaders/gemm.wgsl") };
-const ROWS: Source = Source { file: "rows", text: include_str!("shaders/rows.wgsl") };
-const ATTENTION: Source = Source { file: "attention", text: include_str!("shaders/attention.wgsl") };
-const GATHER: Source = Source { file: "gather", text: include_str!("shaders/gather.wgsl") };
-const POOL: Source = Source { file: "pool", text: include_str!("shaders/pool.wgsl") };
+const ELEMENTWISE: Source = Source { file: "elementwise", text: include_str!("shaders/elementwise.wgsl"), defines: None };
+const GEMM: Source = Source { file: "gemm", text: include_str!("shaders/gemm.wgsl"), defines: None };
+const ROWS: Source = Source { file: "rows", text: include_str!("shaders/rows.wgsl"), defines: None };
+const ATTENTION: Source = Source { file: "attention", text: include_str!("shaders/attention.wgsl"), defines: Some(attention_defines) };
+
+/// Attention's compile-time sizes for head_dim capacity `hd` (16, 32, 64 or
+/// 128): K and V tiles of 1024 floats each (8 KiB, well inside the 16 KiB
+/// of workgroup memory every adapter has).
+fn attention_defines(hd: u32) -> String {
+    format!("const HD4: u32 = {}u;\nconst TK: u32 = {}u;\nconst TILE4: u32 = {}u;\n", hd / 4, 1024 / hd, 256)
+}
+const GATHER: Source = Source { file: "gather", text: include_str!("shaders/gather.wgsl"), defines: None };
+const POOL: Source = Source { file: "pool", text: include_str!("shaders/pool.wgsl"), defines: None };
 
 fn unavailable(reason: impl Into<String>) -> Error {
     Error::Unavailable { backend: "wgpu", reason: reason.into() }
@@ -132,16 +142,17 @@ struct Pipeline {
 /// Bytes of kernel parameters: every shader's `P` struct is at most 16 words.
 const PARAM_BYTES: u32 = 64;
 
-/// A cached bind group's key: the entry point and the buffer ids bound at
-/// bindings 1.. (0 for the dummy buffer bound where an operand is absent).
-type BindKey = (&'static str, &'static str, [u64; 8]);
+/// A cached bind group's key: the pipeline (file, entry point, size class)
+/// and the buffer ids bound at bindings 1.. (0 for the dummy buffer bound
+/// where an operand is absent).
+type BindKey = (&'static str, &'static str, u32, [u64; 8]);
 
 struct Shared {
     device: wgpu::Device,
     queue: wgpu::Queue,
     buffers: Mutex<HashMap<u64, wgpu::Buffer>>,
     next_id: AtomicU64,
-    pipelines: Mutex<HashMap<(&'static str, &'static str), Arc<Pipeline>>>,
+    pipelines: Mutex<HashMap<(&'static str, &'static str, u32), Arc<Pipeline>>>,
     /// Bind groups by (entry point, buffers): the caching allocator hands the
     /// same buffers out forward after forward, so a model's dispatches hit.
     /// Entries naming a buffer go when it is freed ([`Backend::free`]).
@@ -172,11 +183,12 @@ impl Shared {
         crate::sync_std_lock(&self.buffers).get(&id.raw()).cloned().ok_or_else(|| Error::InvalidArgument(format!("buffer {id:?} is not a live allocation of {}", self.label)))
     }
 
-    fn pipeline(&self, src: &Source, entry: &'static str, inputs: usize) -> Result<Arc<Pipeline>> {
-        if let Some(p) = crate::sync_std_lock(&self.pipelines).get(&(src.file, entry)) {
+    fn pipeline(&self, src: &Source, entry: &'static str, variant: u32, inputs: usize) -> Result<Arc<Pipeline>> {
+        if let Some(p) = crate::sync_std_lock(&self.pipelines).get(&(src.file, entry, variant)) {
             return Ok(p.clone());
         }
-        let mut text = format!("{COMMON}\n{}", src.text);
+        let defines = src.defines.map_or(String::new(), |f| f(variant));
+        let mut text = format!("{defines}{COMMON}\n{}", src.text);
         if self.immediates {
             // The same `P` struct, as immediate data instead of a uniform.
             text = text.replace("@group(0) @binding(0) var<uniform> p: P;", "var<immediate> p: P;");
@@ -213,7 +225,7 @@ impl Shared {
         });
         self.check()?;
         let p = Arc::new(Pipeline { pipeline, layout });
-        Ok(crate::sync_std_lock(&self.pipelines).entry((src.file, entry)).or_insert(p).clone())
+        Ok(crate::sync_std_lock(&self.pipelines).entry((src.file, entry, variant)).or_insert(p).clone())
     }
 }
 
@@ -329,7 +341,7 @@ impl Backend for WgpuBackend {
         // wgpu keeps the memory alive until submitted work using it is done;
         // the contract says there is none.
         crate::sync_std_lock(&self.sh.buffers).remove(&buffer.raw());
-        crate::sync_std_lock(&self.sh.bind_groups).retain(|k, _| !k.2.contains(&buffer.raw()));
+        crate::sync_std_lock(&self.sh.bind_groups).retain(|k, _| !k.3.contains(&buffer.raw()));
     }
     fn synchronize(&self) -> Result<()> {
         let streams: Vec<_> = crate::sync_std_lock(&self.streams).iter().filter_map(|w| w.upgrade()).collect();
@@ -437,10 +449,17 @@ impl WgpuStream {
     /// Bind `inputs` (read-only) and `out` (written), with `params` as the
     /// uniform, and dispatch `groups` workgroups of `entry`.
     fn dispatch(&self, src: &Source, entry: &'static str, params: &[u32], inputs: &[Option<BufSlice>], out: BufSlice, groups: (u32, u32, u32)) -> Result<()> {
+        self.dispatch_v(src, entry, 0, params, inputs, out, groups)
+    }
+
+    /// [`Self::dispatch`] of size class `variant` of a file compiled per
+    /// class (its `defines` give the constants; 0 for other files).
+    #[allow(clippy::too_many_arguments)]
+    fn dispatch_v(&self, src: &Source, entry: &'static str, variant: u32, params: &[u32], inputs: &[Option<BufSlice>], out: BufSlice, groups: (u32, u32, u32)) -> Result<()> {
         if groups.0 == 0 || groups.1 == 0 || groups.2 == 0 {
             return Ok(());
         }
-        let pipe = self.sh.pipeline(src, entry, inputs.len())?;
+        let pipe = self.sh.pipeline(src, entry, variant, inputs.len())?;
         if params.len() * 4 > PARAM_BYTES as usize {
             return Err(Error::InvalidArgument(format!("{entry}: {} kernel parameters (at most {})", params.len(), PARAM_BYTES / 4)));
         }
@@ -456,8 +475,8 @@ impl WgpuStream {
         p[..params.len()].copy_from_slice(params);
         let ids: Vec<u64> = inputs.iter().map(|s| s.map_or(0, |s| s.buffer.raw())).chain([out.buffer.raw()]).collect();
         let bg = if self.sh.immediates {
-            let mut key: BindKey = (src.file, entry, [0; 8]);
-            key.2[..ids.len()].copy_from_slice(&ids);
+            let mut key: BindKey = (src.file, entry, variant, [0; 8]);
+            key.3[..ids.len()].copy_from_slice(&ids);
             let cached = crate::sync_std_lock(&self.sh.bind_groups).get(&key).cloned();
             match cached {
                 Some(bg) => bg,
@@ -797,7 +816,8 @@ impl WgpuStream {
             u(p.batch, "batch")?,
         ];
         let groups = (u(p.seq.div_ceil(64), "seq")?, p.heads as u32, p.batch as u32);
-        self.dispatch(&ATTENTION, "main", &params, &[Some(p.q), Some(p.k), Some(p.v), p.mask, bias], p.out, groups)
+        let class = p.head_dim.next_power_of_two().max(16) as u32;
+        self.dispatch_v(&ATTENTION, "main", class, &params, &[Some(p.q), Some(p.k), Some(p.v), p.mask, bias], p.out, groups)
     }
 }
 
