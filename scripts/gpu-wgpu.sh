@@ -13,7 +13,8 @@
 # module vs the f64 reference, MiniLM vs sentence-transformers), and
 # `braid bench story` for mlp and minilm on --device wgpu and --device cuda
 # (story-<workload>-<device>.json/.md/.log) and their comparisons
-# (compare-<workload>.md: cuda as the peer). BRAID overrides .bin/braid.
+# (compare-<workload>.md: cuda as the peer), and profile-minilm-wgpu.md (the
+# wgpu per-kernel profile). BRAID overrides .bin/braid.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${1:?usage: scripts/gpu-wgpu.sh OUTDIR [--quick]}
@@ -57,4 +58,9 @@ for w in mlp minilm; do
     "$braid" bench compare "$out/story-$w-wgpu.json" "$out/story-$w-cuda.json" > "$out/compare-$w.md" 2>&1 && cat "$out/compare-$w.md"
   fi
 done
+# Where wgpu's time goes: host-path counters (dispatches, submits, waits,
+# bind groups, uniform/staging buffers) and per-kernel wall time, each kernel
+# submitted and waited for alone (BRAID_WGPU_PROFILE; docs/backends.md).
+BRAID_WGPU_PROFILE=1 timeout 180 "$braid" bench story --device wgpu --workload minilm --quick --sections batching --batches 1,32 > "$out/profile-minilm-wgpu.md" 2>&1 || rc=1
+grep -E "^(wgpu|\| )" "$out/profile-minilm-wgpu.md" | tail -12
 exit $rc

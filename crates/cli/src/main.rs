@@ -201,6 +201,14 @@ fn main() -> ExitCode {
             Ok(ExitCode::SUCCESS)
         }),
     };
+    // BRAID_WGPU_PROFILE: the wgpu backend's host-path counters and
+    // per-kernel times (docs/backends.md, "Profiling the wgpu backend").
+    #[cfg(feature = "wgpu")]
+    if braid_runtime::backend::wgpu::profile::enabled() {
+        if let Some(report) = braid_runtime::backend::wgpu::profile_report() {
+            eprint!("{report}");
+        }
+    }
     match r {
         Ok(code) => code,
         Err(e) => {

@@ -35,6 +35,9 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 use wgpu::util::DeviceExt;
 
+pub mod profile;
+pub use profile::{counters, report as profile_report, Counters};
+
 /// Ops encoded on a stream before it is submitted without being asked to.
 pub const MAX_PENDING: usize = 64;
 
@@ -44,14 +47,24 @@ const COMMON: &str = include_str!("shaders/common.wgsl");
 struct Source {
     file: &'static str,
     text: &'static str,
+    /// For a file compiled per size class: the constants prepended for
+    /// class `v` (see [`WgpuStream::dispatch_v`]).
+    defines: Option<fn(u32) -> String>,
 }
 
-const ELEMENTWISE: Source = Source { file: "elementwise", text: include_str!("shaders/elementwise.wgsl") };
-const GEMM: Source = Source { file: "gemm", text: include_str!("shaders/gemm.wgsl") };
-const ROWS: Source = Source { file: "rows", text: include_str!("shaders/rows.wgsl") };
-const ATTENTION: Source = Source { file: "attention", text: include_str!("shaders/attention.wgsl") };
-const GATHER: Source = Source { file: "gather", text: include_str!("shaders/gather.wgsl") };
-const POOL: Source = Source { file: "pool", text: include_str!("shaders/pool.wgsl") };
+const ELEMENTWISE: Source = Source { file: "elementwise", text: include_str!("shaders/elementwise.wgsl"), defines: None };
+const GEMM: Source = Source { file: "gemm", text: include_str!("shaders/gemm.wgsl"), defines: None };
+const ROWS: Source = Source { file: "rows", text: include_str!("shaders/rows.wgsl"), defines: None };
+const ATTENTION: Source = Source { file: "attention", text: include_str!("shaders/attention.wgsl"), defines: Some(attention_defines) };
+
+/// Attention's compile-time sizes for head_dim capacity `hd` (16, 32, 64 or
+/// 128): K and V tiles of 1024 floats each (8 KiB, well inside the 16 KiB
+/// of workgroup memory every adapter has).
+fn attention_defines(hd: u32) -> String {
+    format!("const HD4: u32 = {}u;\nconst TK: u32 = {}u;\nconst TILE4: u32 = {}u;\n", hd / 4, 1024 / hd, 256)
+}
+const GATHER: Source = Source { file: "gather", text: include_str!("shaders/gather.wgsl"), defines: None };
+const POOL: Source = Source { file: "pool", text: include_str!("shaders/pool.wgsl"), defines: None };
 
 fn unavailable(reason: impl Into<String>) -> Error {
     Error::Unavailable { backend: "wgpu", reason: reason.into() }
@@ -126,12 +139,29 @@ struct Pipeline {
     layout: wgpu::BindGroupLayout,
 }
 
+/// Bytes of kernel parameters: every shader's `P` struct is at most 16 words.
+const PARAM_BYTES: u32 = 64;
+
+/// A cached bind group's key: the pipeline (file, entry point, size class)
+/// and the buffer ids bound at bindings 1.. (0 for the dummy buffer bound
+/// where an operand is absent).
+type BindKey = (&'static str, &'static str, u32, [u64; 8]);
+
 struct Shared {
     device: wgpu::Device,
     queue: wgpu::Queue,
     buffers: Mutex<HashMap<u64, wgpu::Buffer>>,
     next_id: AtomicU64,
-    pipelines: Mutex<HashMap<(&'static str, &'static str), Arc<Pipeline>>>,
+    pipelines: Mutex<HashMap<(&'static str, &'static str, u32), Arc<Pipeline>>>,
+    /// Bind groups by (entry point, buffers): the caching allocator hands the
+    /// same buffers out forward after forward, so a model's dispatches hit.
+    /// Entries naming a buffer go when it is freed ([`Backend::free`]).
+    bind_groups: Mutex<HashMap<BindKey, wgpu::BindGroup>>,
+    /// Kernel parameters travel as immediates (Vulkan push constants, Metal
+    /// `setBytes`, DX12 root constants) where the adapter has them, else in
+    /// a uniform buffer made per dispatch (slow: a buffer and a bind group
+    /// each).
+    immediates: bool,
     /// The first fatal error (validation, out of memory, device lost).
     poison: Arc<OnceLock<String>>,
     label: String,
@@ -153,11 +183,16 @@ impl Shared {
         crate::sync_std_lock(&self.buffers).get(&id.raw()).cloned().ok_or_else(|| Error::InvalidArgument(format!("buffer {id:?} is not a live allocation of {}", self.label)))
     }
 
-    fn pipeline(&self, src: &Source, entry: &'static str, inputs: usize) -> Result<Arc<Pipeline>> {
-        if let Some(p) = crate::sync_std_lock(&self.pipelines).get(&(src.file, entry)) {
+    fn pipeline(&self, src: &Source, entry: &'static str, variant: u32, inputs: usize) -> Result<Arc<Pipeline>> {
+        if let Some(p) = crate::sync_std_lock(&self.pipelines).get(&(src.file, entry, variant)) {
             return Ok(p.clone());
         }
-        let text = format!("{COMMON}\n{}", src.text);
+        let defines = src.defines.map_or(String::new(), |f| f(variant));
+        let mut text = format!("{defines}{COMMON}\n{}", src.text);
+        if self.immediates {
+            // The same `P` struct, as immediate data instead of a uniform.
+            text = text.replace("@group(0) @binding(0) var<uniform> p: P;", "var<immediate> p: P;");
+        }
         let module = self.device.create_shader_module(wgpu::ShaderModuleDescriptor { label: Some(src.file), source: wgpu::ShaderSource::Wgsl(text.into()) });
         let storage = |binding: u32, read_only: bool| wgpu::BindGroupLayoutEntry {
             binding,
@@ -165,18 +200,21 @@ impl Shared {
             ty: wgpu::BindingType::Buffer { ty: wgpu::BufferBindingType::Storage { read_only }, has_dynamic_offset: false, min_binding_size: None },
             count: None,
         };
-        let mut entries = vec![wgpu::BindGroupLayoutEntry {
-            binding: 0,
-            visibility: wgpu::ShaderStages::COMPUTE,
-            ty: wgpu::BindingType::Buffer { ty: wgpu::BufferBindingType::Uniform, has_dynamic_offset: false, min_binding_size: None },
-            count: None,
-        }];
+        let mut entries = Vec::new();
+        if !self.immediates {
+            entries.push(wgpu::BindGroupLayoutEntry {
+                binding: 0,
+                visibility: wgpu::ShaderStages::COMPUTE,
+                ty: wgpu::BindingType::Buffer { ty: wgpu::BufferBindingType::Uniform, has_dynamic_offset: false, min_binding_size: None },
+                count: None,
+            });
+        }
         for i in 0..inputs {
             entries.push(storage(i as u32 + 1, true));
         }
         entries.push(storage(inputs as u32 + 1, false));
         let layout = self.device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor { label: Some(entry), entries: &entries });
-        let pl = self.device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor { label: Some(entry), bind_group_layouts: &[Some(&layout)], immediate_size: 0 });
+        let pl = self.device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor { label: Some(entry), bind_group_layouts: &[Some(&layout)], immediate_size: if self.immediates { PARAM_BYTES } else { 0 } });
         let pipeline = self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
             label: Some(entry),
             layout: Some(&pl),
@@ -187,7 +225,7 @@ impl Shared {
         });
         self.check()?;
         let p = Arc::new(Pipeline { pipeline, layout });
-        Ok(crate::sync_std_lock(&self.pipelines).entry((src.file, entry)).or_insert(p).clone())
+        Ok(crate::sync_std_lock(&self.pipelines).entry((src.file, entry, variant)).or_insert(p).clone())
     }
 }
 
@@ -209,9 +247,10 @@ pub fn try_new(ordinal: usize) -> Result<Arc<WgpuBackend>> {
     let adapter = all.into_iter().nth(ordinal).ok_or_else(|| unavailable(format!("wgpu:{ordinal}: there is no adapter {ordinal}")))?;
     let info = adapter.get_info();
     let limits = adapter.limits();
+    let immediates = adapter.features().contains(wgpu::Features::IMMEDIATES) && limits.max_immediate_size >= PARAM_BYTES;
     let desc = wgpu::DeviceDescriptor {
         label: Some("braid"),
-        required_features: wgpu::Features::empty(),
+        required_features: if immediates { wgpu::Features::IMMEDIATES } else { wgpu::Features::empty() },
         required_limits: limits.clone(),
         experimental_features: wgpu::ExperimentalFeatures::disabled(),
         memory_hints: wgpu::MemoryHints::Performance,
@@ -236,6 +275,8 @@ pub fn try_new(ordinal: usize) -> Result<Arc<WgpuBackend>> {
         buffers: Mutex::new(HashMap::new()),
         next_id: AtomicU64::new(1),
         pipelines: Mutex::new(HashMap::new()),
+        bind_groups: Mutex::new(HashMap::new()),
+        immediates,
         poison,
         label,
         dummy,
@@ -300,6 +341,7 @@ impl Backend for WgpuBackend {
         // wgpu keeps the memory alive until submitted work using it is done;
         // the contract says there is none.
         crate::sync_std_lock(&self.sh.buffers).remove(&buffer.raw());
+        crate::sync_std_lock(&self.sh.bind_groups).retain(|k, _| !k.3.contains(&buffer.raw()));
     }
     fn synchronize(&self) -> Result<()> {
         let streams: Vec<_> = crate::sync_std_lock(&self.streams).iter().filter_map(|w| w.upgrade()).collect();
@@ -325,6 +367,11 @@ struct Submitted {
 
 #[derive(Default)]
 struct StreamState {
+    /// The open compute pass on `encoder`: consecutive kernels share one
+    /// pass (wgpu orders each dispatch's reads after earlier writes inside
+    /// it). Ended before a copy and before the encoder is finished. Declared
+    /// before `encoder` so that it is dropped first.
+    pass: Option<wgpu::ComputePass<'static>>,
     encoder: Option<wgpu::CommandEncoder>,
     pending: usize,
     last: Option<Submitted>,
@@ -343,6 +390,7 @@ impl WgpuStream {
     fn encode(&self, f: impl FnOnce(&mut wgpu::CommandEncoder)) -> Result<()> {
         self.sh.check()?;
         let mut st = crate::sync_std_lock(&self.st);
+        st.pass = None;
         let enc = st.encoder.get_or_insert_with(|| self.sh.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("braid stream") }));
         f(enc);
         st.pending += 1;
@@ -352,9 +400,30 @@ impl WgpuStream {
         Ok(())
     }
 
+    /// Record a kernel into this stream's open compute pass (opening the
+    /// encoder and the pass if needed), submitting after [`MAX_PENDING`] ops.
+    fn encode_kernel(&self, f: impl FnOnce(&mut wgpu::ComputePass<'static>)) -> Result<()> {
+        self.sh.check()?;
+        let mut st = crate::sync_std_lock(&self.st);
+        let st = &mut *st;
+        if st.pass.is_none() {
+            let enc = st.encoder.get_or_insert_with(|| self.sh.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("braid stream") }));
+            st.pass = Some(enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("braid kernels"), timestamp_writes: None }).forget_lifetime());
+        }
+        f(st.pass.as_mut().expect("opened above"));
+        st.pending += 1;
+        if st.pending >= MAX_PENDING {
+            self.submit(st);
+        }
+        Ok(())
+    }
+
     /// Submit the open encoder (if any); the stream's last submission.
     fn submit(&self, st: &mut StreamState) -> Option<Submitted> {
+        // The pass must end before its encoder finishes.
+        st.pass = None;
         if let Some(enc) = st.encoder.take() {
+            profile::SUBMITS.add(1);
             let index = self.sh.queue.submit([enc.finish()]);
             let done = DoneFlag::new();
             let d = done.clone();
@@ -380,41 +449,91 @@ impl WgpuStream {
     /// Bind `inputs` (read-only) and `out` (written), with `params` as the
     /// uniform, and dispatch `groups` workgroups of `entry`.
     fn dispatch(&self, src: &Source, entry: &'static str, params: &[u32], inputs: &[Option<BufSlice>], out: BufSlice, groups: (u32, u32, u32)) -> Result<()> {
+        self.dispatch_v(src, entry, 0, params, inputs, out, groups)
+    }
+
+    /// [`Self::dispatch`] of size class `variant` of a file compiled per
+    /// class (its `defines` give the constants; 0 for other files).
+    #[allow(clippy::too_many_arguments)]
+    fn dispatch_v(&self, src: &Source, entry: &'static str, variant: u32, params: &[u32], inputs: &[Option<BufSlice>], out: BufSlice, groups: (u32, u32, u32)) -> Result<()> {
         if groups.0 == 0 || groups.1 == 0 || groups.2 == 0 {
             return Ok(());
         }
-        let pipe = self.sh.pipeline(src, entry, inputs.len())?;
-        // Every shader's uniform struct is at most 16 words: pad to that, so
-        // the binding is never smaller than the struct.
-        let mut p = params.to_vec();
-        if p.len() > 16 {
-            return Err(Error::InvalidArgument(format!("{entry}: {} kernel parameters (at most 16)", p.len())));
+        let pipe = self.sh.pipeline(src, entry, variant, inputs.len())?;
+        if params.len() * 4 > PARAM_BYTES as usize {
+            return Err(Error::InvalidArgument(format!("{entry}: {} kernel parameters (at most {})", params.len(), PARAM_BYTES / 4)));
         }
-        p.resize(16, 0);
-        let ubuf = self.sh.device.create_buffer_init(&wgpu::util::BufferInitDescriptor { label: Some("params"), contents: bytemuck::cast_slice(&p), usage: wgpu::BufferUsages::UNIFORM });
-        let mut bufs: Vec<wgpu::Buffer> = Vec::with_capacity(inputs.len() + 1);
-        for s in inputs {
-            bufs.push(match s {
-                Some(s) => self.sh.buffer(s.buffer)?,
-                None => self.sh.dummy.clone(),
-            });
+        if inputs.len() + 1 > 8 {
+            return Err(Error::InvalidArgument(format!("{entry}: {} operands (at most 8)", inputs.len() + 1)));
         }
-        let ob = self.sh.buffer(out.buffer)?;
         if inputs.iter().flatten().any(|s| s.buffer == out.buffer) {
             return Err(unsupported(format!("{entry}: the output shares a buffer with an input")));
         }
-        bufs.push(ob);
-        let mut entries = vec![wgpu::BindGroupEntry { binding: 0, resource: ubuf.as_entire_binding() }];
+        // Every shader's parameter struct is at most 16 words: pad to that,
+        // so the data is never smaller than the struct.
+        let mut p = [0u32; PARAM_BYTES as usize / 4];
+        p[..params.len()].copy_from_slice(params);
+        let ids: Vec<u64> = inputs.iter().map(|s| s.map_or(0, |s| s.buffer.raw())).chain([out.buffer.raw()]).collect();
+        let bg = if self.sh.immediates {
+            let mut key: BindKey = (src.file, entry, variant, [0; 8]);
+            key.3[..ids.len()].copy_from_slice(&ids);
+            let cached = crate::sync_std_lock(&self.sh.bind_groups).get(&key).cloned();
+            match cached {
+                Some(bg) => bg,
+                None => {
+                    let bg = self.bind_group(&pipe, entry, &ids, None)?;
+                    crate::sync_std_lock(&self.sh.bind_groups).insert(key, bg.clone());
+                    bg
+                }
+            }
+        } else {
+            profile::UNIFORM_BUFFERS.add(1);
+            let ubuf = self.sh.device.create_buffer_init(&wgpu::util::BufferInitDescriptor { label: Some("params"), contents: bytemuck::cast_slice(&p), usage: wgpu::BufferUsages::UNIFORM });
+            self.bind_group(&pipe, entry, &ids, Some(&ubuf))?
+        };
+        profile::DISPATCHES.add(1);
+        let immediates = self.sh.immediates;
+        let t0 = profile::enabled().then(std::time::Instant::now);
+        self.encode_kernel(|pass| {
+            pass.set_pipeline(&pipe.pipeline);
+            pass.set_bind_group(0, &bg, &[]);
+            if immediates {
+                pass.set_immediates(0, bytemuck::cast_slice(&p));
+            }
+            pass.dispatch_workgroups(groups.0, groups.1, groups.2);
+        })?;
+        if let Some(t0) = t0 {
+            // Profile mode: this kernel alone, to completion.
+            if let Some(s) = self.flush() {
+                self.wait(&s, None)?;
+            }
+            profile::record(src.file, entry, t0.elapsed());
+        }
+        Ok(())
+    }
+
+    /// A bind group for `ids` (buffer ids at bindings 1.., 0 for the dummy)
+    /// and, without immediates, the uniform `params` at binding 0.
+    fn bind_group(&self, pipe: &Pipeline, entry: &'static str, ids: &[u64], params: Option<&wgpu::Buffer>) -> Result<wgpu::BindGroup> {
+        let mut bufs: Vec<wgpu::Buffer> = Vec::with_capacity(ids.len());
+        {
+            let table = crate::sync_std_lock(&self.sh.buffers);
+            for &id in ids {
+                bufs.push(match id {
+                    0 => self.sh.dummy.clone(),
+                    id => table.get(&id).cloned().ok_or_else(|| Error::InvalidArgument(format!("buffer {id} is not a live allocation of {}", self.sh.label)))?,
+                });
+            }
+        }
+        let mut entries = Vec::with_capacity(bufs.len() + 1);
+        if let Some(u) = params {
+            entries.push(wgpu::BindGroupEntry { binding: 0, resource: u.as_entire_binding() });
+        }
         for (i, b) in bufs.iter().enumerate() {
             entries.push(wgpu::BindGroupEntry { binding: i as u32 + 1, resource: b.as_entire_binding() });
         }
-        let bg = self.sh.device.create_bind_group(&wgpu::BindGroupDescriptor { label: Some(entry), layout: &pipe.layout, entries: &entries });
-        self.encode(|enc| {
-            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(entry), timestamp_writes: None });
-            pass.set_pipeline(&pipe.pipeline);
-            pass.set_bind_group(0, &bg, &[]);
-            pass.dispatch_workgroups(groups.0, groups.1, groups.2);
-        })
+        profile::BIND_GROUPS.add(1);
+        Ok(self.sh.device.create_bind_group(&wgpu::BindGroupDescriptor { label: Some(entry), layout: &pipe.layout, entries: &entries }))
     }
 }
 
@@ -446,6 +565,7 @@ fn grid(n: usize, size: usize) -> Result<(u32, u32, u32)> {
 }
 
 fn wait_on(sh: &Shared, s: &Submitted, timeout: Option<Duration>) -> Result<()> {
+    profile::WAITS.add(1);
     match sh.device.poll(wgpu::PollType::Wait { submission_index: Some(s.index.clone()), timeout }) {
         Ok(_) => {}
         Err(wgpu::PollError::Timeout) => return Err(Error::Timeout(timeout.unwrap_or_default())),
@@ -506,6 +626,7 @@ impl BackendStream for WgpuStream {
         }
         let d = self.sh.buffer(dst.buffer)?;
         // Staged now (the caller may reuse `src`), copied in stream order.
+        profile::STAGING_BUFFERS.add(1);
         let staging = self.sh.device.create_buffer_init(&wgpu::util::BufferInitDescriptor { label: Some("h2d"), contents: src, usage: wgpu::BufferUsages::COPY_SRC });
         let len = src.len() as u64;
         self.encode(|enc| enc.copy_buffer_to_buffer(&staging, 0, &d, dst.offset as u64, len))
@@ -527,6 +648,7 @@ impl BackendStream for WgpuStream {
         if src.offset as u64 + len > s.size() {
             return Err(Error::InvalidArgument(format!("d2h of {len} bytes at {} beyond a buffer of {}", src.offset, s.size())));
         }
+        profile::STAGING_BUFFERS.add(1);
         let rb = self.sh.device.create_buffer(&wgpu::BufferDescriptor { label: Some("d2h"), size: len, usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST, mapped_at_creation: false });
         self.encode(|enc| enc.copy_buffer_to_buffer(&s, src.offset as u64, &rb, 0, len))?;
         let sub = self.flush().expect("just encoded");
@@ -694,7 +816,8 @@ impl WgpuStream {
             u(p.batch, "batch")?,
         ];
         let groups = (u(p.seq.div_ceil(64), "seq")?, p.heads as u32, p.batch as u32);
-        self.dispatch(&ATTENTION, "main", &params, &[Some(p.q), Some(p.k), Some(p.v), p.mask, bias], p.out, groups)
+        let class = p.head_dim.next_power_of_two().max(16) as u32;
+        self.dispatch_v(&ATTENTION, "main", class, &params, &[Some(p.q), Some(p.k), Some(p.v), p.mask, bias], p.out, groups)
     }
 }
 
