@@ -14,6 +14,7 @@ pub mod kernels;
 pub mod packed;
 pub mod pool;
 pub mod progress;
+pub mod region;
 pub mod varlen;
 
 use super::{Activation, Attention, Backend, BackendEvent, BackendKind, BackendStream, BufSlice, BufferId, Capabilities, DType, Gather, Gemm, HostFns, Kernels, LayerNorm, MeanPool, Rope, VarlenAttention, WeightPack};
