@@ -3,11 +3,11 @@
 //! intra-op pool ([`super::pool`]). Owns the CPU arithmetic of every op.
 //!
 //! - GEMM: on a weight packed once ([`gemm_packed`], the kernel in
-//!   [`super::packed`]) for weights with a pack slot; otherwise
-//!   `matrixmultiply`'s packed SGEMM (it picks its AVX/FMA kernels at
+//!   [`super::packed`]) for weights with a pack slot, at any row count;
+//!   otherwise `matrixmultiply`'s packed SGEMM (it picks its AVX/FMA kernels at
 //!   run time) on 2-D blocks of the output, one block per pool thread, shaped
-//!   to pack the least; for fewer than
-//!   [`SMALL_M`] rows, a dot-product kernel that streams each weight row once.
+//!   to pack the least, or for fewer than [`SMALL_M`] rows a dot-product
+//!   kernel that streams each weight row once.
 //!   The bias and activation are applied per block while it is in cache.
 //! - The rest (attention, LayerNorm+residual, GELU, softmax, gather, pooling,
 //!   L2 norm) are written as plain loops over lane arrays that the compiler

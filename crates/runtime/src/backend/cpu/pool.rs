@@ -91,11 +91,31 @@ pub fn run(n: usize, f: impl Fn(usize) + Sync + Send) {
     }
 }
 
+/// 0: not read yet; 1: region; 2: rayon `install`.
+static JOIN: AtomicUsize = AtomicUsize::new(0);
+
 /// `BRAID_CPU_JOIN=rayon`: every split kernel goes through rayon's `install`
 /// (the round-2 behaviour), for A/B runs (read once).
 fn rayon_join() -> bool {
-    static ON: OnceLock<bool> = OnceLock::new();
-    *ON.get_or_init(|| std::env::var("BRAID_CPU_JOIN").is_ok_and(|v| v.trim() == "rayon"))
+    // Relaxed: a mode flag; each value is valid on its own and nothing else
+    // is published through it.
+    match JOIN.load(Ordering::Relaxed) {
+        0 => {
+            let rayon = std::env::var("BRAID_CPU_JOIN").is_ok_and(|v| v.trim() == "rayon");
+            let _ = JOIN.compare_exchange(0, if rayon { 2 } else { 1 }, Ordering::Relaxed, Ordering::Relaxed);
+            JOIN.load(Ordering::Relaxed) == 2
+        }
+        v => v == 2,
+    }
+}
+
+/// Switch between the region (false) and rayon's `install` (true) at run
+/// time: for in-process A/B benchmarks (`examples/cpu_small_ops.rs`), which
+/// alternate the two call by call so a loaded machine's noise hits both.
+#[doc(hidden)]
+pub fn set_rayon_join(on: bool) {
+    // Relaxed: as in `rayon_join`.
+    JOIN.store(if on { 2 } else { 1 }, Ordering::Relaxed);
 }
 
 /// A region and how many more helpers may still be started for it.
