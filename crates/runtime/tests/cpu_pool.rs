@@ -61,3 +61,56 @@ fn sixteen_streams_share_one_pool_and_match_serial() {
         eprintln!("SKIPPED (thread count: no /proc/self/task on this OS)");
     }
 }
+
+/// The pool's fork-join (`pool::run` from threads outside the pool, where the
+/// caller claims tasks too): 8 threads at once each run regions of 2..200
+/// tasks; every task runs exactly once and its write is seen by the caller
+/// when `run` returns.
+#[test]
+fn regions_from_many_threads_run_every_task_once() {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    std::thread::scope(|sc| {
+        for t in 0..8usize {
+            sc.spawn(move || {
+                for round in 0..200usize {
+                    let n = 2 + (round * 7 + t * 13) % 199;
+                    let hits: Vec<AtomicU32> = (0..n).map(|_| AtomicU32::new(0)).collect();
+                    let plain = std::sync::Mutex::new(vec![0u32; n]);
+                    pool::run(n, |i| {
+                        // Relaxed: `run` returning orders the tasks before the checks.
+                        hits[i].fetch_add(1, Ordering::Relaxed);
+                        plain.lock().unwrap()[i] = i as u32 + 1;
+                    });
+                    assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 1), "a task ran other than once (n = {n})");
+                    assert!(plain.into_inner().unwrap().iter().enumerate().all(|(i, &v)| v == i as u32 + 1));
+                }
+            });
+        }
+    });
+}
+
+/// A task that panics: `pool::run` re-raises the panic on the caller (the
+/// stream's executor reports it as an error) once the other tasks are done,
+/// and the pool keeps working afterwards.
+#[test]
+fn a_task_panic_reaches_the_caller() {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    let ran = AtomicU32::new(0);
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        pool::run(64, |i| {
+            if i == 37 {
+                panic!("task 37 fails");
+            }
+            // Relaxed: read after `run` returned (unwound).
+            ran.fetch_add(1, Ordering::Relaxed);
+        })
+    }));
+    let msg = r.expect_err("the panic was lost");
+    assert_eq!(msg.downcast_ref::<&str>().copied(), Some("task 37 fails"));
+    assert_eq!(ran.load(Ordering::Relaxed), 63, "the other tasks did not all run");
+    let again = AtomicU32::new(0);
+    pool::run(64, |_| {
+        again.fetch_add(1, Ordering::Relaxed);
+    });
+    assert_eq!(again.load(Ordering::Relaxed), 64);
+}

@@ -175,6 +175,41 @@ fn cpu_progress_wait_sees_every_completion() {
     });
 }
 
+/// The CPU pool's fork-join region: the caller and a helper claim 3 tasks
+/// from one counter; every task runs exactly once, the caller's wait returns
+/// only when all have finished and then sees every task's write (the writes
+/// are Relaxed: only the region's Release/Acquire orders them), and it never
+/// sleeps through the last finish (loom reports a deadlock if it could). The
+/// helper may start at any point, also after the caller has returned.
+#[test]
+fn cpu_region_runs_every_task_once() {
+    use braid_runtime::backend::cpu::region::{Region, TaskFn};
+    explore("cpu pool region: caller and a helper claim tasks", 3, || {
+        let region = Arc::new(Region::new(3));
+        let hits = Arc::new([AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)]);
+        let h = hits.clone();
+        // Boxed so it outlives the helper thread (its address is shared raw).
+        let f: Box<dyn Fn(usize) + Sync> = Box::new(move |i: usize| {
+            // Relaxed: published by the region's Release/Acquire, which is
+            // what this model checks.
+            h[i].fetch_add(1, Ordering::Relaxed);
+        });
+        let fp = TaskFn(&*f as *const (dyn Fn(usize) + Sync));
+        let r2 = region.clone();
+        // SAFETY: `f` lives until the end of this closure, after the join.
+        let helper = thread::spawn(move || unsafe { r2.work(fp) });
+        // SAFETY: as above.
+        unsafe { region.work(fp) };
+        assert!(region.wait(Duration::from_micros(1)).is_none());
+        for c in hits.iter() {
+            // Relaxed: ordered by the wait's Acquire.
+            assert_eq!(c.load(Ordering::Relaxed), 1, "a task ran other than once, or its write is not visible after the wait");
+        }
+        helper.join().unwrap();
+        drop(f);
+    });
+}
+
 /// A timed event wait returns Timeout or success, never hangs.
 #[test]
 fn event_wait_timeout() {

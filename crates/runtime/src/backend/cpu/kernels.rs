@@ -3,11 +3,11 @@
 //! intra-op pool ([`super::pool`]). Owns the CPU arithmetic of every op.
 //!
 //! - GEMM: on a weight packed once ([`gemm_packed`], the kernel in
-//!   [`super::packed`]) for weights with a pack slot; otherwise
-//!   `matrixmultiply`'s packed SGEMM (it picks its AVX/FMA kernels at
+//!   [`super::packed`]) for weights with a pack slot, at any row count;
+//!   otherwise `matrixmultiply`'s packed SGEMM (it picks its AVX/FMA kernels at
 //!   run time) on 2-D blocks of the output, one block per pool thread, shaped
-//!   to pack the least; for fewer than
-//!   [`SMALL_M`] rows, a dot-product kernel that streams each weight row once.
+//!   to pack the least, or for fewer than [`SMALL_M`] rows a dot-product
+//!   kernel that streams each weight row once.
 //!   The bias and activation are applied per block while it is in cache.
 //! - The rest (attention, LayerNorm+residual, GELU, softmax, gather, pooling,
 //!   L2 norm) are written as plain loops over lane arrays that the compiler
@@ -579,6 +579,23 @@ pub fn softmax(x: &[f32], out: &mut [f32], rows: usize, cols: usize) {
 /// at head_dim 64) stays in L2 while every query of the head passes over it.
 const KEY_TILE: usize = 128;
 
+/// Queries per block of the attention kernel: their scores and P·V
+/// accumulators (QB × 16 lanes each) stay in registers.
+const QB: usize = 4;
+
+/// `ai[lo..] += Σ_jj s[jj]·vt[jj, lo..]` over the keys in order (the head
+/// lanes past the last whole 16, one query).
+#[inline(always)]
+fn pv_lanes<const F: bool>(ai: &mut [f32], s: &[f32], vt: &[f32], hd: usize, lo: usize) {
+    if lo < hd {
+        for (jj, &p) in s.iter().enumerate() {
+            for (av, &vv) in ai[lo..].iter_mut().zip(&vt[jj * hd + lo..(jj + 1) * hd]) {
+                *av = fmadd::<F>(p, vv, *av);
+            }
+        }
+    }
+}
+
 simd_fn! {
     /// One (batch, head) of attention: key tiles of [`KEY_TILE`] keys (masked
     /// keys dropped), online softmax across tiles (running max and sum per
@@ -589,8 +606,8 @@ simd_fn! {
         let tile = KEY_TILE.min(keys.len().max(1));
         let mut kt = vec![0f32; hd * tile];
         let mut vt = vec![0f32; tile * hd];
-        let mut s = vec![0f32; tile];
-        let mut qs = vec![0f32; hd];
+        let mut sb = vec![0f32; QB * tile];
+        let mut qs = vec![0f32; QB * hd];
         let mut acc = vec![0f32; seq * hd];
         let mut run_max = vec![f32::NEG_INFINITY; seq];
         let mut run_sum = vec![0f32; seq];
@@ -604,81 +621,127 @@ simd_fn! {
                 }
                 vt[jj * hd..(jj + 1) * hd].copy_from_slice(&v[base(j)..][..hd]);
             }
-            for i in 0..seq {
-                for (qv, &x) in qs.iter_mut().zip(&q[base(i)..][..hd]) {
-                    *qv = x * scale;
+            let mut i0 = 0;
+            while i0 < seq {
+                let qb = QB.min(seq - i0);
+                // The block's queries, scaled; a short last block repeats its
+                // last query (computed, never used).
+                for u in 0..QB {
+                    let i = i0 + u.min(qb - 1);
+                    for (qv, &x) in qs[u * hd..(u + 1) * hd].iter_mut().zip(&q[base(i)..][..hd]) {
+                        *qv = x * scale;
+                    }
                 }
-                let s = &mut s[..tk];
-                // Scores 16 keys at a time, each kept in registers across the
-                // whole head dimension (one store per score, not one per d);
+                // Scores of QB queries × 16 keys at a time, kept in registers
+                // across the whole head dimension (each K load serves QB
+                // queries; QB·2 independent FMA chains hide the FMA latency);
                 // per score the same FMA chain over d = 0..hd as a plain loop.
                 let full = tk / 16 * 16;
                 let mut c = 0;
                 while c < full {
-                    let mut a16 = [0f32; 16];
-                    for (dd, &qd) in qs.iter().enumerate() {
+                    let mut a = [[0f32; 16]; QB];
+                    for dd in 0..hd {
                         let kr = &kt[dd * tk + c..dd * tk + c + 16];
-                        for l in 0..16 {
-                            a16[l] = fmadd::<F>(qd, kr[l], a16[l]);
+                        for (u, au) in a.iter_mut().enumerate() {
+                            let qd = qs[u * hd + dd];
+                            for l in 0..16 {
+                                au[l] = fmadd::<F>(qd, kr[l], au[l]);
+                            }
                         }
                     }
-                    s[c..c + 16].copy_from_slice(&a16);
+                    for (u, au) in a.iter().enumerate() {
+                        sb[u * tile + c..u * tile + c + 16].copy_from_slice(au);
+                    }
                     c += 16;
                 }
-                // The last < 16 keys: vectorised across keys instead (the
-                // same chain per score).
-                let st = &mut s[full..];
-                st.iter_mut().for_each(|x| *x = 0.0);
-                for (dd, &qd) in qs.iter().enumerate() {
-                    for (sv, &kv) in st.iter_mut().zip(&kt[dd * tk + full..(dd + 1) * tk]) {
-                        *sv = fmadd::<F>(qd, kv, *sv);
+                let mut live = [false; QB];
+                for u in 0..qb {
+                    let i = i0 + u;
+                    let s = &mut sb[u * tile..u * tile + tk];
+                    // The last < 16 keys: vectorised across keys instead (the
+                    // same chain per score).
+                    let st = &mut s[full..];
+                    st.iter_mut().for_each(|x| *x = 0.0);
+                    for (dd, &qd) in qs[u * hd..(u + 1) * hd].iter().enumerate() {
+                        for (sv, &kv) in st.iter_mut().zip(&kt[dd * tk + full..(dd + 1) * tk]) {
+                            *sv = fmadd::<F>(qd, kv, *sv);
+                        }
                     }
-                }
-                if let Some(bb) = bias {
-                    let row = &bb[(h * seq + i) * seq..][..seq];
-                    for (sv, &j) in s.iter_mut().zip(ks) {
-                        *sv += row[j];
+                    if let Some(bb) = bias {
+                        let row = &bb[(h * seq + i) * seq..][..seq];
+                        for (sv, &j) in s.iter_mut().zip(ks) {
+                            *sv += row[j];
+                        }
                     }
+                    let m_new = run_max[i].max(max_f32(s));
+                    if m_new == f32::NEG_INFINITY {
+                        // Every key so far is hidden by the bias (a window):
+                        // nothing to add, and −∞ − −∞ would be NaN.
+                        continue;
+                    }
+                    let corr = exp_f32::<F>(run_max[i] - m_new);
+                    for sv in s.iter_mut() {
+                        *sv = exp_f32::<F>(*sv - m_new);
+                    }
+                    run_sum[i] = fmadd::<F>(run_sum[i], corr, sum_f32(s));
+                    run_max[i] = m_new;
+                    if corr != 1.0 {
+                        acc[i * hd..(i + 1) * hd].iter_mut().for_each(|x| *x *= corr);
+                    }
+                    live[u] = true;
                 }
-                let m_new = run_max[i].max(max_f32(s));
-                if m_new == f32::NEG_INFINITY {
-                    // Every key so far is hidden by the bias (a window):
-                    // nothing to add, and −∞ − −∞ would be NaN.
-                    continue;
-                }
-                let corr = exp_f32::<F>(run_max[i] - m_new);
-                for sv in s.iter_mut() {
-                    *sv = exp_f32::<F>(*sv - m_new);
-                }
-                run_sum[i] = fmadd::<F>(run_sum[i], corr, sum_f32(s));
-                run_max[i] = m_new;
-                let ai = &mut acc[i * hd..(i + 1) * hd];
-                if corr != 1.0 {
-                    ai.iter_mut().for_each(|x| *x *= corr);
-                }
-                // P·V 16 head lanes at a time, kept in registers across the
-                // tile's keys (same FMA chain per lane, key order unchanged).
+                // P·V, 16 head lanes × QB queries at a time in registers
+                // across the tile's keys (each V load serves QB queries; per
+                // lane the same FMA chain, key order unchanged). A short or
+                // partly hidden block goes one query at a time.
                 let hfull = hd / 16 * 16;
-                let mut c = 0;
-                while c < hfull {
-                    let mut a16 = [0f32; 16];
-                    a16.copy_from_slice(&ai[c..c + 16]);
-                    for (jj, &p) in s.iter().enumerate() {
-                        let vr = &vt[jj * hd + c..jj * hd + c + 16];
-                        for l in 0..16 {
-                            a16[l] = fmadd::<F>(p, vr[l], a16[l]);
+                if qb == QB && live.iter().all(|&l| l) {
+                    let mut c = 0;
+                    while c < hfull {
+                        let mut a = [[0f32; 16]; QB];
+                        for (u, au) in a.iter_mut().enumerate() {
+                            au.copy_from_slice(&acc[(i0 + u) * hd + c..(i0 + u) * hd + c + 16]);
+                        }
+                        for jj in 0..tk {
+                            let vr = &vt[jj * hd + c..jj * hd + c + 16];
+                            for (u, au) in a.iter_mut().enumerate() {
+                                let p = sb[u * tile + jj];
+                                for l in 0..16 {
+                                    au[l] = fmadd::<F>(p, vr[l], au[l]);
+                                }
+                            }
+                        }
+                        for (u, au) in a.iter().enumerate() {
+                            acc[(i0 + u) * hd + c..(i0 + u) * hd + c + 16].copy_from_slice(au);
+                        }
+                        c += 16;
+                    }
+                    if hfull < hd {
+                        for u in 0..QB {
+                            pv_lanes::<F>(&mut acc[(i0 + u) * hd..(i0 + u + 1) * hd], &sb[u * tile..u * tile + tk], &vt, hd, hfull);
                         }
                     }
-                    ai[c..c + 16].copy_from_slice(&a16);
-                    c += 16;
-                }
-                if hfull < hd {
-                    for (jj, &p) in s.iter().enumerate() {
-                        for (av, &vv) in ai[hfull..].iter_mut().zip(&vt[jj * hd + hfull..(jj + 1) * hd]) {
-                            *av = fmadd::<F>(p, vv, *av);
+                } else {
+                    for u in (0..qb).filter(|&u| live[u]) {
+                        let ai = &mut acc[(i0 + u) * hd..(i0 + u + 1) * hd];
+                        let s = &sb[u * tile..u * tile + tk];
+                        let mut c = 0;
+                        while c < hfull {
+                            let mut a16 = [0f32; 16];
+                            a16.copy_from_slice(&ai[c..c + 16]);
+                            for (jj, &p) in s.iter().enumerate() {
+                                let vr = &vt[jj * hd + c..jj * hd + c + 16];
+                                for l in 0..16 {
+                                    a16[l] = fmadd::<F>(p, vr[l], a16[l]);
+                                }
+                            }
+                            ai[c..c + 16].copy_from_slice(&a16);
+                            c += 16;
                         }
+                        pv_lanes::<F>(ai, s, &vt, hd, hfull);
                     }
                 }
+                i0 += qb;
             }
         }
         for i in 0..seq {
@@ -717,6 +780,40 @@ pub fn attention_bias(q: &[f32], k: &[f32], v: &[f32], row_stride: usize, mask: 
         }
     } else {
         pool::run(n, |bh| attention_head(q, k, v, row_stride, mask, bias, o, bh / heads, bh % heads, seq, heads, hd, scale));
+    }
+}
+
+/// Packed (varlen) attention over `segs` (start token, tokens) of one token
+/// stream, each segment attending to itself without a mask: one task per
+/// (segment, head), all in one pool region, so a batch of many short
+/// sequences keeps every pool thread busy with no barrier between segments.
+/// The caller checked that every segment lies inside `q`/`k`/`v` (rows
+/// `row_stride` apart) and `out` (`heads·hd` a token).
+#[allow(clippy::too_many_arguments)]
+pub fn attention_segments(q: &[f32], k: &[f32], v: &[f32], row_stride: usize, segs: &[(usize, usize)], out: &mut [f32], heads: usize, hd: usize, scale: f32) {
+    let d = heads * hd;
+    assert!(segs.iter().all(|&(s, l)| l == 0 || ((s + l - 1) * row_stride + d <= q.len().min(k.len()).min(v.len()) && (s + l) * d <= out.len())), "attention segments outside the operands");
+    let o = SendPtr(out.as_mut_ptr());
+    let n = segs.len() * heads;
+    let work: usize = segs.iter().map(|&(_, l)| heads * l * l * hd * 2).sum();
+    let one = |i: usize| {
+        let (start, len) = segs[i / heads];
+        if len == 0 {
+            return;
+        }
+        let at = start * row_stride;
+        let span = (len - 1) * row_stride + d;
+        // SAFETY: the segment's `len` rows of `out` start at start·d (asserted
+        // in bounds above); the (segment, head) task writes only head h's
+        // columns of those rows, and segments do not overlap (the caller's
+        // offsets rise).
+        let os = SendPtr(unsafe { o.ptr().add(start * d) });
+        attention_head(&q[at..at + span], &k[at..at + span], &v[at..at + span], row_stride, None, None, os, 0, i % heads, len, heads, hd, scale);
+    };
+    if pool::tasks_for(work) > 1 {
+        pool::run(n, one);
+    } else {
+        (0..n).for_each(one);
     }
 }
 
@@ -837,6 +934,43 @@ mod tests {
         assert!(worst < 5e-7, "exp rel err {worst}");
         assert_eq!(exp_f32::<false>(f32::NEG_INFINITY), 0.0);
         assert!(exp_f32::<false>(f32::NAN).is_nan());
+    }
+
+    /// The one-region varlen kernel gives, bitwise, what the dense kernel
+    /// gives on each segment alone (batch 1, no mask): the split over
+    /// (segment, head) tasks changes nothing. Segments of 5, 70, 1, 0 and 33
+    /// tokens in a q|k|v row layout; large enough to use the pool.
+    #[test]
+    fn attention_segments_match_per_segment_dense() {
+        let (heads, hd) = (12, 32);
+        let d = heads * hd;
+        let lens = [5usize, 70, 1, 0, 33];
+        let tokens: usize = lens.iter().sum();
+        let stride = 3 * d;
+        let mut state = 0x5eed_u64;
+        let qkv: Vec<f32> = (0..tokens * stride)
+            .map(|_| {
+                state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+            })
+            .collect();
+        let (q, k, v) = (&qkv[..], &qkv[d..], &qkv[2 * d..]);
+        let mut segs = Vec::new();
+        let mut start = 0;
+        for &l in &lens {
+            segs.push((start, l));
+            start += l;
+        }
+        let scale = 1.0 / (hd as f32).sqrt();
+        let mut got = vec![f32::NAN; tokens * d];
+        attention_segments(q, k, v, stride, &segs, &mut got, heads, hd, scale);
+        let mut want = vec![f32::NAN; tokens * d];
+        for &(s, l) in segs.iter().filter(|s| s.1 > 0) {
+            let (at, span) = (s * stride, (l - 1) * stride + d);
+            attention(&q[at..at + span], &k[at..at + span], &v[at..at + span], stride, None, &mut want[s * d..(s + l) * d], 1, l, heads, hd, scale);
+        }
+        assert!(got.iter().all(|x| x.is_finite()), "every output written");
+        assert!(got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()), "varlen differs from per-segment dense");
     }
 
     #[test]

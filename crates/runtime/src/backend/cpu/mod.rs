@@ -14,6 +14,7 @@ pub mod kernels;
 pub mod packed;
 pub mod pool;
 pub mod progress;
+pub mod region;
 pub mod varlen;
 
 use super::{Activation, Attention, Backend, BackendEvent, BackendKind, BackendStream, BufSlice, BufferId, Capabilities, DType, Gather, Gemm, HostFns, Kernels, LayerNorm, MeanPool, Rope, SegmentMeanPool, VarlenAttention, WeightPack};
@@ -360,11 +361,9 @@ impl Kernels for CpuStream {
     }
     unsafe fn gemm_weight(&self, g: &Gemm, pack: &WeightPack) -> Result<()> {
         f32_only(g.dtype)?;
-        if g.m < kernels::SMALL_M {
-            // Few rows stream the weight unpacked (no packing to save).
-            // SAFETY: the caller's contract is gemm's.
-            return unsafe { self.gemm(g) };
-        }
+        // Every row count takes the pack, batch 1 too: the packed tile (rows
+        // past m repeated, computed but not stored) beat the one-row dot path
+        // at every m from 1 to 7 (`examples/cpu_small_ops.rs`, docs/cpu.md).
         let g = *g;
         let pack = pack.clone();
         let (a, w, b, o) = (arg(g.a), arg(g.w), g.bias.map(arg), arg(g.out));

@@ -97,6 +97,28 @@ pub unsafe fn gemm_block(
     p0: usize,
     p1: usize,
 ) {
+    #[cfg(target_arch = "x86_64")]
+    if r1 - r0 == 1 && super::kernels::has_avx2_fma() {
+        // One row (batch 1, the GEMV): 4 panels at a time, 8 independent
+        // accumulators instead of a 6-row tile computing 5 copies of the row.
+        let mut p = p0;
+        while p + 4 <= p1 {
+            let mut acc = [[0f32; NR]; 4];
+            // SAFETY: AVX2 and FMA are present (checked above); panels p..p+4
+            // exist (p + 4 <= p1 <= panels) and row r0 holds k floats.
+            unsafe { row_avx2(&a[r0 * pw.k..(r0 + 1) * pw.k], &pw.data[p * pw.k * NR..(p + 4) * pw.k * NR], pw.k, &mut acc) };
+            for (q, row) in acc.iter().enumerate() {
+                // SAFETY: forwarded from the caller (row r0, panel p + q ⊂ p0..p1).
+                unsafe { store(&[*row], pw.n, bias, out, ldo, r0, 1, p + q) };
+            }
+            p += 4;
+        }
+        for p in p..p1 {
+            // SAFETY: forwarded from the caller.
+            unsafe { tile(a, pw, bias, out, ldo, r0, 1, p) };
+        }
+        return;
+    }
     let mc = row_block(pw.k);
     let tile_rows = if use_avx512() { MR512 } else { MR };
     let mut rb = r0;
@@ -259,6 +281,37 @@ unsafe fn tile_avx2(arow: &[&[f32]; MR], panel: &[f32], k: usize, acc: &mut [[f3
     }
 }
 
+/// One row against 4 consecutive panels (`panels` holds 4·k·16 floats) on
+/// AVX2+FMA: 8 accumulators of 8 lanes, each output element the same FMA chain
+/// over kk = 0..k as in [`tile_avx2`] (so the same bits).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn row_avx2(arow: &[f32], panels: &[f32], k: usize, acc: &mut [[f32; NR]; 4]) {
+    use std::arch::x86_64::*;
+    debug_assert!(panels.len() >= 4 * k * NR && arow.len() >= k);
+    let mut c = [_mm256_setzero_ps(); 8];
+    let pp = panels.as_ptr();
+    for kk in 0..k {
+        // SAFETY: kk < k; every panel holds k × 16 floats and the row k floats
+        // (asserted in debug, guaranteed by the caller's slicing).
+        unsafe {
+            let av = _mm256_broadcast_ss(&*arow.as_ptr().add(kk));
+            for q in 0..4 {
+                let b = pp.add(q * k * NR + kk * NR);
+                c[2 * q] = _mm256_fmadd_ps(av, _mm256_loadu_ps(b), c[2 * q]);
+                c[2 * q + 1] = _mm256_fmadd_ps(av, _mm256_loadu_ps(b.add(8)), c[2 * q + 1]);
+            }
+        }
+    }
+    for q in 0..4 {
+        // SAFETY: acc[q] is 16 floats; each store writes 8.
+        unsafe {
+            _mm256_storeu_ps(acc[q].as_mut_ptr(), c[2 * q]);
+            _mm256_storeu_ps(acc[q].as_mut_ptr().add(8), c[2 * q + 1]);
+        }
+    }
+}
+
 /// The tile on AVX-512F: 12 accumulators of 16 lanes, the same FMA chain
 /// per element as [`tile_avx2`] (so the same bits).
 #[cfg(target_arch = "x86_64")]
@@ -321,6 +374,28 @@ fn tile_portable(arow: &[&[f32]; MR], panel: &[f32], k: usize, acc: &mut [[f32; 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The one-row path (batch 1) gives the same bits as the same row
+    /// computed inside a multi-row tile, and the f64 answer.
+    #[test]
+    fn one_row_path_matches_the_tile_bitwise() {
+        let (n, k) = (16 * 9 + 5, 300);
+        let a: Vec<f32> = (0..3 * k).map(|i| ((i * 7919 % 1000) as f32 / 500.0) - 1.0).collect();
+        let w: Vec<f32> = (0..n * k).map(|i| ((i * 104729 % 997) as f32 / 498.5) - 1.0).collect();
+        let b: Vec<f32> = (0..n).map(|i| i as f32 * 0.01).collect();
+        let pw = PackedWeights::pack(&w, n, k);
+        let mut three = vec![f32::NAN; 3 * n];
+        // SAFETY: out is 3 × n, the call owns all of it.
+        unsafe { gemm_block(&a, &pw, Some(&b), three.as_mut_ptr(), n, 0, 3, 0, pw.panels()) };
+        for r in 0..3 {
+            let mut one = vec![f32::NAN; n];
+            // SAFETY: out is 1 × n (row r of `a` given as a 1-row matrix).
+            unsafe { gemm_block(&a[r * k..(r + 1) * k], &pw, Some(&b), one.as_mut_ptr(), n, 0, 1, 0, pw.panels()) };
+            assert!(one.iter().zip(&three[r * n..(r + 1) * n]).all(|(x, y)| x.to_bits() == y.to_bits()), "row {r}: one-row path differs from the tile");
+            let worst = (0..n).map(|j| ((0..k).map(|kk| a[r * k + kk] as f64 * w[j * k + kk] as f64).sum::<f64>() + b[j] as f64 - one[j] as f64).abs()).fold(0f64, f64::max);
+            assert!(worst < 1e-4, "row {r}: off by {worst}");
+        }
+    }
 
     #[test]
     fn packed_block_matches_f64() {

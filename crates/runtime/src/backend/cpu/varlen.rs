@@ -1,8 +1,9 @@
 //! Packed (varlen) attention on the CPU backend: each sequence of the token
 //! stream (`cu_seqlens[b] .. cu_seqlens[b+1]`) attends to itself with the
-//! dense kernel of [`super::kernels::attention`], batch 1 and no mask, so
-//! no work is spent on padding. Owns only this loop over segments; the
-//! arithmetic is the dense kernel's.
+//! dense kernel's per-head arithmetic ([`super::kernels::attention_segments`]),
+//! no mask, so no work is spent on padding; every (segment, head) is one task
+//! of a single pool region. Owns the checks of the offsets; the arithmetic
+//! is the dense kernel's.
 
 use super::kernels;
 use crate::error::{Error, Result};
@@ -33,6 +34,7 @@ pub fn attention_varlen(
             out.len() / d.max(1)
         )));
     }
+    let mut segs = Vec::with_capacity(cu.len().saturating_sub(1));
     for w in cu.windows(2) {
         let (start, len) = (w[0] as usize, (w[1] - w[0]) as usize);
         if len == 0 {
@@ -45,20 +47,9 @@ pub fn attention_varlen(
                 "attention_varlen: segment at {start} of {len} tokens runs past the q/k/v rows"
             )));
         }
-        kernels::attention(
-            &q[at..at + span],
-            &k[at..at + span],
-            &v[at..at + span],
-            row_stride,
-            None,
-            &mut out[start * d..(start + len) * d],
-            1,
-            len,
-            heads,
-            hd,
-            scale,
-        );
+        segs.push((start, len));
     }
+    kernels::attention_segments(q, k, v, row_stride, &segs, out, heads, hd, scale);
     Ok(())
 }
 
