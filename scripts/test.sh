@@ -53,7 +53,17 @@ fi
 
 phase "cargo test --workspace --release: build"
 mkdir -p target
-cargo test --workspace --release --no-run
+# braid-batch and braid-serve build no unit-test binary (`[lib] test = false`
+# in their Cargo.toml): a #[test] in their src/ would never run, so it is an
+# error here.
+for c in batch serve; do
+  if grep -rlE '#\[(cfg\(test\)|test)\]' crates/$c/src; then
+    echo "FAILED: unit tests in crates/$c/src (above) would not run: delete '[lib] test = false' from crates/$c/Cargo.toml"; exit 1
+  fi
+done
+# --timings: target/cargo-timings/cargo-timing.html shows what each crate and
+# test binary cost (docs/ci.md).
+cargo test --workspace --release --no-run --timings
 phase "cargo test --workspace --release: run"
 # --nocapture: the tests' figures (threads, cycles, slots leaked) and every
 # SKIPPED line (GPU tests without a GPU, model tests without the model) show.
@@ -66,8 +76,11 @@ phase "pip install of the HTTP client libraries"
 # prometheus_client) from PyPI; the script prints SKIPPED without the model
 # and exits non-zero if any check fails, which fails this script.
 python3 -m pip install --quiet --disable-pip-version-check openai huggingface_hub langchain-openai prometheus_client numpy 2>&1 | grep -v "Running pip as the 'root' user" || true
-phase "cargo build --release -p braid"
-cargo build --release -p braid 2>&1 | tail -1
+# The test build above linked target/release/braid (the CLI's integration
+# tests run it). `cargo build -p braid` is not run: resolving one package's
+# features without the dev-dependencies turns num-traits' std feature off,
+# which rebuilt half, naga, wgpu and all of braid (2.5 min on 2 cores).
+[ -x target/release/braid ] || { echo "FAILED: the test build did not leave target/release/braid"; exit 1; }
 phase "HTTP client libraries against a real braid serve (crates/serve/tests/clients/test_clients.py)"
 if ! python3 crates/serve/tests/clients/test_clients.py --braid target/release/braid 2>&1 | tee target/clients.log; then
   echo "FAILED: HTTP client tests (target/clients.log)"
