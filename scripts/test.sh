@@ -20,10 +20,11 @@ export CARGO_TERM_COLOR=never
 
 # Per-phase timing: `phase NAME` closes the previous phase and opens NAME;
 # the table at exit gives each phase's wall time and the CPU time (user+sys)
-# of the processes it waited for (bash's `times`), which the shared-machine
-# load does not inflate the way it inflates wall time.
-phase_rows=() phase_name="" phase_t0=0 phase_c0=0 suite_t0=$(date +%s)
-child_cpu() { times | awk 'NR==2 { split($1,u,/[ms]/); split($2,s,/[ms]/); printf "%d", u[1]*60+u[2]+s[1]*60+s[2] }'; }
+# of the processes it waited for (this shell's cutime+cstime in
+# /proc/$$/stat), which the shared-machine load does not inflate the way it
+# inflates wall time.
+phase_rows=() phase_name="" phase_t0=0 phase_c0=0 suite_t0=$(date +%s) clk_tck=$(getconf CLK_TCK)
+child_cpu() { local s; s=$(cat /proc/$$/stat 2>/dev/null) || { echo 0; return; }; s=${s##*) }; set -- $s; echo $(( (${14} + ${15}) / clk_tck )); }
 phase() {
   local now cpu; now=$(date +%s); cpu=$(child_cpu)
   [ -n "$phase_name" ] && phase_rows+=("$(printf '%6d s wall %6d s cpu  %s' $((now - phase_t0)) $((cpu - phase_c0)) "$phase_name")")
