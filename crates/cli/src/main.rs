@@ -209,6 +209,12 @@ fn main() -> ExitCode {
             eprint!("{report}");
         }
     }
+    // BRAID_CPU_PROFILE: wall time per CPU op and shape (docs/cpu.md).
+    if braid_runtime::backend::cpu::profile::enabled() {
+        if let Some(report) = braid_runtime::backend::cpu::profile::report() {
+            eprint!("{report}");
+        }
+    }
     match r {
         Ok(code) => code,
         Err(e) => {

@@ -64,6 +64,10 @@ fn main() {
             ""
         }
     );
+    if std::env::args().any(|a| a == "--ab") {
+        ab(&shapes);
+        return;
+    }
     println!("| m x n x k | matrixmultiply blocks | packed kernel, pack per call | prepacked | prepacked / matrixmultiply | max rel diff | prepacked output hash |");
     println!("|---|---:|---:|---:|---:|---:|---:|");
     for (m, n, k) in shapes {
@@ -108,4 +112,42 @@ fn main() {
             (num / den).sqrt()
         );
     }
+}
+
+/// `--ab`: the prepacked GEMM under its A/B knobs, round-robin in one
+/// process (so a noisy host's load falls on every variant alike): the
+/// default (balanced split, k-blocking), k-blocking off, the round-3 split
+/// (`traffic`), both of those (round 3's loop with this session's tile),
+/// and the makespan-only split. Outputs must hash the same: neither knob
+/// changes the arithmetic.
+fn ab(shapes: &[(usize, usize, usize)]) {
+    use braid_runtime::backend::cpu::packed::set_k_blocking;
+    let variants: [(&str, usize, bool); 5] = [("default", 0, true), ("kblock off", 0, false), ("split traffic", 1, true), ("traffic + kblock off", 1, false), ("split makespan", 2, true)];
+    println!("| m x n x k | {} | same bits |", variants.iter().map(|v| v.0).collect::<Vec<_>>().join(" | "));
+    println!("|---|{}---|", "---:|".repeat(variants.len()));
+    for &(m, n, k) in shapes {
+        let a: Vec<f32> = (0..m * k).map(|i| ((i * 7919 % 1000) as f32 / 500.0) - 1.0).collect();
+        let w: Vec<f32> = (0..n * k).map(|i| ((i * 104729 % 997) as f32 / 498.5) - 1.0).collect();
+        let b: Vec<f32> = (0..n).map(|i| i as f32 * 0.01).collect();
+        let pw = PackedWeights::pack(&w, n, k);
+        let mut outs: Vec<Vec<f32>> = variants.iter().map(|_| vec![0f32; m * n]).collect();
+        let mut fs: Vec<Box<dyn FnMut() + '_>> = Vec::new();
+        for (v, o) in variants.iter().zip(outs.iter_mut()) {
+            let (pw, a, b) = (&pw, &a, &b);
+            let (split, kb) = (v.1, v.2);
+            fs.push(Box::new(move || {
+                kernels::set_split_mode(split);
+                set_k_blocking(kb);
+                kernels::gemm_packed(m, a, pw, Some(b), o, Activation::None)
+            }));
+        }
+        let mut refs: Vec<&mut dyn FnMut()> = fs.iter_mut().map(|f| &mut **f as &mut dyn FnMut()).collect();
+        let g = gflops(m, n, k, &mut refs);
+        drop(refs);
+        drop(fs);
+        let same = outs.iter().all(|o| o.iter().zip(&outs[0]).all(|(x, y)| x.to_bits() == y.to_bits()));
+        println!("| {m} x {n} x {k} | {} | {} |", g.iter().map(|x| format!("{x:.1}")).collect::<Vec<_>>().join(" | "), if same { "yes" } else { "NO" });
+    }
+    kernels::set_split_mode(0);
+    set_k_blocking(true);
 }

@@ -63,7 +63,9 @@ pub fn has_avx2_fma() -> bool {
 pub fn simd_level() -> &'static str {
     #[cfg(target_arch = "x86_64")]
     {
-        if has_avx2_fma() {
+        if packed::use_avx512() {
+            "avx512f+fma"
+        } else if has_avx2_fma() {
             "avx2+fma"
         } else {
             "sse2"
@@ -79,8 +81,13 @@ pub fn simd_level() -> &'static str {
     }
 }
 
-/// Define `fn name(args)` whose body is compiled for AVX2+FMA (taken when
-/// the CPU has them, checked at run time) and for the baseline target. The
+/// Define `fn name(args)` whose body is compiled for AVX-512F (taken where
+/// [`packed::use_avx512`] says so: the CPU has it and `BRAID_CPU_AVX512` is
+/// not 0), for AVX2+FMA (taken when the CPU has them, checked at run time)
+/// and for the baseline target. The bodies are written over 16-lane arrays,
+/// which the AVX-512 build holds in one register instead of two, and are the
+/// same IEEE operations in the same order at every width, so all three give
+/// the same bits wherever FMA is used. The
 /// body is generic over `const F: bool`, true where fused multiply-add is
 /// available (use [`fmadd`]), so the baseline build never calls a slow
 /// software `fma`.
@@ -94,10 +101,20 @@ macro_rules! simd_fn {
             fn body<const $F: bool>($($arg: $ty),*) $body
             #[cfg(target_arch = "x86_64")]
             {
+                #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")]
+                #[allow(clippy::too_many_arguments)]
+                unsafe fn avx512($($arg: $ty),*) {
+                    body::<true>($($arg),*)
+                }
                 #[target_feature(enable = "avx2,fma")]
                 #[allow(clippy::too_many_arguments)]
                 unsafe fn avx2($($arg: $ty),*) {
                     body::<true>($($arg),*)
+                }
+                if packed::use_avx512() {
+                    // SAFETY: `use_avx512` is true only where the CPU has
+                    // AVX-512F/VL/BW/DQ, AVX2 and FMA, this function's features.
+                    return unsafe { avx512($($arg),*) };
                 }
                 if has_avx2_fma() {
                     // SAFETY: the CPU supports AVX2 and FMA (checked just above),
@@ -440,20 +457,14 @@ pub fn gemm_packed(m: usize, a: &[f32], pw: &PackedWeights, bias: Option<&[f32]>
     let panels = pw.panels();
     let tasks = pool::tasks_for(m.saturating_mul(n).saturating_mul(k.max(1)));
     let p = tasks.min(pool::threads()).max(1);
-    let (mut mt, mut nt, mut best) = (1, 1, usize::MAX);
-    for cand_mt in 1..=p {
-        let cand_nt = p / cand_mt;
-        if cand_mt * cand_nt != p || (cand_mt > 1 && m / cand_mt < packed::MR) || (cand_nt > 1 && panels / cand_nt < 1) {
-            continue;
-        }
-        let cost = cand_nt * m + cand_mt * n;
-        if cost < best {
-            (mt, nt, best) = (cand_mt, cand_nt, cost);
-        }
-    }
+    let (mr, unit) = (packed::tile_rows(), if packed::use_avx512() { 2 } else { 1 });
+    let (row_tiles, col_units) = (m.div_ceil(mr), panels.div_ceil(unit));
+    let (mt, nt) = gemm_split(m, n, row_tiles, col_units, p, split_mode());
     pool::run(mt * nt, |t| {
-        let (r0, r1) = pool::chunk(m, mt, t / nt, packed::MR);
-        let (p0, p1) = pool::chunk(panels, nt, t % nt, 1);
+        let (r0, r1) = (row_tiles.div_ceil(mt) * mr * (t / nt), row_tiles.div_ceil(mt) * mr * (t / nt + 1));
+        let (r0, r1) = (r0.min(m), r1.min(m));
+        let per = col_units.div_ceil(nt) * unit;
+        let (p0, p1) = ((per * (t % nt)).min(panels), (per * (t % nt + 1)).min(panels));
         if r0 >= r1 || p0 >= p1 {
             return;
         }
@@ -483,6 +494,60 @@ simd_fn! {
     fn act_range<const F: bool>(x: &[f32], out: &mut [f32], activation: Activation) {
         for (o, &v) in out.iter_mut().zip(x) {
             *o = act_f::<F>(v, activation);
+        }
+    }
+}
+
+/// How [`gemm_packed`] splits a GEMM over the pool (`BRAID_CPU_SPLIT`, or
+/// [`set_split_mode`] for in-process A/B runs): 0 balanced (the default),
+/// 1 traffic (round 3: exactly p tasks, least re-reading), 2 makespan only.
+static SPLIT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(usize::MAX);
+
+fn split_mode() -> usize {
+    use std::sync::atomic::Ordering::Relaxed;
+    // Relaxed: a mode flag; each value is valid on its own and nothing else
+    // is published through it.
+    match SPLIT.load(Relaxed) {
+        usize::MAX => {
+            let v = match std::env::var("BRAID_CPU_SPLIT").as_deref().map(str::trim) {
+                Ok("traffic") => 1,
+                Ok("makespan") => 2,
+                _ => 0,
+            };
+            let _ = SPLIT.compare_exchange(usize::MAX, v, Relaxed, Relaxed);
+            SPLIT.load(Relaxed)
+        }
+        v => v,
+    }
+}
+
+/// Set the GEMM split mode (see [`split_mode`]'s modes) for A/B runs.
+#[doc(hidden)]
+pub fn set_split_mode(mode: usize) {
+    // Relaxed: as in `split_mode`.
+    SPLIT.store(mode.min(2), std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Split an `m × n` GEMM (`row_tiles` register tiles of rows, `col_units`
+/// panel units) into `mt` row chunks × `nt` panel chunks, `mt·nt ≤ p`.
+///
+/// Balanced (mode 0): the largest task, counted in whole tiles × whole
+/// units (a chunk that ends mid-tile still pays for the tile), within 10% of
+/// the smallest possible, and among those the split that re-reads the least
+/// (every row chunk reads all its panels' weights, every panel chunk packs
+/// all its rows of `a`: `nt·m + mt·n`). Makespan alone (mode 2) picked
+/// 1 × 16 for 2048 × 1536 (3% shorter on paper than 4 × 4, but every task
+/// packed all 2048 rows) and lost 40% on the 16-core host.
+fn gemm_split(m: usize, n: usize, row_tiles: usize, col_units: usize, p: usize, mode: usize) -> (usize, usize) {
+    let traffic = |mt: usize, nt: usize| nt * m + mt * n;
+    let cands = || (1..=p.min(row_tiles)).flat_map(move |mt| (1..=(p / mt).min(col_units)).map(move |nt| (mt, nt)));
+    let span = |(mt, nt): (usize, usize)| row_tiles.div_ceil(mt) * col_units.div_ceil(nt);
+    match mode {
+        1 => cands().filter(|&(mt, nt)| mt * nt == p).min_by_key(|&(mt, nt)| traffic(mt, nt)).unwrap_or((1, 1)),
+        2 => cands().min_by_key(|&c| (span(c), traffic(c.0, c.1))).unwrap_or((1, 1)),
+        _ => {
+            let best = cands().map(span).min().unwrap_or(1);
+            cands().filter(|&c| span(c) * 10 <= best * 11).min_by_key(|&c| (traffic(c.0, c.1), c.0 * c.1)).unwrap_or((1, 1))
         }
     }
 }

@@ -13,6 +13,7 @@
 pub mod kernels;
 pub mod packed;
 pub mod pool;
+pub mod profile;
 pub mod progress;
 pub mod region;
 pub mod varlen;
@@ -212,6 +213,17 @@ impl CpuStream {
         self.tx.send(job).map_err(|_| Error::DeviceShutDown("cpu stream".into()))
     }
 
+    /// Enqueue a kernel job named `op` (for `BRAID_CPU_PROFILE`, see
+    /// [`profile`]; `detail` and `flops` are evaluated only when profiling).
+    fn enqueue_op(&self, op: &'static str, detail: impl FnOnce() -> String + Send + 'static, flops: f64, job: impl FnOnce() -> Result<()> + Send + 'static) -> Result<()> {
+        self.enqueue(Box::new(move || {
+            let t = profile::Timer::start();
+            let r = job();
+            t.stop(op, detail, flops);
+            r
+        }))
+    }
+
     fn wait_until(&self, target: u64) -> Result<()> {
         self.progress.wait_until(target, wait_spin())
     }
@@ -351,13 +363,13 @@ impl Kernels for CpuStream {
         f32_only(g.dtype)?;
         let g = *g;
         let (a, w, b, o) = (arg(g.a), arg(g.w), g.bias.map(arg), arg(g.out));
-        self.enqueue(Box::new(move || {
+        self.enqueue_op("gemm", move || format!("m{} n{} k{} unpacked", g.m, g.n, g.k), 2.0 * g.m as f64 * g.n as f64 * g.k as f64, move || {
             // SAFETY (all four): caller contract on the descriptor's sizes and lifetimes.
             unsafe {
                 kernels::gemm(g.m, g.n, g.k, a.f32(g.m * g.k), w.f32(g.n * g.k), b.map(|b| b.f32(g.n)), o.f32_mut(g.m * g.n), g.act);
             }
             Ok(())
-        }))
+        })
     }
     unsafe fn gemm_weight(&self, g: &Gemm, pack: &WeightPack) -> Result<()> {
         f32_only(g.dtype)?;
@@ -367,7 +379,7 @@ impl Kernels for CpuStream {
         let g = *g;
         let pack = pack.clone();
         let (a, w, b, o) = (arg(g.a), arg(g.w), g.bias.map(arg), arg(g.out));
-        self.enqueue(Box::new(move || {
+        self.enqueue_op("gemm", move || format!("n{} k{}", g.n, g.k), 2.0 * g.m as f64 * g.n as f64 * g.k as f64, move || {
             // SAFETY (all four): caller contract on the descriptor's sizes and
             // lifetimes; `w` is not written while `pack` lives.
             unsafe {
@@ -383,47 +395,47 @@ impl Kernels for CpuStream {
                 }
             }
             Ok(())
-        }))
+        })
     }
     unsafe fn add(&self, a: BufSlice, b: BufSlice, out: BufSlice, n: usize, dtype: DType) -> Result<()> {
         f32_only(dtype)?;
         let (a, b, o) = (arg(a), arg(b), arg(out));
-        self.enqueue(Box::new(move || {
+        self.enqueue_op("add", move || String::new(), 0.0, move || {
             // SAFETY: caller contract; `out` may alias `a` or `b` only elementwise,
             // which `add` reads before it writes each element.
             unsafe { kernels::add(a.f32(n), b.f32(n), o.f32_mut(n)) };
             Ok(())
-        }))
+        })
     }
     unsafe fn activation(&self, x: BufSlice, out: BufSlice, n: usize, act: Activation, dtype: DType) -> Result<()> {
         f32_only(dtype)?;
         let (x, o) = (arg(x), arg(out));
-        self.enqueue(Box::new(move || {
+        self.enqueue_op("activation", move || format!("{act:?}"), 0.0, move || {
             // SAFETY: caller contract (elementwise, in-place allowed).
             unsafe { kernels::activation(x.f32(n), o.f32_mut(n), act) };
             Ok(())
-        }))
+        })
     }
     unsafe fn layer_norm(&self, p: &LayerNorm) -> Result<()> {
         f32_only(p.dtype)?;
         let p = *p;
         let n = p.rows * p.cols;
         let (x, r, g, b, o) = (arg(p.x), p.residual.map(arg), arg(p.gamma), arg(p.beta), arg(p.out));
-        self.enqueue(Box::new(move || {
+        self.enqueue_op("layer_norm", move || format!("cols {}{}", p.cols, if p.residual.is_some() { " +residual" } else { "" }), 0.0, move || {
             // SAFETY: caller contract; rows are copied to a scratch row before
             // `out` is written, so in-place is allowed.
             unsafe { kernels::layer_norm(x.f32(n), r.map(|r| r.f32(n)), g.f32(p.cols), b.f32(p.cols), o.f32_mut(n), p.rows, p.cols, p.eps) };
             Ok(())
-        }))
+        })
     }
     unsafe fn softmax(&self, x: BufSlice, out: BufSlice, rows: usize, cols: usize, dtype: DType) -> Result<()> {
         f32_only(dtype)?;
         let (x, o) = (arg(x), arg(out));
-        self.enqueue(Box::new(move || {
+        self.enqueue_op("softmax", move || String::new(), 0.0, move || {
             // SAFETY: caller contract.
             unsafe { kernels::softmax(x.f32(rows * cols), o.f32_mut(rows * cols), rows, cols) };
             Ok(())
-        }))
+        })
     }
     unsafe fn attention(&self, p: &Attention) -> Result<()> {
         f32_only(p.dtype)?;
@@ -433,20 +445,20 @@ impl Kernels for CpuStream {
         // q/k/v span up to the last token's last element.
         let span = if tokens == 0 { 0 } else { (tokens - 1) * p.row_stride + d };
         let (q, k, v, m, o) = (arg(p.q), arg(p.k), arg(p.v), p.mask.map(arg), arg(p.out));
-        self.enqueue(Box::new(move || {
+        self.enqueue_op("attention", move || format!("seq {} heads {} dim {}", p.seq, p.heads, p.head_dim), 4.0 * (p.batch * p.seq * p.seq * p.heads * p.head_dim) as f64, move || {
             // SAFETY: caller contract on the layout documented on `Attention`.
             unsafe {
                 kernels::attention(q.f32(span), k.f32(span), v.f32(span), p.row_stride, m.map(|m| m.f32(tokens)), o.f32_mut(tokens * d), p.batch, p.seq, p.heads, p.head_dim, p.scale)
             };
             Ok(())
-        }))
+        })
     }
     unsafe fn attention_varlen(&self, p: &VarlenAttention) -> Result<()> {
         f32_only(p.dtype)?;
         let p = *p;
         let d = p.heads * p.head_dim;
         let (cu, q, k, v, o) = (arg(p.cu_seqlens), arg(p.q), arg(p.k), arg(p.v), arg(p.out));
-        self.enqueue(Box::new(move || {
+        self.enqueue_op("attention_varlen", move || format!("heads {} dim {}", p.heads, p.head_dim), 0.0, move || {
             // SAFETY: caller contract on `VarlenAttention`: cu_seqlens holds
             // batch+1 u32 (length checked here; read on the stream, after the
             // upload before it).
@@ -460,16 +472,16 @@ impl Kernels for CpuStream {
             // and out tokens*d (every length checked by `P::f32`; the offsets
             // are checked against them by `varlen::attention_varlen`).
             unsafe { varlen::attention_varlen(q.f32(span), k.f32(span), v.f32(span), p.row_stride, cu, o.f32_mut(tokens * d), p.heads, p.head_dim, p.scale) }
-        }))
+        })
     }
     unsafe fn glu(&self, x: BufSlice, out: BufSlice, rows: usize, cols: usize, act: Activation, dtype: DType) -> Result<()> {
         f32_only(dtype)?;
         let (x, o) = (arg(x), arg(out));
-        self.enqueue(Box::new(move || {
+        self.enqueue_op("glu", move || String::new(), 0.0, move || {
             // SAFETY: caller contract: x holds rows*2*cols, out rows*cols f32.
             unsafe { kernels::glu(x.f32(rows * 2 * cols), o.f32_mut(rows * cols), cols, act) };
             Ok(())
-        }))
+        })
     }
     unsafe fn rope_qkv(&self, p: &Rope) -> Result<()> {
         f32_only(p.dtype)?;
@@ -477,11 +489,11 @@ impl Kernels for CpuStream {
         let n = p.rows * 3 * p.heads * p.head_dim;
         let t = p.seq * p.head_dim;
         let (x, o, c, s) = (arg(p.x), arg(p.out), arg(p.cos), arg(p.sin));
-        self.enqueue(Box::new(move || {
+        self.enqueue_op("rope_qkv", move || String::new(), 0.0, move || {
             // SAFETY: caller contract on the layout documented on `Rope`.
             unsafe { kernels::rope_qkv(x.f32(n), o.f32_mut(n), c.f32(t), s.f32(t), p.seq, p.heads, p.head_dim) };
             Ok(())
-        }))
+        })
     }
     unsafe fn attention_bias(&self, p: &Attention, bias: BufSlice) -> Result<()> {
         f32_only(p.dtype)?;
@@ -490,20 +502,20 @@ impl Kernels for CpuStream {
         let tokens = p.batch * p.seq;
         let span = if tokens == 0 { 0 } else { (tokens - 1) * p.row_stride + d };
         let (q, k, v, m, o, bb) = (arg(p.q), arg(p.k), arg(p.v), p.mask.map(arg), arg(p.out), arg(bias));
-        self.enqueue(Box::new(move || {
+        self.enqueue_op("attention_bias", move || format!("seq {} heads {} dim {}", p.seq, p.heads, p.head_dim), 4.0 * (p.batch * p.seq * p.seq * p.heads * p.head_dim) as f64, move || {
             // SAFETY: caller contract on the layout documented on `Attention`;
             // `bias` holds heads*seq*seq f32 (the trait's contract).
             unsafe {
                 kernels::attention_bias(q.f32(span), k.f32(span), v.f32(span), p.row_stride, m.map(|m| m.f32(tokens)), Some(bb.f32(p.heads * p.seq * p.seq)), o.f32_mut(tokens * d), p.batch, p.seq, p.heads, p.head_dim, p.scale)
             };
             Ok(())
-        }))
+        })
     }
     unsafe fn gather(&self, p: &Gather) -> Result<()> {
         f32_only(p.dtype)?;
         let p = *p;
         let (t, ids, o) = (arg(p.table), arg(p.ids), arg(p.out));
-        self.enqueue(Box::new(move || {
+        self.enqueue_op("gather", move || String::new(), 0.0, move || {
             // SAFETY: caller contract: `ids` holds n u32 (checked here).
             let ids = unsafe {
                 assert!(p.n * 4 <= ids.len, "gather ids");
@@ -516,23 +528,23 @@ impl Kernels for CpuStream {
             // SAFETY: caller contract on sizes and lifetimes; ids checked above.
             unsafe { kernels::gather(t.f32(rows * p.dim), ids, o.f32_mut(p.n * p.dim), p.dim) };
             Ok(())
-        }))
+        })
     }
     unsafe fn mean_pool(&self, p: &MeanPool) -> Result<()> {
         f32_only(p.dtype)?;
         let p = *p;
         let (x, m, o) = (arg(p.x), p.mask.map(arg), arg(p.out));
-        self.enqueue(Box::new(move || {
+        self.enqueue_op("mean_pool", move || String::new(), 0.0, move || {
             // SAFETY: caller contract.
             unsafe { kernels::mean_pool(x.f32(p.batch * p.seq * p.dim), m.map(|m| m.f32(p.batch * p.seq)), o.f32_mut(p.batch * p.dim), p.batch, p.seq, p.dim) };
             Ok(())
-        }))
+        })
     }
     unsafe fn segment_mean_pool(&self, p: &SegmentMeanPool) -> Result<()> {
         f32_only(p.dtype)?;
         let p = *p;
         let (cu, x, o) = (arg(p.cu_seqlens), arg(p.x), arg(p.out));
-        self.enqueue(Box::new(move || {
+        self.enqueue_op("segment_mean_pool", move || String::new(), 0.0, move || {
             // SAFETY: caller contract on `SegmentMeanPool`: cu_seqlens holds
             // segments+1 u32 (length asserted here; read on the stream, after
             // the upload before it).
@@ -545,16 +557,16 @@ impl Kernels for CpuStream {
             // segments*dim (lengths checked by `P::f32`; the offsets against
             // them by `varlen::segment_mean_pool`).
             unsafe { varlen::segment_mean_pool(x.f32(tokens * p.dim), cu, o.f32_mut(p.segments * p.dim), p.dim) }
-        }))
+        })
     }
     unsafe fn l2_normalize(&self, x: BufSlice, out: BufSlice, rows: usize, cols: usize, dtype: DType) -> Result<()> {
         f32_only(dtype)?;
         let (x, o) = (arg(x), arg(out));
-        self.enqueue(Box::new(move || {
+        self.enqueue_op("l2_normalize", move || String::new(), 0.0, move || {
             // SAFETY: caller contract (row norm computed before the row is written).
             unsafe { kernels::l2_normalize(x.f32(rows * cols), o.f32_mut(rows * cols), rows, cols) };
             Ok(())
-        }))
+        })
     }
 }
 

@@ -72,14 +72,60 @@ impl PackedWeights {
     }
 }
 
-/// Rows of `a` per cache block: the block of `a` (`MC × k` floats) is reused
-/// across every panel of the task, so it should stay in L2 (~256 KiB here).
-fn row_block(k: usize) -> usize {
-    ((65536 / k.max(1)) / MR).clamp(1, 64) * MR
+/// Rows of `a` per cache block: the packed block of `a` (`MC × k` floats) is
+/// reused across every panel of the task, so it should stay in L2 (256 KiB;
+/// every x86 core since 2008 has at least that much).
+fn row_block(k: usize, mr: usize) -> usize {
+    ((65536 / k.max(1)) / mr).clamp(1, 64) * mr
+}
+
+/// Rows per register tile on this CPU: [`MR512`] with AVX-512F, else [`MR`].
+pub fn tile_rows() -> usize {
+    if use_avx512() {
+        MR512
+    } else {
+        MR
+    }
+}
+
+thread_local! {
+    /// The calling thread's packed rows of `a` (see [`pack_rows`]), kept
+    /// between calls: a fresh 256 KiB `Vec` per call would be an `mmap` and
+    /// page faults per GEMM task in glibc's allocator.
+    static APACK: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Pack rows `rb..re`, columns `k0..k1` of the row-major `a` (stride `k`)
+/// into tiles of `mr` rows, k-major: with `kc = k1 − k0`, tile `t`, element
+/// `(kk, i)` at `(t·kc + kk)·mr + i` is `a[rb + t·mr + i, k0 + kk]`, zero for
+/// rows past `re` (computed, never stored). The kernels then read one
+/// pointer with fixed offsets (one register, no spilled row pointers) and
+/// the hardware prefetcher sees one stream.
+#[allow(clippy::too_many_arguments)]
+fn pack_rows(a: &[f32], k: usize, rb: usize, re: usize, k0: usize, k1: usize, mr: usize, dst: &mut Vec<f32>) {
+    let tiles = (re - rb).div_ceil(mr);
+    let kc = k1 - k0;
+    dst.clear();
+    dst.resize(tiles * kc * mr, 0.0);
+    for t in 0..tiles {
+        let tile = &mut dst[t * kc * mr..(t + 1) * kc * mr];
+        for i in 0..mr.min(re - rb - t * mr) {
+            let r = rb + t * mr + i;
+            for (kk, &v) in a[r * k + k0..r * k + k1].iter().enumerate() {
+                tile[kk * mr + i] = v;
+            }
+        }
+    }
 }
 
 /// `out[i, 16p + j] = a[i]·w[16p + j] + bias` for rows `r0..r1` and panels
 /// `p0..p1`, `out` row stride `ldo` (= n). `a` is row-major with stride `k`.
+///
+/// Loop order (per task): rows in blocks of [`row_block`] rows, packed once
+/// per block ([`pack_rows`]); for each panel (a pair of panels on AVX-512,
+/// so a 12 × 32 tile), every row tile of the block. The panel (pair) is
+/// reused by every row tile while it is in L1/L2, the packed block by every
+/// panel while it is in L2.
 ///
 /// # Safety
 /// `a` holds rows `r0..r1` of `k` floats; `out` points at an `m × ldo` buffer
@@ -97,62 +143,165 @@ pub unsafe fn gemm_block(
     p0: usize,
     p1: usize,
 ) {
+    // SAFETY: forwarded from the caller; `use_avx512()` is true only where
+    // the CPU has AVX-512F.
+    unsafe { gemm_block_at(a, pw, bias, out, ldo, r0, r1, p0, p1, use_avx512()) }
+}
+
+/// [`gemm_block`] with the tile chosen by `avx512` (tests compare both).
+///
+/// # Safety
+/// As [`gemm_block`]; `avx512` only where the CPU has AVX-512F and AVX2+FMA.
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_block_at(
+    a: &[f32],
+    pw: &PackedWeights,
+    bias: Option<&[f32]>,
+    out: *mut f32,
+    ldo: usize,
+    r0: usize,
+    r1: usize,
+    p0: usize,
+    p1: usize,
+    avx512: bool,
+) {
+    if r0 >= r1 || p0 >= p1 {
+        return;
+    }
+    let k = pw.k;
     #[cfg(target_arch = "x86_64")]
     if r1 - r0 == 1 && super::kernels::has_avx2_fma() {
         // One row (batch 1, the GEMV): 4 panels at a time, 8 independent
         // accumulators instead of a 6-row tile computing 5 copies of the row.
+        let row = &a[r0 * k..(r0 + 1) * k];
         let mut p = p0;
-        while p + 4 <= p1 {
+        while p < p1 {
+            let q = (p1 - p).min(4);
             let mut acc = [[0f32; NR]; 4];
-            // SAFETY: AVX2 and FMA are present (checked above); panels p..p+4
-            // exist (p + 4 <= p1 <= panels) and row r0 holds k floats.
-            unsafe { row_avx2(&a[r0 * pw.k..(r0 + 1) * pw.k], &pw.data[p * pw.k * NR..(p + 4) * pw.k * NR], pw.k, &mut acc) };
-            for (q, row) in acc.iter().enumerate() {
-                // SAFETY: forwarded from the caller (row r0, panel p + q ⊂ p0..p1).
-                unsafe { store(&[*row], pw.n, bias, out, ldo, r0, 1, p + q) };
+            let panels = &pw.data[p * k * NR..(p + q) * k * NR];
+            // SAFETY: AVX2 and FMA are present (checked above); `panels`
+            // holds q·k·16 floats and `row` k floats (sliced just above).
+            unsafe {
+                match q {
+                    4 => row_avx2::<4>(row, panels, k, &mut acc),
+                    3 => row_avx2::<3>(row, panels, k, &mut acc),
+                    2 => row_avx2::<2>(row, panels, k, &mut acc),
+                    _ => row_avx2::<1>(row, panels, k, &mut acc),
+                }
             }
-            p += 4;
-        }
-        for p in p..p1 {
-            // SAFETY: forwarded from the caller.
-            unsafe { tile(a, pw, bias, out, ldo, r0, 1, p) };
+            for (qq, acc_q) in acc.iter().enumerate().take(q) {
+                // SAFETY: forwarded from the caller (row r0, panel p + qq ⊂ p0..p1).
+                unsafe { store(&[*acc_q], NR, pw.n, bias, out, ldo, r0, 1, (p + qq) * NR) };
+            }
+            p += q;
         }
         return;
     }
-    let mc = row_block(pw.k);
-    let tile_rows = if use_avx512() { MR512 } else { MR };
-    let mut rb = r0;
-    while rb < r1 {
-        let re = (rb + mc).min(r1);
-        for p in p0..p1 {
-            let mut r = rb;
-            while r < re {
-                let rows = tile_rows.min(re - r);
-                // SAFETY: forwarded from the caller (rows r..r+rows ⊂ r0..r1, panel p ⊂ p0..p1).
-                unsafe { tile(a, pw, bias, out, ldo, r, rows, p) };
-                r += rows;
+    let mr = if avx512 { MR512 } else { MR };
+    let kc = k_block(k);
+    let mc = row_block(kc, mr);
+    APACK.with(|cell| {
+        let mut buf = cell.borrow_mut();
+        let mut rb = r0;
+        while rb < r1 {
+            let re = (rb + mc).min(r1);
+            let tiles = (re - rb).div_ceil(mr);
+            let mut k0 = 0;
+            while k0 < k {
+                let k1 = (k0 + kc).min(k);
+                let part = KPart { k0, k1, first: k0 == 0, last: k1 == k };
+                pack_rows(a, k, rb, re, k0, k1, mr, &mut buf);
+                let mut p = p0;
+                while p < p1 {
+                    let pair = avx512 && p + 1 < p1;
+                    for t in 0..tiles {
+                        let rows = mr.min(re - rb - t * mr);
+                        let pa = &buf[t * (k1 - k0) * mr..(t + 1) * (k1 - k0) * mr];
+                        // SAFETY: forwarded from the caller (rows rb+t·mr ..
+                        // +rows ⊂ r0..r1, panels p (and p+1 if `pair`) ⊂
+                        // p0..p1); `pa` is one packed tile of `mr` rows and
+                        // k1 − k0 columns.
+                        unsafe { tile(pa, pw, bias, out, ldo, rb + t * mr, rows, p, pair, avx512, part) };
+                    }
+                    p += if pair { 2 } else { 1 };
+                }
+                k0 = k1;
             }
+            rb = re;
         }
-        rb = re;
+    });
+}
+
+/// Columns of `k` per cache block: all of them up to 512, else 256. With
+/// k-blocking the weight panels' slice a tile reads (256 × 16 or × 32
+/// floats, 16-32 KiB) stays in L1 across the row tiles of a block; MiniLM's
+/// FFN output (k = 1536) streamed 96-192 KiB panels from L2 without it.
+/// Splitting k does not change a result's bits: a partial sum is stored to
+/// the output as the f32 it is and the next block's FMA chain continues from
+/// it; the bias is added after the last block, as before.
+/// `BRAID_CPU_KBLOCK=0` (or [`set_k_blocking`]) turns it off, for A/B runs.
+fn k_block(k: usize) -> usize {
+    if k <= 512 || !k_blocking() {
+        k.max(1)
+    } else {
+        256
     }
 }
 
-/// Rows per register tile of the AVX-512 kernel (12 of its 32 registers
-/// accumulate, one holds the panel's 16 values).
+/// 0: not read yet; 1: on; 2: off.
+static KBLOCK: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+fn k_blocking() -> bool {
+    use std::sync::atomic::Ordering::Relaxed;
+    // Relaxed: a mode flag; each value is valid on its own and nothing else
+    // is published through it.
+    match KBLOCK.load(Relaxed) {
+        0 => {
+            let off = std::env::var("BRAID_CPU_KBLOCK").is_ok_and(|v| v.trim() == "0");
+            let _ = KBLOCK.compare_exchange(0, if off { 2 } else { 1 }, Relaxed, Relaxed);
+            KBLOCK.load(Relaxed) == 1
+        }
+        v => v == 1,
+    }
+}
+
+/// Turn k-blocking on or off at run time (in-process A/B runs).
+#[doc(hidden)]
+pub fn set_k_blocking(on: bool) {
+    // Relaxed: as in `k_blocking`.
+    KBLOCK.store(if on { 1 } else { 2 }, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Which slice `k0..k1` of the k dimension a tile call computes, and whether
+/// it is the first (start from zero) and the last (add the bias, write the
+/// result) of the row.
+#[derive(Clone, Copy)]
+struct KPart {
+    k0: usize,
+    k1: usize,
+    first: bool,
+    last: bool,
+}
+
+/// Rows per register tile of the AVX-512 kernel: 12 rows × 32 columns (two
+/// panels) in 24 of its 32 registers.
 pub const MR512: usize = 12;
 
-/// Whether the AVX-512 tile is used: the CPU has AVX-512F and
-/// `BRAID_CPU_AVX512=1` asks for it. Off by default: it could not be measured
-/// or run on the machine it was written on (no AVX-512 there); it computes
-/// every element with the same FMA chain as the AVX2 tile, so turning it on
-/// changes speed, never results (`scripts/cpu-gemm.sh` checks both).
+/// Whether the AVX-512 tile (and the AVX-512 build of the other kernels) is
+/// used: the CPU has AVX-512F/VL/BW/DQ (every AVX-512 CPU since Skylake-SP)
+/// and AVX2+FMA, unless `BRAID_CPU_AVX512=0`. It computes every element with the same FMA
+/// chain as the AVX2 tile, so it changes speed, never results
+/// (`scripts/cpu-gemm.sh` checks both give the same hash).
 pub fn use_avx512() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
         *ON.get_or_init(|| {
-            std::env::var("BRAID_CPU_AVX512").is_ok_and(|v| v.trim() == "1")
+            std::env::var("BRAID_CPU_AVX512").map_or(true, |v| v.trim() != "0")
                 && std::is_x86_feature_detected!("avx512f")
+                && std::is_x86_feature_detected!("avx512vl")
+                && std::is_x86_feature_detected!("avx512bw")
+                && std::is_x86_feature_detected!("avx512dq")
                 && super::kernels::has_avx2_fma()
         })
     }
@@ -162,81 +311,114 @@ pub fn use_avx512() -> bool {
     }
 }
 
-/// One `rows × 16` tile (rows ≤ 6, or ≤ [`MR512`] with AVX-512) at row `r`, panel `p`.
+/// One tile: `rows` rows (≤ the packed tile's rows) at output row `r`,
+/// panel `p`, and panel `p + 1` too when `pair` (AVX-512 only), over the k
+/// slice `part`: it starts from zero on the first slice and from the partial
+/// sums it stored in `out` otherwise, and adds the bias on the last.
+///
+/// # Safety
+/// As [`gemm_block_at`], for these rows and panels; `pa` is one packed tile
+/// of [`MR512`] rows if `avx512`, else [`MR`], and `part.k1 − part.k0`
+/// columns; on a slice after the first, `out` holds this call's partial sums.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn tile(
-    a: &[f32],
-    pw: &PackedWeights,
-    bias: Option<&[f32]>,
-    out: *mut f32,
-    ldo: usize,
-    r: usize,
-    rows: usize,
-    p: usize,
-) {
+unsafe fn tile(pa: &[f32], pw: &PackedWeights, bias: Option<&[f32]>, out: *mut f32, ldo: usize, r: usize, rows: usize, p: usize, pair: bool, avx512: bool, part: KPart) {
     let k = pw.k;
-    let panel = &pw.data[p * k * NR..(p + 1) * k * NR];
+    let (k0, kc) = (part.k0, part.k1 - part.k0);
+    let c0 = p * NR;
+    let bias = if part.last { bias } else { None };
     #[cfg(target_arch = "x86_64")]
-    if rows > MR || use_avx512() {
-        let mut arow = [&a[..0]; MR512];
-        for (i, ar) in arow.iter_mut().enumerate() {
-            let ri = r + i.min(rows - 1);
-            *ar = &a[ri * k..(ri + 1) * k];
+    if avx512 {
+        let width = if pair { 2 * NR } else { NR };
+        let panels = &pw.data[p * k * NR..(p + 1 + pair as usize) * k * NR];
+        let mut acc = [[0f32; 2 * NR]; MR512];
+        if !part.first {
+            // SAFETY: forwarded from the caller (the partial sums are its).
+            unsafe { load(&mut acc, width, pw.n, out, ldo, r, rows, c0) };
         }
-        let mut acc = [[0f32; NR]; MR512];
-        // SAFETY: `use_avx512` is true (tiles of more than MR rows are only
-        // made when it is), so the CPU has AVX-512F.
-        unsafe { tile_avx512(&arow, panel, k, &mut acc) };
-        // SAFETY: forwarded from the caller.
-        unsafe { store(&acc, pw.n, bias, out, ldo, r, rows, p) };
+        // SAFETY: `avx512` is only set where the CPU has AVX-512F; `pa` holds
+        // kc × 12 floats; every panel holds k × 16 floats, and the kernel
+        // reads rows k0..k0+kc of each (`pstride` apart).
+        unsafe {
+            let (pp, ps) = (&panels[k0 * NR..], k * NR);
+            match (pair, rows) {
+                (true, 1..=4) => tile_avx512::<4, 2>(pa, pp, ps, kc, &mut acc),
+                (true, 5..=8) => tile_avx512::<8, 2>(pa, pp, ps, kc, &mut acc),
+                (true, _) => tile_avx512::<12, 2>(pa, pp, ps, kc, &mut acc),
+                (false, 1..=4) => tile_avx512::<4, 1>(pa, pp, ps, kc, &mut acc),
+                (false, 5..=8) => tile_avx512::<8, 1>(pa, pp, ps, kc, &mut acc),
+                (false, _) => tile_avx512::<12, 1>(pa, pp, ps, kc, &mut acc),
+            }
+        }
+        // SAFETY: forwarded from the caller (columns c0..c0+width are panels
+        // p and, if `pair`, p + 1).
+        unsafe { store(&acc, width, pw.n, bias, out, ldo, r, rows, c0) };
         return;
     }
-    // Rows past `rows` repeat the last real row (computed, never stored).
-    let mut arow = [&a[..0]; MR];
-    for (i, ar) in arow.iter_mut().enumerate() {
-        let ri = r + i.min(rows - 1);
-        *ar = &a[ri * k..(ri + 1) * k];
-    }
+    let panel = &pw.data[p * k * NR + k0 * NR..p * k * NR + (k0 + kc) * NR];
     let mut acc = [[0f32; NR]; MR];
+    if !part.first {
+        // SAFETY: forwarded from the caller (the partial sums are its).
+        unsafe { load(&mut acc, NR, pw.n, out, ldo, r, rows, c0) };
+    }
     #[cfg(target_arch = "x86_64")]
     {
         if super::kernels::has_avx2_fma() {
-            // SAFETY: AVX2 and FMA are present (checked just above).
-            unsafe { tile_avx2(&arow, panel, k, &mut acc) };
+            // SAFETY: AVX2 and FMA are present (checked just above); `pa`
+            // holds kc × 6 floats, `panel` kc × 16.
+            unsafe { tile_avx2(pa, panel, kc, &mut acc) };
         } else {
-            tile_portable(&arow, panel, k, &mut acc);
+            tile_portable(pa, panel, kc, &mut acc);
         }
     }
     #[cfg(target_arch = "aarch64")]
-    tile_fma(&arow, panel, k, &mut acc);
+    tile_fma(pa, panel, kc, &mut acc);
     #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
-    tile_portable(&arow, panel, k, &mut acc);
+    tile_portable(pa, panel, kc, &mut acc);
     // SAFETY: forwarded from the caller.
-    unsafe { store(&acc, pw.n, bias, out, ldo, r, rows, p) };
+    unsafe { store(&acc, NR, pw.n, bias, out, ldo, r, rows, c0) };
 }
 
-/// Write the first `rows` rows of a tile (plus the bias) to `out`.
+/// Read the partial sums a tile stored on its previous k slice back into
+/// `acc` (rows `r..r+rows`, columns `c0..min(c0 + width, n)`; other lanes
+/// stay zero).
 ///
 /// # Safety
-/// Rows `r..r+rows`, columns of panel `p` below `n`, of the `ldo`-strided
+/// As [`store`].
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn load<const R: usize, const W: usize>(acc: &mut [[f32; W]; R], width: usize, n: usize, out: *mut f32, ldo: usize, r: usize, rows: usize, c0: usize) {
+    let cols = width.min(W).min(n - c0);
+    for (i, row) in acc.iter_mut().enumerate().take(rows) {
+        // SAFETY: row r+i, columns c0..c0+cols < n are the caller's; the
+        // buffer holds m × ldo floats.
+        let o = unsafe { std::slice::from_raw_parts(out.add((r + i) * ldo + c0), cols) };
+        row[..cols].copy_from_slice(o);
+    }
+}
+
+/// Write the first `rows` rows of a tile (plus the bias) to `out` at column
+/// `c0`: `width` ≤ W columns, cut at `n`.
+///
+/// # Safety
+/// Rows `r..r+rows`, columns `c0..min(c0 + width, n)` of the `ldo`-strided
 /// `out` are the caller's alone.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn store<const R: usize>(
-    acc: &[[f32; NR]; R],
+unsafe fn store<const R: usize, const W: usize>(
+    acc: &[[f32; W]; R],
+    width: usize,
     n: usize,
     bias: Option<&[f32]>,
     out: *mut f32,
     ldo: usize,
     r: usize,
     rows: usize,
-    p: usize,
+    c0: usize,
 ) {
-    let c0 = p * NR;
-    let cols = NR.min(n - c0);
+    let cols = width.min(W).min(n - c0);
     for (i, row) in acc.iter().enumerate().take(rows) {
-        // SAFETY: row r+i < r1 and columns c0..c0+cols < n belong to this call
+        // SAFETY: row r+i and columns c0..c0+cols < n belong to this call
         // (the caller's contract); the buffer holds m × ldo floats.
         let o = unsafe { std::slice::from_raw_parts_mut(out.add((r + i) * ldo + c0), cols) };
         match bias {
@@ -250,25 +432,28 @@ unsafe fn store<const R: usize>(
     }
 }
 
-/// The tile on AVX2+FMA: 12 accumulators of 8 lanes.
+/// The tile on AVX2+FMA: 6 packed rows × one panel in 12 accumulators of 8
+/// lanes, continuing from the sums in `acc`. Per k: two panel loads, six
+/// broadcasts from one pointer.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn tile_avx2(arow: &[&[f32]; MR], panel: &[f32], k: usize, acc: &mut [[f32; NR]; MR]) {
+unsafe fn tile_avx2(pa: &[f32], panel: &[f32], k: usize, acc: &mut [[f32; NR]; MR]) {
     use std::arch::x86_64::*;
-    debug_assert!(panel.len() >= k * NR && arow.iter().all(|r| r.len() >= k));
-    let mut c = [[_mm256_setzero_ps(); 2]; MR];
+    debug_assert!(panel.len() >= k * NR && pa.len() >= k * MR);
+    // SAFETY: acc[i] is 16 floats; each load reads 8.
+    let mut c: [[__m256; 2]; MR] = std::array::from_fn(|i| unsafe { [_mm256_loadu_ps(acc[i].as_ptr()), _mm256_loadu_ps(acc[i].as_ptr().add(8))] });
     let pp = panel.as_ptr();
-    let ap: [*const f32; MR] = std::array::from_fn(|i| arow[i].as_ptr());
+    let ap = pa.as_ptr();
     for kk in 0..k {
-        // SAFETY: kk < k; the panel holds k × 16 floats and every row k floats
-        // (asserted in debug, guaranteed by `tile`'s slicing).
+        // SAFETY: kk < k; the panel holds k × 16 floats and the packed tile
+        // k × 6 (asserted in debug, guaranteed by the callers' slicing).
         unsafe {
             let b0 = _mm256_loadu_ps(pp.add(kk * NR));
             let b1 = _mm256_loadu_ps(pp.add(kk * NR + 8));
-            for i in 0..MR {
-                let av = _mm256_broadcast_ss(&*ap[i].add(kk));
-                c[i][0] = _mm256_fmadd_ps(av, b0, c[i][0]);
-                c[i][1] = _mm256_fmadd_ps(av, b1, c[i][1]);
+            for (i, ci) in c.iter_mut().enumerate() {
+                let av = _mm256_broadcast_ss(&*ap.add(kk * MR + i));
+                ci[0] = _mm256_fmadd_ps(av, b0, ci[0]);
+                ci[1] = _mm256_fmadd_ps(av, b1, ci[1]);
             }
         }
     }
@@ -281,14 +466,14 @@ unsafe fn tile_avx2(arow: &[&[f32]; MR], panel: &[f32], k: usize, acc: &mut [[f3
     }
 }
 
-/// One row against 4 consecutive panels (`panels` holds 4·k·16 floats) on
-/// AVX2+FMA: 8 accumulators of 8 lanes, each output element the same FMA chain
-/// over kk = 0..k as in [`tile_avx2`] (so the same bits).
+/// One row against `Q` ≤ 4 consecutive panels (`panels` holds Q·k·16 floats)
+/// on AVX2+FMA: 2·Q accumulators of 8 lanes, each output element the same FMA
+/// chain over kk = 0..k as in [`tile_avx2`] (so the same bits).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn row_avx2(arow: &[f32], panels: &[f32], k: usize, acc: &mut [[f32; NR]; 4]) {
+unsafe fn row_avx2<const Q: usize>(arow: &[f32], panels: &[f32], k: usize, acc: &mut [[f32; NR]; 4]) {
     use std::arch::x86_64::*;
-    debug_assert!(panels.len() >= 4 * k * NR && arow.len() >= k);
+    debug_assert!(Q <= 4 && panels.len() >= Q * k * NR && arow.len() >= k);
     let mut c = [_mm256_setzero_ps(); 8];
     let pp = panels.as_ptr();
     for kk in 0..k {
@@ -296,14 +481,14 @@ unsafe fn row_avx2(arow: &[f32], panels: &[f32], k: usize, acc: &mut [[f32; NR];
         // (asserted in debug, guaranteed by the caller's slicing).
         unsafe {
             let av = _mm256_broadcast_ss(&*arow.as_ptr().add(kk));
-            for q in 0..4 {
+            for q in 0..Q {
                 let b = pp.add(q * k * NR + kk * NR);
                 c[2 * q] = _mm256_fmadd_ps(av, _mm256_loadu_ps(b), c[2 * q]);
                 c[2 * q + 1] = _mm256_fmadd_ps(av, _mm256_loadu_ps(b.add(8)), c[2 * q + 1]);
             }
         }
     }
-    for q in 0..4 {
+    for q in 0..Q {
         // SAFETY: acc[q] is 16 floats; each store writes 8.
         unsafe {
             _mm256_storeu_ps(acc[q].as_mut_ptr(), c[2 * q]);
@@ -312,44 +497,51 @@ unsafe fn row_avx2(arow: &[f32], panels: &[f32], k: usize, acc: &mut [[f32; NR];
     }
 }
 
-/// The tile on AVX-512F: 12 accumulators of 16 lanes, the same FMA chain
-/// per element as [`tile_avx2`] (so the same bits).
+/// The tile on AVX-512F: `R` ≤ 12 packed rows (tile stride [`MR512`]) ×
+/// `P` ∈ {1, 2} panels (`pstride` floats apart, `k` rows of 16 read from
+/// each), continuing from the sums in `acc`, in R·P accumulators of 16 lanes (24 of the 32
+/// registers at 12 × 2). Per k: P panel loads and R broadcasts from one
+/// pointer, for R·P FMAs — the 12 × 16 tile this replaces did 13 loads for
+/// 12 FMAs and held 12 row pointers, more than x86-64 has registers for.
+/// Each output element is the same FMA chain as in [`tile_avx2`] (same bits).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn tile_avx512(
-    arow: &[&[f32]; MR512],
-    panel: &[f32],
-    k: usize,
-    acc: &mut [[f32; NR]; MR512],
-) {
+unsafe fn tile_avx512<const R: usize, const P: usize>(pa: &[f32], panels: &[f32], pstride: usize, k: usize, acc: &mut [[f32; 2 * NR]; MR512]) {
     use std::arch::x86_64::*;
-    debug_assert!(panel.len() >= k * NR && arow.iter().all(|r| r.len() >= k));
-    let mut c = [_mm512_setzero_ps(); MR512];
-    let pp = panel.as_ptr();
-    let ap: [*const f32; MR512] = std::array::from_fn(|i| arow[i].as_ptr());
+    debug_assert!(R <= MR512 && P <= 2 && panels.len() >= (P - 1) * pstride + k * NR && pa.len() >= k * MR512);
+    // SAFETY: acc[i] is 32 floats; each load reads 16 at 16·q ≤ 16.
+    let mut c: [[__m512; P]; R] = std::array::from_fn(|i| std::array::from_fn(|q| unsafe { _mm512_loadu_ps(acc[i].as_ptr().add(q * NR)) }));
+    let pp = panels.as_ptr();
+    let ap = pa.as_ptr();
     for kk in 0..k {
-        // SAFETY: kk < k; the panel holds k × 16 floats and every row k floats.
+        // SAFETY: kk < k; each panel holds k × 16 floats and the packed tile
+        // k × 12 (asserted in debug, guaranteed by the callers' slicing).
         unsafe {
-            let b = _mm512_loadu_ps(pp.add(kk * NR));
-            for i in 0..MR512 {
-                c[i] = _mm512_fmadd_ps(_mm512_set1_ps(*ap[i].add(kk)), b, c[i]);
+            let b: [__m512; P] = std::array::from_fn(|q| _mm512_loadu_ps(pp.add(q * pstride + kk * NR)));
+            for (i, ci) in c.iter_mut().enumerate() {
+                let av = _mm512_set1_ps(*ap.add(kk * MR512 + i));
+                for q in 0..P {
+                    ci[q] = _mm512_fmadd_ps(av, b[q], ci[q]);
+                }
             }
         }
     }
-    for i in 0..MR512 {
-        // SAFETY: acc[i] is 16 floats.
-        unsafe { _mm512_storeu_ps(acc[i].as_mut_ptr(), c[i]) };
+    for (i, ci) in c.iter().enumerate() {
+        for (q, v) in ci.iter().enumerate() {
+            // SAFETY: acc[i] is 32 floats; this store writes 16 at 16·q ≤ 16.
+            unsafe { _mm512_storeu_ps(acc[i].as_mut_ptr().add(q * NR), *v) };
+        }
     }
 }
 
 /// The tile with fused multiply-add in the baseline target (aarch64: NEON
 /// and FMA are always there; the compiler vectorises the lane loop).
 #[cfg(target_arch = "aarch64")]
-fn tile_fma(arow: &[&[f32]; MR], panel: &[f32], k: usize, acc: &mut [[f32; NR]; MR]) {
+fn tile_fma(pa: &[f32], panel: &[f32], k: usize, acc: &mut [[f32; NR]; MR]) {
     for kk in 0..k {
         let b = &panel[kk * NR..(kk + 1) * NR];
         for i in 0..MR {
-            let av = arow[i][kk];
+            let av = pa[kk * MR + i];
             for j in 0..NR {
                 acc[i][j] = av.mul_add(b[j], acc[i][j]);
             }
@@ -359,11 +551,11 @@ fn tile_fma(arow: &[&[f32]; MR], panel: &[f32], k: usize, acc: &mut [[f32; NR]; 
 
 /// The tile without FMA (products rounded before the add).
 #[allow(dead_code)]
-fn tile_portable(arow: &[&[f32]; MR], panel: &[f32], k: usize, acc: &mut [[f32; NR]; MR]) {
+fn tile_portable(pa: &[f32], panel: &[f32], k: usize, acc: &mut [[f32; NR]; MR]) {
     for kk in 0..k {
         let b = &panel[kk * NR..(kk + 1) * NR];
         for i in 0..MR {
-            let av = arow[i][kk];
+            let av = pa[kk * MR + i];
             for j in 0..NR {
                 acc[i][j] += av * b[j];
             }
@@ -379,7 +571,15 @@ mod tests {
     /// computed inside a multi-row tile, and the f64 answer.
     #[test]
     fn one_row_path_matches_the_tile_bitwise() {
-        let (n, k) = (16 * 9 + 5, 300);
+        // k = 300 runs the tile in one k slice, k = 1300 in six (the one-row
+        // path never splits k, so this also shows k-blocking keeps the bits).
+        for k in [300, 1300] {
+            one_row_vs_tile(k);
+        }
+    }
+
+    fn one_row_vs_tile(k: usize) {
+        let n = 16 * 9 + 5;
         let a: Vec<f32> = (0..3 * k).map(|i| ((i * 7919 % 1000) as f32 / 500.0) - 1.0).collect();
         let w: Vec<f32> = (0..n * k).map(|i| ((i * 104729 % 997) as f32 / 498.5) - 1.0).collect();
         let b: Vec<f32> = (0..n).map(|i| i as f32 * 0.01).collect();
@@ -397,10 +597,43 @@ mod tests {
         }
     }
 
+    /// The AVX-512 tiles (12 × 32, 12 × 16 and their 4- and 8-row forms)
+    /// give the same bits as the AVX2 tile on every shape, tails included.
+    /// Skipped, and says so, on a CPU without AVX-512F.
+    #[test]
+    fn avx512_tiles_match_avx2_bitwise() {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if !(std::is_x86_feature_detected!("avx512f") && crate::backend::cpu::kernels::has_avx2_fma()) {
+                eprintln!("SKIPPED avx512_tiles_match_avx2_bitwise: this CPU has no AVX-512F");
+                return;
+            }
+            for &(m, n, k) in &[(1, 16, 8), (2, 48, 33), (5, 40, 64), (9, 100, 19), (12, 32, 384), (13, 33, 7), (30, 80, 300), (64, 1152, 96), (25, 48, 1100), (7, 40, 600)] {
+                let a: Vec<f32> = (0..m * k).map(|i| ((i * 7919 % 1000) as f32 / 500.0) - 1.0).collect();
+                let w: Vec<f32> = (0..n * k).map(|i| ((i * 104729 % 997) as f32 / 498.5) - 1.0).collect();
+                let b: Vec<f32> = (0..n).map(|i| i as f32 * 0.01).collect();
+                let pw = PackedWeights::pack(&w, n, k);
+                let (mut o2, mut o5) = (vec![f32::NAN; m * n], vec![f32::NAN; m * n]);
+                // Split the panels unevenly (an odd first range) so single
+                // and paired panels both run.
+                let split = 1.min(pw.panels());
+                for (p0, p1) in [(0, split), (split, pw.panels())] {
+                    // SAFETY: each output is m × n and the call owns the panels' columns; AVX-512F is present (checked above).
+                    unsafe {
+                        gemm_block_at(&a, &pw, Some(&b), o2.as_mut_ptr(), n, 0, m, p0, p1, false);
+                        gemm_block_at(&a, &pw, Some(&b), o5.as_mut_ptr(), n, 0, m, p0, p1, true);
+                    }
+                }
+                assert!(o2.iter().all(|v| v.is_finite()), "{m}x{n}x{k}: AVX2 left an element unwritten");
+                assert!(o2.iter().zip(&o5).all(|(x, y)| x.to_bits() == y.to_bits()), "{m}x{n}x{k}: AVX-512 tile differs from the AVX2 tile");
+            }
+        }
+    }
+
     #[test]
     fn packed_block_matches_f64() {
         // Odd sizes: partial row tiles, a partial panel, k not a multiple of 8.
-        for &(m, n, k) in &[(1, 1, 1), (7, 33, 19), (13, 48, 64), (50, 17, 300)] {
+        for &(m, n, k) in &[(1, 1, 1), (7, 33, 19), (13, 48, 64), (50, 17, 300), (20, 40, 1030)] {
             let a: Vec<f32> = (0..m * k)
                 .map(|i| ((i * 7919 % 1000) as f32 / 500.0) - 1.0)
                 .collect();
