@@ -232,14 +232,16 @@ unsafe fn gemm_block_at(
     });
 }
 
-/// Columns of `k` per cache block: all of them up to 512, else 256. With
-/// k-blocking the weight panels' slice a tile reads (256 × 16 or × 32
-/// floats, 16-32 KiB) stays in L1 across the row tiles of a block; MiniLM's
-/// FFN output (k = 1536) streamed 96-192 KiB panels from L2 without it.
-/// Splitting k does not change a result's bits: a partial sum is stored to
-/// the output as the f32 it is and the next block's FMA chain continues from
-/// it; the bias is added after the last block, as before.
-/// `BRAID_CPU_KBLOCK=0` (or [`set_k_blocking`]) turns it off, for A/B runs.
+/// Columns of `k` per cache block: all of them, unless k-blocking is on
+/// (`BRAID_CPU_KBLOCK=1`, or [`set_k_blocking`]): then 256 above k = 512,
+/// so the weight panels' slice a tile reads (256 × 16 or × 32 floats, 16-32
+/// KiB) stays in L1 across the row tiles of a block. It is off by default
+/// because it lost where it was meant to win: on the 16-core host (AVX-512)
+/// `gemm_shapes --ab` had it ±10% shape by shape, and MiniLM's story rows
+/// were 6-11% faster without it (`bench/results/2026-11-26-cpu16/`).
+/// Either way a result's bits are the same: a partial sum is stored to the
+/// output as the f32 it is and the next block's FMA chain continues from it;
+/// the bias is added after the last block.
 fn k_block(k: usize) -> usize {
     if k <= 512 || !k_blocking() {
         k.max(1)
@@ -257,8 +259,8 @@ fn k_blocking() -> bool {
     // is published through it.
     match KBLOCK.load(Relaxed) {
         0 => {
-            let off = std::env::var("BRAID_CPU_KBLOCK").is_ok_and(|v| v.trim() == "0");
-            let _ = KBLOCK.compare_exchange(0, if off { 2 } else { 1 }, Relaxed, Relaxed);
+            let on = std::env::var("BRAID_CPU_KBLOCK").is_ok_and(|v| v.trim() == "1");
+            let _ = KBLOCK.compare_exchange(0, if on { 1 } else { 2 }, Relaxed, Relaxed);
             KBLOCK.load(Relaxed) == 1
         }
         v => v == 1,
@@ -571,11 +573,15 @@ mod tests {
     /// computed inside a multi-row tile, and the f64 answer.
     #[test]
     fn one_row_path_matches_the_tile_bitwise() {
-        // k = 300 runs the tile in one k slice, k = 1300 in six (the one-row
-        // path never splits k, so this also shows k-blocking keeps the bits).
+        // k = 300 runs the tile in one k slice, k = 1300 in six with
+        // k-blocking on (the one-row path never splits k, so this also shows
+        // k-blocking keeps the bits).
         for k in [300, 1300] {
             one_row_vs_tile(k);
         }
+        set_k_blocking(true);
+        one_row_vs_tile(1300);
+        set_k_blocking(false);
     }
 
     fn one_row_vs_tile(k: usize) {
