@@ -645,11 +645,11 @@ pub fn softmax(x: &[f32], out: &mut [f32], rows: usize, cols: usize) {
 const KEY_TILE: usize = 128;
 
 /// Queries per block of the attention kernel: their scores and P·V
-/// accumulators (QB × 16 lanes each) stay in registers.
+/// accumulators (QB × KW lanes each, see [`attention_head`]) stay in registers.
 const QB: usize = 4;
 
 /// `ai[lo..] += Σ_jj s[jj]·vt[jj, lo..]` over the keys in order (the head
-/// lanes past the last whole 16, one query).
+/// lanes past the last whole register block, one query).
 #[inline(always)]
 fn pv_lanes<const F: bool>(ai: &mut [f32], s: &[f32], vt: &[f32], hd: usize, lo: usize) {
     if lo < hd {
@@ -661,164 +661,221 @@ fn pv_lanes<const F: bool>(ai: &mut [f32], s: &[f32], vt: &[f32], hd: usize, lo:
     }
 }
 
-simd_fn! {
-    /// One (batch, head) of attention: key tiles of [`KEY_TILE`] keys (masked
-    /// keys dropped), online softmax across tiles (running max and sum per
-    /// query, earlier partial sums rescaled when the max grows).
-    fn attention_head<const F: bool>(q: &[f32], k: &[f32], v: &[f32], row_stride: usize, mask: Option<&[f32]>, bias: Option<&[f32]>, out: SendPtr, b: usize, h: usize, seq: usize, heads: usize, hd: usize, scale: f32) {
-        let d = heads * hd;
-        let keys: Vec<usize> = (0..seq).filter(|&j| mask.is_none_or(|m| m[b * seq + j] != 0.0)).collect();
-        let tile = KEY_TILE.min(keys.len().max(1));
-        let mut kt = vec![0f32; hd * tile];
-        let mut vt = vec![0f32; tile * hd];
-        let mut sb = vec![0f32; QB * tile];
-        let mut qs = vec![0f32; QB * hd];
-        let mut acc = vec![0f32; seq * hd];
-        let mut run_max = vec![f32::NEG_INFINITY; seq];
-        let mut run_sum = vec![0f32; seq];
-        let base = |tok: usize| (b * seq + tok) * row_stride + h * hd;
-        for ks in keys.chunks(tile) {
-            let tk = ks.len();
-            for (jj, &j) in ks.iter().enumerate() {
-                let kr = &k[base(j)..][..hd];
-                for dd in 0..hd {
-                    kt[dd * tk + jj] = kr[dd];
-                }
-                vt[jj * hd..(jj + 1) * hd].copy_from_slice(&v[base(j)..][..hd]);
-            }
-            let mut i0 = 0;
-            while i0 < seq {
-                let qb = QB.min(seq - i0);
-                // The block's queries, scaled; a short last block repeats its
-                // last query (computed, never used).
-                for u in 0..QB {
-                    let i = i0 + u.min(qb - 1);
-                    for (qv, &x) in qs[u * hd..(u + 1) * hd].iter_mut().zip(&q[base(i)..][..hd]) {
-                        *qv = x * scale;
+/// One (batch, head) of attention: key tiles of [`KEY_TILE`] keys (masked
+/// keys dropped), online softmax across tiles (running max and sum per
+/// query, earlier partial sums rescaled when the max grows).
+///
+/// Compiled three times like a [`simd_fn!`] kernel, and also over `KW`, the
+/// width of its register blocks (keys per score block, head lanes per P·V
+/// block): 16 for AVX2 and the baseline (QB × 16 lanes = 8 AVX registers),
+/// 32 for AVX-512 (QB × 32 lanes = 8 of its 16-lane registers: with 16, an
+/// AVX-512 build had 4 FMA chains and 5 loads per 4 FMAs, latency- and
+/// load-bound). Each score is the same FMA chain over the head dimension,
+/// and each output lane the same chain over the keys, at either width, so
+/// the bits do not change.
+#[allow(clippy::too_many_arguments)]
+fn attention_head(q: &[f32], k: &[f32], v: &[f32], row_stride: usize, mask: Option<&[f32]>, bias: Option<&[f32]>, out: SendPtr, b: usize, h: usize, seq: usize, heads: usize, hd: usize, scale: f32) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")]
+        #[allow(clippy::too_many_arguments)]
+        unsafe fn avx512(q: &[f32], k: &[f32], v: &[f32], row_stride: usize, mask: Option<&[f32]>, bias: Option<&[f32]>, out: SendPtr, b: usize, h: usize, seq: usize, heads: usize, hd: usize, scale: f32) {
+            attention_head_body::<true, 32>(q, k, v, row_stride, mask, bias, out, b, h, seq, heads, hd, scale)
+        }
+        #[target_feature(enable = "avx2,fma")]
+        #[allow(clippy::too_many_arguments)]
+        unsafe fn avx2(q: &[f32], k: &[f32], v: &[f32], row_stride: usize, mask: Option<&[f32]>, bias: Option<&[f32]>, out: SendPtr, b: usize, h: usize, seq: usize, heads: usize, hd: usize, scale: f32) {
+            attention_head_body::<true, 16>(q, k, v, row_stride, mask, bias, out, b, h, seq, heads, hd, scale)
+        }
+        if packed::use_avx512() {
+            // SAFETY: `use_avx512` is true only where the CPU has the
+            // features `avx512` is compiled for.
+            return unsafe { avx512(q, k, v, row_stride, mask, bias, out, b, h, seq, heads, hd, scale) };
+        }
+        if has_avx2_fma() {
+            // SAFETY: the CPU has AVX2 and FMA (checked just above).
+            return unsafe { avx2(q, k, v, row_stride, mask, bias, out, b, h, seq, heads, hd, scale) };
+        }
+        attention_head_body::<false, 16>(q, k, v, row_stride, mask, bias, out, b, h, seq, heads, hd, scale)
+    }
+    #[cfg(target_arch = "aarch64")]
+    attention_head_body::<true, 16>(q, k, v, row_stride, mask, bias, out, b, h, seq, heads, hd, scale);
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    attention_head_body::<false, 16>(q, k, v, row_stride, mask, bias, out, b, h, seq, heads, hd, scale);
+}
+
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn attention_head_body<const F: bool, const KW: usize>(q: &[f32], k: &[f32], v: &[f32], row_stride: usize, mask: Option<&[f32]>, bias: Option<&[f32]>, out: SendPtr, b: usize, h: usize, seq: usize, heads: usize, hd: usize, scale: f32) {
+    let d = heads * hd;
+    let keys: Vec<usize> = (0..seq).filter(|&j| mask.is_none_or(|m| m[b * seq + j] != 0.0)).collect();
+    let tile = KEY_TILE.min(keys.len().max(1));
+    let mut kt = vec![0f32; hd * tile];
+    let mut vt = vec![0f32; tile * hd];
+    let mut sb = vec![0f32; QB * tile];
+    let mut qs = vec![0f32; QB * hd];
+    let mut acc = vec![0f32; seq * hd];
+    let mut run_max = vec![f32::NEG_INFINITY; seq];
+    let mut run_sum = vec![0f32; seq];
+    let base = |tok: usize| (b * seq + tok) * row_stride + h * hd;
+    for ks in keys.chunks(tile) {
+        let tk = ks.len();
+        for (jj, &j) in ks.iter().enumerate() {
+            // Key rows are a whole hidden row apart (row_stride floats, 4.6
+            // KiB for MiniLM's fused QKV), so each one is a fresh cache miss:
+            // ask for the rows 8 keys ahead while this one is copied (the
+            // load latency was 17% of this kernel's 2-core profile).
+            #[cfg(target_arch = "x86_64")]
+            if let Some(&jn) = ks.get(jj + 8) {
+                use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+                for src in [k, v] {
+                    let row = &src[base(jn)..][..hd];
+                    for line in (0..hd).step_by(16) {
+                        // SAFETY: a prefetch is a hint: it reads nothing
+                        // architecturally and cannot fault; the address is
+                        // inside `row` anyway.
+                        unsafe { _mm_prefetch::<_MM_HINT_T0>(row[line..].as_ptr() as *const i8) };
                     }
                 }
-                // Scores of QB queries × 16 keys at a time, kept in registers
-                // across the whole head dimension (each K load serves QB
-                // queries; QB·2 independent FMA chains hide the FMA latency);
-                // per score the same FMA chain over d = 0..hd as a plain loop.
-                let full = tk / 16 * 16;
+            }
+            let kr = &k[base(j)..][..hd];
+            for dd in 0..hd {
+                kt[dd * tk + jj] = kr[dd];
+            }
+            vt[jj * hd..(jj + 1) * hd].copy_from_slice(&v[base(j)..][..hd]);
+        }
+        let mut i0 = 0;
+        while i0 < seq {
+            let qb = QB.min(seq - i0);
+            // The block's queries, scaled; a short last block repeats its
+            // last query (computed, never used).
+            for u in 0..QB {
+                let i = i0 + u.min(qb - 1);
+                for (qv, &x) in qs[u * hd..(u + 1) * hd].iter_mut().zip(&q[base(i)..][..hd]) {
+                    *qv = x * scale;
+                }
+            }
+            // Scores of QB queries × KW keys at a time, kept in registers
+            // across the whole head dimension (each K load serves QB
+            // queries; QB·2 independent FMA chains hide the FMA latency);
+            // per score the same FMA chain over d = 0..hd as a plain loop.
+            let full = tk / KW * KW;
+            let mut c = 0;
+            while c < full {
+                let mut a = [[0f32; KW]; QB];
+                for dd in 0..hd {
+                    let kr = &kt[dd * tk + c..dd * tk + c + KW];
+                    for (u, au) in a.iter_mut().enumerate() {
+                        let qd = qs[u * hd + dd];
+                        for l in 0..KW {
+                            au[l] = fmadd::<F>(qd, kr[l], au[l]);
+                        }
+                    }
+                }
+                for (u, au) in a.iter().enumerate() {
+                    sb[u * tile + c..u * tile + c + KW].copy_from_slice(au);
+                }
+                c += KW;
+            }
+            let mut live = [false; QB];
+            for u in 0..qb {
+                let i = i0 + u;
+                let s = &mut sb[u * tile..u * tile + tk];
+                // The last < KW keys: vectorised across keys instead (the
+                // same chain per score).
+                let st = &mut s[full..];
+                st.iter_mut().for_each(|x| *x = 0.0);
+                for (dd, &qd) in qs[u * hd..(u + 1) * hd].iter().enumerate() {
+                    for (sv, &kv) in st.iter_mut().zip(&kt[dd * tk + full..(dd + 1) * tk]) {
+                        *sv = fmadd::<F>(qd, kv, *sv);
+                    }
+                }
+                if let Some(bb) = bias {
+                    let row = &bb[(h * seq + i) * seq..][..seq];
+                    for (sv, &j) in s.iter_mut().zip(ks) {
+                        *sv += row[j];
+                    }
+                }
+                let m_new = run_max[i].max(max_f32(s));
+                if m_new == f32::NEG_INFINITY {
+                    // Every key so far is hidden by the bias (a window):
+                    // nothing to add, and −∞ − −∞ would be NaN.
+                    continue;
+                }
+                let corr = exp_f32::<F>(run_max[i] - m_new);
+                for sv in s.iter_mut() {
+                    *sv = exp_f32::<F>(*sv - m_new);
+                }
+                run_sum[i] = fmadd::<F>(run_sum[i], corr, sum_f32(s));
+                run_max[i] = m_new;
+                if corr != 1.0 {
+                    acc[i * hd..(i + 1) * hd].iter_mut().for_each(|x| *x *= corr);
+                }
+                live[u] = true;
+            }
+            // P·V, KW head lanes × QB queries at a time in registers
+            // across the tile's keys (each V load serves QB queries; per
+            // lane the same FMA chain, key order unchanged). A short or
+            // partly hidden block goes one query at a time.
+            let hfull = hd / KW * KW;
+            if qb == QB && live.iter().all(|&l| l) {
                 let mut c = 0;
-                while c < full {
-                    let mut a = [[0f32; 16]; QB];
-                    for dd in 0..hd {
-                        let kr = &kt[dd * tk + c..dd * tk + c + 16];
+                while c < hfull {
+                    let mut a = [[0f32; KW]; QB];
+                    for (u, au) in a.iter_mut().enumerate() {
+                        au.copy_from_slice(&acc[(i0 + u) * hd + c..(i0 + u) * hd + c + KW]);
+                    }
+                    for jj in 0..tk {
+                        let vr = &vt[jj * hd + c..jj * hd + c + KW];
                         for (u, au) in a.iter_mut().enumerate() {
-                            let qd = qs[u * hd + dd];
-                            for l in 0..16 {
-                                au[l] = fmadd::<F>(qd, kr[l], au[l]);
+                            let p = sb[u * tile + jj];
+                            for l in 0..KW {
+                                au[l] = fmadd::<F>(p, vr[l], au[l]);
                             }
                         }
                     }
                     for (u, au) in a.iter().enumerate() {
-                        sb[u * tile + c..u * tile + c + 16].copy_from_slice(au);
+                        acc[(i0 + u) * hd + c..(i0 + u) * hd + c + KW].copy_from_slice(au);
                     }
-                    c += 16;
+                    c += KW;
                 }
-                let mut live = [false; QB];
-                for u in 0..qb {
-                    let i = i0 + u;
-                    let s = &mut sb[u * tile..u * tile + tk];
-                    // The last < 16 keys: vectorised across keys instead (the
-                    // same chain per score).
-                    let st = &mut s[full..];
-                    st.iter_mut().for_each(|x| *x = 0.0);
-                    for (dd, &qd) in qs[u * hd..(u + 1) * hd].iter().enumerate() {
-                        for (sv, &kv) in st.iter_mut().zip(&kt[dd * tk + full..(dd + 1) * tk]) {
-                            *sv = fmadd::<F>(qd, kv, *sv);
-                        }
+                if hfull < hd {
+                    for u in 0..QB {
+                        pv_lanes::<F>(&mut acc[(i0 + u) * hd..(i0 + u + 1) * hd], &sb[u * tile..u * tile + tk], &vt, hd, hfull);
                     }
-                    if let Some(bb) = bias {
-                        let row = &bb[(h * seq + i) * seq..][..seq];
-                        for (sv, &j) in s.iter_mut().zip(ks) {
-                            *sv += row[j];
-                        }
-                    }
-                    let m_new = run_max[i].max(max_f32(s));
-                    if m_new == f32::NEG_INFINITY {
-                        // Every key so far is hidden by the bias (a window):
-                        // nothing to add, and −∞ − −∞ would be NaN.
-                        continue;
-                    }
-                    let corr = exp_f32::<F>(run_max[i] - m_new);
-                    for sv in s.iter_mut() {
-                        *sv = exp_f32::<F>(*sv - m_new);
-                    }
-                    run_sum[i] = fmadd::<F>(run_sum[i], corr, sum_f32(s));
-                    run_max[i] = m_new;
-                    if corr != 1.0 {
-                        acc[i * hd..(i + 1) * hd].iter_mut().for_each(|x| *x *= corr);
-                    }
-                    live[u] = true;
                 }
-                // P·V, 16 head lanes × QB queries at a time in registers
-                // across the tile's keys (each V load serves QB queries; per
-                // lane the same FMA chain, key order unchanged). A short or
-                // partly hidden block goes one query at a time.
-                let hfull = hd / 16 * 16;
-                if qb == QB && live.iter().all(|&l| l) {
+            } else {
+                for u in (0..qb).filter(|&u| live[u]) {
+                    let ai = &mut acc[(i0 + u) * hd..(i0 + u + 1) * hd];
+                    let s = &sb[u * tile..u * tile + tk];
                     let mut c = 0;
                     while c < hfull {
-                        let mut a = [[0f32; 16]; QB];
-                        for (u, au) in a.iter_mut().enumerate() {
-                            au.copy_from_slice(&acc[(i0 + u) * hd + c..(i0 + u) * hd + c + 16]);
-                        }
-                        for jj in 0..tk {
-                            let vr = &vt[jj * hd + c..jj * hd + c + 16];
-                            for (u, au) in a.iter_mut().enumerate() {
-                                let p = sb[u * tile + jj];
-                                for l in 0..16 {
-                                    au[l] = fmadd::<F>(p, vr[l], au[l]);
-                                }
+                        let mut aw = [0f32; KW];
+                        aw.copy_from_slice(&ai[c..c + KW]);
+                        for (jj, &p) in s.iter().enumerate() {
+                            let vr = &vt[jj * hd + c..jj * hd + c + KW];
+                            for l in 0..KW {
+                                aw[l] = fmadd::<F>(p, vr[l], aw[l]);
                             }
                         }
-                        for (u, au) in a.iter().enumerate() {
-                            acc[(i0 + u) * hd + c..(i0 + u) * hd + c + 16].copy_from_slice(au);
-                        }
-                        c += 16;
+                        ai[c..c + KW].copy_from_slice(&aw);
+                        c += KW;
                     }
-                    if hfull < hd {
-                        for u in 0..QB {
-                            pv_lanes::<F>(&mut acc[(i0 + u) * hd..(i0 + u + 1) * hd], &sb[u * tile..u * tile + tk], &vt, hd, hfull);
-                        }
-                    }
-                } else {
-                    for u in (0..qb).filter(|&u| live[u]) {
-                        let ai = &mut acc[(i0 + u) * hd..(i0 + u + 1) * hd];
-                        let s = &sb[u * tile..u * tile + tk];
-                        let mut c = 0;
-                        while c < hfull {
-                            let mut a16 = [0f32; 16];
-                            a16.copy_from_slice(&ai[c..c + 16]);
-                            for (jj, &p) in s.iter().enumerate() {
-                                let vr = &vt[jj * hd + c..jj * hd + c + 16];
-                                for l in 0..16 {
-                                    a16[l] = fmadd::<F>(p, vr[l], a16[l]);
-                                }
-                            }
-                            ai[c..c + 16].copy_from_slice(&a16);
-                            c += 16;
-                        }
-                        pv_lanes::<F>(ai, s, &vt, hd, hfull);
-                    }
+                    pv_lanes::<F>(ai, s, &vt, hd, hfull);
                 }
-                i0 += qb;
             }
+            i0 += qb;
         }
-        for i in 0..seq {
-            // All keys masked: zeros (the softmax of an all −∞ row, by definition).
-            let inv = if keys.is_empty() || run_sum[i] == 0.0 { 0.0 } else { 1.0 / run_sum[i] };
-            // SAFETY: token i's head-h slice of `out` (hd elements at
-            // (b·seq+i)·d + h·hd) is written by this (b, h) task alone and is
-            // within out's batch·seq·d elements.
-            let o = unsafe { std::slice::from_raw_parts_mut(out.0.add((b * seq + i) * d + h * hd), hd) };
-            for (ov, &a) in o.iter_mut().zip(&acc[i * hd..(i + 1) * hd]) {
-                *ov = a * inv;
-            }
+    }
+    for i in 0..seq {
+        // All keys masked: zeros (the softmax of an all −∞ row, by definition).
+        let inv = if keys.is_empty() || run_sum[i] == 0.0 { 0.0 } else { 1.0 / run_sum[i] };
+        // SAFETY: token i's head-h slice of `out` (hd elements at
+        // (b·seq+i)·d + h·hd) is written by this (b, h) task alone and is
+        // within out's batch·seq·d elements.
+        let o = unsafe { std::slice::from_raw_parts_mut(out.0.add((b * seq + i) * d + h * hd), hd) };
+        for (ov, &a) in o.iter_mut().zip(&acc[i * hd..(i + 1) * hd]) {
+            *ov = a * inv;
         }
     }
 }
