@@ -343,15 +343,24 @@ unsafe fn tile(pa: &[f32], pw: &PackedWeights, bias: Option<&[f32]>, out: *mut f
     if avx512 {
         let width = if pair { 2 * NR } else { NR };
         let panels = &pw.data[p * k * NR..(p + 1 + pair as usize) * k * NR];
-        let mut acc = [[0f32; 2 * NR]; MR512];
-        if !part.first {
-            // SAFETY: forwarded from the caller (the partial sums are its).
-            unsafe { load(&mut acc, width, pw.n, out, ldo, r, rows, c0) };
-        }
         // A tile whose rows are all real (4, 8 or 12: the kernel's own row
         // count) and whose columns all lie below n is written from the
         // registers; any other goes through `acc` and `store`.
         let direct = (matches!(rows, 4 | 8 | 12) && c0 + width <= pw.n).then(|| Direct::at(out, ldo, r, c0, bias));
+        // The spill array is made (zeroed: a memset per tile) only where it
+        // is used: to resume a k slice, or for a tile not stored directly.
+        let mut spill;
+        let mut acc = if direct.is_none() || !part.first {
+            spill = [[0f32; 2 * NR]; MR512];
+            if !part.first {
+                // SAFETY: forwarded from the caller (the partial sums are its).
+                unsafe { load(&mut spill, width, pw.n, out, ldo, r, rows, c0) };
+            }
+            Some(&mut spill)
+        } else {
+            None
+        };
+        let first = part.first;
         // SAFETY: `avx512` is only set where the CPU has AVX-512F; `pa` holds
         // kc × 12 floats; every panel holds k × 16 floats, and the kernel
         // reads rows k0..k0+kc of each (`pstride` apart); `direct`, if any,
@@ -359,22 +368,31 @@ unsafe fn tile(pa: &[f32], pw: &PackedWeights, bias: Option<&[f32]>, out: *mut f
         unsafe {
             let (pp, ps) = (&panels[k0 * NR..], k * NR);
             match (pair, rows) {
-                (true, 1..=4) => tile_avx512::<4, 2>(pa, pp, ps, kc, &mut acc, direct),
-                (true, 5..=8) => tile_avx512::<8, 2>(pa, pp, ps, kc, &mut acc, direct),
-                (true, _) => tile_avx512::<12, 2>(pa, pp, ps, kc, &mut acc, direct),
-                (false, 1..=4) => tile_avx512::<4, 1>(pa, pp, ps, kc, &mut acc, direct),
-                (false, 5..=8) => tile_avx512::<8, 1>(pa, pp, ps, kc, &mut acc, direct),
-                (false, _) => tile_avx512::<12, 1>(pa, pp, ps, kc, &mut acc, direct),
+                (true, 1..=4) => tile_avx512::<4, 2>(pa, pp, ps, kc, first, acc.as_deref_mut(), direct),
+                (true, 5..=8) => tile_avx512::<8, 2>(pa, pp, ps, kc, first, acc.as_deref_mut(), direct),
+                (true, _) => tile_avx512::<12, 2>(pa, pp, ps, kc, first, acc.as_deref_mut(), direct),
+                (false, 1..=4) => tile_avx512::<4, 1>(pa, pp, ps, kc, first, acc.as_deref_mut(), direct),
+                (false, 5..=8) => tile_avx512::<8, 1>(pa, pp, ps, kc, first, acc.as_deref_mut(), direct),
+                (false, _) => tile_avx512::<12, 1>(pa, pp, ps, kc, first, acc.as_deref_mut(), direct),
             }
         }
-        if direct.is_none() {
+        if let (None, Some(acc)) = (direct, acc) {
             // SAFETY: forwarded from the caller (columns c0..c0+width are
             // panels p and, if `pair`, p + 1).
-            unsafe { store(&acc, width, pw.n, bias, out, ldo, r, rows, c0) };
+            unsafe { store(acc, width, pw.n, bias, out, ldo, r, rows, c0) };
         }
         return;
     }
     let panel = &pw.data[p * k * NR + k0 * NR..p * k * NR + (k0 + kc) * NR];
+    #[cfg(target_arch = "x86_64")]
+    if super::kernels::has_avx2_fma() && rows == MR && c0 + NR <= pw.n && part.first {
+        // A whole tile on its first k slice: no spill array at all.
+        // SAFETY: AVX2 and FMA are present (checked just above); `pa` holds
+        // kc × 6 floats, `panel` kc × 16; the direct target covers this
+        // call's rows and columns (forwarded from the caller).
+        unsafe { tile_avx2(pa, panel, kc, None, Some(Direct::at(out, ldo, r, c0, bias))) };
+        return;
+    }
     let mut acc = [[0f32; NR]; MR];
     if !part.first {
         // SAFETY: forwarded from the caller (the partial sums are its).
@@ -387,7 +405,7 @@ unsafe fn tile(pa: &[f32], pw: &PackedWeights, bias: Option<&[f32]>, out: *mut f
             // SAFETY: AVX2 and FMA are present (checked just above); `pa`
             // holds kc × 6 floats, `panel` kc × 16; `direct`, if any, covers
             // this call's rows and columns (forwarded from the caller).
-            unsafe { tile_avx2(pa, panel, kc, &mut acc, direct) };
+            unsafe { tile_avx2(pa, panel, kc, Some(&mut acc), direct) };
             if direct.is_some() {
                 return;
             }
@@ -483,11 +501,15 @@ unsafe fn store<const R: usize, const W: usize>(
 /// broadcasts from one pointer.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn tile_avx2(pa: &[f32], panel: &[f32], k: usize, acc: &mut [[f32; NR]; MR], direct: Option<Direct>) {
+unsafe fn tile_avx2(pa: &[f32], panel: &[f32], k: usize, mut acc: Option<&mut [[f32; NR]; MR]>, direct: Option<Direct>) {
     use std::arch::x86_64::*;
-    debug_assert!(panel.len() >= k * NR && pa.len() >= k * MR);
-    // SAFETY: acc[i] is 16 floats; each load reads 8.
-    let mut c: [[__m256; 2]; MR] = std::array::from_fn(|i| unsafe { [_mm256_loadu_ps(acc[i].as_ptr()), _mm256_loadu_ps(acc[i].as_ptr().add(8))] });
+    debug_assert!(panel.len() >= k * NR && pa.len() >= k * MR && (acc.is_some() || direct.is_some()));
+    // Start from the sums in `acc` when there is one, else from zero.
+    let mut c: [[__m256; 2]; MR] = match &acc {
+        // SAFETY: acc[i] is 16 floats; each load reads 8.
+        Some(a) => std::array::from_fn(|i| unsafe { [_mm256_loadu_ps(a[i].as_ptr()), _mm256_loadu_ps(a[i].as_ptr().add(8))] }),
+        None => [[_mm256_setzero_ps(); 2]; MR],
+    };
     let pp = panel.as_ptr();
     let ap = pa.as_ptr();
     for kk in 0..k {
@@ -520,11 +542,13 @@ unsafe fn tile_avx2(pa: &[f32], panel: &[f32], k: usize, acc: &mut [[f32; NR]; M
         }
         return;
     }
-    for i in 0..MR {
-        // SAFETY: acc[i] is 16 floats; each store writes 8.
-        unsafe {
-            _mm256_storeu_ps(acc[i].as_mut_ptr(), c[i][0]);
-            _mm256_storeu_ps(acc[i].as_mut_ptr().add(8), c[i][1]);
+    if let Some(acc) = acc.as_deref_mut() {
+        for i in 0..MR {
+            // SAFETY: acc[i] is 16 floats; each store writes 8.
+            unsafe {
+                _mm256_storeu_ps(acc[i].as_mut_ptr(), c[i][0]);
+                _mm256_storeu_ps(acc[i].as_mut_ptr().add(8), c[i][1]);
+            }
         }
     }
 }
@@ -569,11 +593,16 @@ unsafe fn row_avx2<const Q: usize>(arow: &[f32], panels: &[f32], k: usize, acc: 
 /// Each output element is the same FMA chain as in [`tile_avx2`] (same bits).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn tile_avx512<const R: usize, const P: usize>(pa: &[f32], panels: &[f32], pstride: usize, k: usize, acc: &mut [[f32; 2 * NR]; MR512], direct: Option<Direct>) {
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile_avx512<const R: usize, const P: usize>(pa: &[f32], panels: &[f32], pstride: usize, k: usize, first: bool, mut acc: Option<&mut [[f32; 2 * NR]; MR512]>, direct: Option<Direct>) {
     use std::arch::x86_64::*;
-    debug_assert!(R <= MR512 && P <= 2 && panels.len() >= (P - 1) * pstride + k * NR && pa.len() >= k * MR512);
-    // SAFETY: acc[i] is 32 floats; each load reads 16 at 16·q ≤ 16.
-    let mut c: [[__m512; P]; R] = std::array::from_fn(|i| std::array::from_fn(|q| unsafe { _mm512_loadu_ps(acc[i].as_ptr().add(q * NR)) }));
+    debug_assert!(R <= MR512 && P <= 2 && panels.len() >= (P - 1) * pstride + k * NR && pa.len() >= k * MR512 && (acc.is_some() || direct.is_some()) && (first || acc.is_some()));
+    // Start from zero on the first k slice, else from the sums in `acc`.
+    let mut c: [[__m512; P]; R] = match &acc {
+        // SAFETY: acc[i] is 32 floats; each load reads 16 at 16·q ≤ 16.
+        Some(a) if !first => std::array::from_fn(|i| std::array::from_fn(|q| unsafe { _mm512_loadu_ps(a[i].as_ptr().add(q * NR)) })),
+        _ => [[_mm512_setzero_ps(); P]; R],
+    };
     let pp = panels.as_ptr();
     let ap = pa.as_ptr();
     for kk in 0..k {
@@ -606,10 +635,12 @@ unsafe fn tile_avx512<const R: usize, const P: usize>(pa: &[f32], panels: &[f32]
         }
         return;
     }
-    for (i, ci) in c.iter().enumerate() {
-        for (q, v) in ci.iter().enumerate() {
-            // SAFETY: acc[i] is 32 floats; this store writes 16 at 16·q ≤ 16.
-            unsafe { _mm512_storeu_ps(acc[i].as_mut_ptr().add(q * NR), *v) };
+    if let Some(acc) = acc.as_deref_mut() {
+        for (i, ci) in c.iter().enumerate() {
+            for (q, v) in ci.iter().enumerate() {
+                // SAFETY: acc[i] is 32 floats; this store writes 16 at 16·q ≤ 16.
+                unsafe { _mm512_storeu_ps(acc[i].as_mut_ptr().add(q * NR), *v) };
+            }
         }
     }
 }
