@@ -680,7 +680,7 @@ fn attention_head(q: &[f32], k: &[f32], v: &[f32], row_stride: usize, mask: Opti
         #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")]
         #[allow(clippy::too_many_arguments)]
         unsafe fn avx512(q: &[f32], k: &[f32], v: &[f32], row_stride: usize, mask: Option<&[f32]>, bias: Option<&[f32]>, out: SendPtr, b: usize, h: usize, seq: usize, heads: usize, hd: usize, scale: f32) {
-            attention_head_body::<true, 32>(q, k, v, row_stride, mask, bias, out, b, h, seq, heads, hd, scale)
+            attention_head_body::<true, 16>(q, k, v, row_stride, mask, bias, out, b, h, seq, heads, hd, scale)
         }
         #[target_feature(enable = "avx2,fma")]
         #[allow(clippy::too_many_arguments)]
