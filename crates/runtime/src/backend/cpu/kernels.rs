@@ -456,7 +456,10 @@ pub fn gemm_packed(m: usize, a: &[f32], pw: &PackedWeights, bias: Option<&[f32]>
     let o = SendPtr(out.as_mut_ptr());
     let panels = pw.panels();
     let tasks = pool::tasks_for(m.saturating_mul(n).saturating_mul(k.max(1)));
-    let p = tasks.min(pool::threads()).max(1);
+    // Tasks per pool thread (see `per_thread`): more than one lets threads
+    // that finish early take over the work of a thread the host delayed, at
+    // the price of packing rows more often.
+    let p = tasks.min(pool::threads() * per_thread()).max(1);
     let (mr, unit) = (packed::tile_rows(), if packed::use_avx512() { 2 } else { 1 });
     let (row_tiles, col_units) = (m.div_ceil(mr), panels.div_ceil(unit));
     let (mt, nt) = gemm_split(m, n, row_tiles, col_units, p, split_mode());
@@ -496,6 +499,21 @@ simd_fn! {
             *o = act_f::<F>(v, activation);
         }
     }
+}
+
+/// GEMM tasks per pool thread: `BRAID_CPU_GEMM_SPLIT_PER_THREAD` (1 to 4),
+/// read once; default 2 on pools of 8 threads or more, else 1. On the
+/// 16-core host (a VM whose vCPUs the hypervisor delays now and then) 2-4
+/// tasks a thread beat one on 5 of 6 story rows (encoder batch 8: 1.38x;
+/// `bench/results/2026-11-26-cpu16/`): the region's threads claim tasks
+/// as they go, so the others absorb a delayed thread's share. On 2 cores
+/// there is little to rebalance and each extra task packs its rows again.
+fn per_thread() -> usize {
+    static N: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *N.get_or_init(|| {
+        let default = if pool::threads() >= 8 { 2 } else { 1 };
+        std::env::var("BRAID_CPU_GEMM_SPLIT_PER_THREAD").ok().and_then(|v| v.trim().parse().ok()).unwrap_or(default).clamp(1, 4)
+    })
 }
 
 /// How [`gemm_packed`] splits a GEMM over the pool (`BRAID_CPU_SPLIT`, or
