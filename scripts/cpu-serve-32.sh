@@ -5,6 +5,9 @@
 # keep-alive HTTP connection, prints p50/p90/max, and stops the server.
 #
 #   scripts/cpu-serve-32.sh [OUTFILE]      (BRAID=path/to/braid, PORT=18089)
+#
+# WORDS=N makes every text N words long instead of 8-24 (WORDS=100 gives
+# about 128 tokens a text, the story's MiniLM rows).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 if [ -n "${BRAID:-}" ]; then braid=$BRAID; elif [ -x .bin/braid ]; then braid=.bin/braid; else braid=target/release/braid; fi
@@ -13,9 +16,10 @@ out=${1:-/dev/stdout}
 "$braid" serve --device cpu --host 127.0.0.1 --port "$port" > /tmp/braid-serve-32.log 2>&1 &
 pid=$!
 trap 'kill $pid 2>/dev/null; wait $pid 2>/dev/null' EXIT
-python3 - "$port" > "$out" <<'PY'
+python3 - "$port" "${WORDS:-0}" > "$out" <<'PY'
 import http.client, json, sys, time
 port = int(sys.argv[1])
+fixed = int(sys.argv[2])
 deadline = time.time() + 120
 while True:
     try:
@@ -29,7 +33,7 @@ while True:
         sys.exit("server did not become healthy in 120 s")
     time.sleep(0.5)
 words = "the a quick brown fox jumps over lazy dog braid serves sentence embeddings from many threads on one device with dynamic batching and streams".split()
-texts = [" ".join(words[(i * 7 + j) % len(words)] for j in range(8 + i % 17)) + "." for i in range(32)]
+texts = [" ".join(words[(i * 7 + j) % len(words)] for j in range(fixed or 8 + i % 17)) + "." for i in range(32)]
 c = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
 lat = []
 for n in range(23):

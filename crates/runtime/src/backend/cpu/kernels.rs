@@ -459,7 +459,9 @@ pub fn gemm_packed(m: usize, a: &[f32], pw: &PackedWeights, bias: Option<&[f32]>
     // Tasks per pool thread (see `per_thread`): more than one lets threads
     // that finish early take over the work of a thread the host delayed, at
     // the price of packing rows more often.
-    let p = tasks.min(pool::threads() * per_thread()).max(1);
+    let work = m.saturating_mul(n).saturating_mul(k.max(1));
+    let per = if work / (pool::threads() * per_thread()).max(1) >= SPLIT_MIN_TASK { per_thread() } else { 1 };
+    let p = tasks.min(pool::threads() * per).max(1);
     let (mr, unit) = (packed::tile_rows(), if packed::use_avx512() { 2 } else { 1 });
     let (row_tiles, col_units) = (m.div_ceil(mr), panels.div_ceil(unit));
     let (mt, nt) = gemm_split(m, n, row_tiles, col_units, p, split_mode());
@@ -500,6 +502,12 @@ simd_fn! {
         }
     }
 }
+
+/// The smallest task (multiply-adds) worth splitting a GEMM further for
+/// load balance: 16 M, about 0.1-0.2 ms on one core. Below it (the mlp
+/// story's layers, batch 8 encoders) one task per thread is kept, as the
+/// fork-join and the repeated row packing cost more than a straggler.
+const SPLIT_MIN_TASK: usize = 1 << 24;
 
 /// GEMM tasks per pool thread: `BRAID_CPU_GEMM_SPLIT_PER_THREAD` (1 to 4),
 /// read once; default 2 on pools of 8 threads or more, else 1. On the
