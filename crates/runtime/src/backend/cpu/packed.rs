@@ -242,13 +242,18 @@ unsafe fn gemm_block_at(
     });
 }
 
-/// Columns of `k` per cache block: all of them, unless k-blocking is on
-/// (`BRAID_CPU_KBLOCK=1`, or [`set_k_blocking`]): then 256 above k = 512,
-/// so the weight panels' slice a tile reads (256 × 16 or × 32 floats, 16-32
-/// KiB) stays in L1 across the row tiles of a block. It is off by default
-/// because it lost where it was meant to win: on the 16-core host (AVX-512)
-/// `gemm_shapes --ab` had it ±10% shape by shape, and MiniLM's story rows
-/// were 6-11% faster without it (`bench/results/2026-11-26-cpu16/`).
+/// Columns of `k` per cache block: all of them, or 256 above k = 512 when
+/// k-blocking is on, so the weight panels' slice a tile reads (256 × 32
+/// floats on AVX-512, 32 KiB) stays in L1 across the row tiles of a block.
+/// On by default with the AVX-512 tile only, whose panel pair is 128 bytes a
+/// k (MiniLM's k = 1536: 192 KiB, four times L1); `BRAID_CPU_KBLOCK=0/1` (or
+/// [`set_k_blocking`]) overrides. Measured, same call, 3 rounds, 16-core
+/// AVX-512 host: MiniLM batch 8/32/128 1.04/1.13/1.15x and mlp batch
+/// 64/256 1.23/1.16x with it, encoder mixed (1.13/0.90/0.86x); an earlier
+/// call had MiniLM the other way (0.90-0.94x), so on that noisy host it is
+/// a small gain at best. On the 2-core AVX2 machine (16-wide panels, 64
+/// bytes a k) it lost: `gemm_shapes --ab`, 2048 × 384 × 1536 on two threads
+/// 84 GFLOP/s with it, 120 without (`bench/results/2026-11-26-cpu16/`).
 /// Either way a result's bits are the same: a partial sum is stored to the
 /// output as the f32 it is and the next block's FMA chain continues from it;
 /// the bias is added after the last block.
@@ -269,7 +274,11 @@ fn k_blocking() -> bool {
     // is published through it.
     match KBLOCK.load(Relaxed) {
         0 => {
-            let on = std::env::var("BRAID_CPU_KBLOCK").is_ok_and(|v| v.trim() == "1");
+            let on = match std::env::var("BRAID_CPU_KBLOCK").as_deref().map(str::trim) {
+                Ok("1") => true,
+                Ok("0") => false,
+                _ => use_avx512(),
+            };
             let _ = KBLOCK.compare_exchange(0, if on { 1 } else { 2 }, Relaxed, Relaxed);
             KBLOCK.load(Relaxed) == 1
         }
