@@ -3,7 +3,7 @@
 # {384, 1152, 1536}; mlp): matrixmultiply on output blocks vs braid's
 # register-tiled kernel packing per call vs on pre-packed weights, on one
 # pool thread and on all, and -- where the CPU has AVX-512F -- the packed
-# kernel's AVX2 tile vs its AVX-512 tile (BRAID_CPU_AVX512=1), whose outputs
+# kernel's AVX2 tile (BRAID_CPU_AVX512=0) vs its AVX-512 tile (the default there), whose outputs
 # must hash the same (same FMA chain per element); and PyTorch CPU's
 # linear (MKL) on the same shapes (bench/peers/torch_gemm.py), if torch imports.
 #
