@@ -1069,6 +1069,24 @@ pub fn l2_normalize(x: &[f32], out: &mut [f32], rows: usize, cols: usize) {
 mod tests {
     use super::*;
 
+    /// The GEMM split never makes more tasks than allowed, covers the work,
+    /// and the balanced mode avoids the 1 × 16 split that made every task of
+    /// 2048 × 1536 pack all rows (it chose a square-ish split instead).
+    #[test]
+    fn gemm_split_is_balanced_and_bounded() {
+        for &(m, n, mr, unit, p) in &[(2048usize, 1536usize, 12usize, 2usize, 16usize), (4096, 384, 12, 2, 32), (128, 384, 6, 1, 2), (1, 1024, 12, 2, 16), (16, 1152, 6, 1, 16), (100, 17, 6, 1, 7)] {
+            let (row_tiles, col_units) = (m.div_ceil(mr), (n.div_ceil(16)).div_ceil(unit));
+            for mode in 0..3 {
+                let (mt, nt) = gemm_split(m, n, row_tiles, col_units, p, mode);
+                assert!(mt >= 1 && nt >= 1 && mt * nt <= p.max(1), "{m}x{n} p {p} mode {mode}: {mt} x {nt}");
+                assert!(mt <= row_tiles && nt <= col_units, "{m}x{n} p {p} mode {mode}: {mt} x {nt} has empty tasks");
+            }
+        }
+        let (mt, nt) = gemm_split(2048, 1536, 171, 48, 16, 0);
+        assert!(mt > 1 && nt > 1, "balanced split of 2048 x 1536 on 16: {mt} x {nt}");
+        assert_eq!(gemm_split(2048, 1536, 171, 48, 16, 2), (1, 16), "makespan-only mode is the rule the balanced one replaced");
+    }
+
     #[test]
     fn exp_matches_std() {
         let mut worst = 0f64;
