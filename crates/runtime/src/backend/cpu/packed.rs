@@ -411,6 +411,7 @@ pub fn use_avx512() -> bool {
 /// As [`gemm_block_at`], for these rows and panels; `pa` is one packed tile
 /// of [`MR512`] rows if `avx512`, else [`MR`], and `part.k1 − part.k0`
 /// columns; on a slice after the first, `out` holds this call's partial sums.
+#[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 unsafe fn tile(pa: &[f32], pw: &PackedWeights, bias: Option<&[f32]>, out: *mut f32, ldo: usize, r: usize, rows: usize, p: usize, pair: bool, avx512: bool, part: KPart) {
@@ -504,6 +505,7 @@ unsafe fn tile(pa: &[f32], pw: &PackedWeights, bias: Option<&[f32]>, out: *mut f
 /// the kernel adds the bias and stores its registers there itself, instead
 /// of spilling them to an array that baseline (SSE2) code then copies, which
 /// was 6-7% of a 2-core MiniLM profile.
+#[cfg(target_arch = "x86_64")]
 #[derive(Clone, Copy)]
 struct Direct {
     /// The tile's first element in `out`.
@@ -514,6 +516,7 @@ struct Direct {
     bias: *const f32,
 }
 
+#[cfg(target_arch = "x86_64")]
 impl Direct {
     fn at(out: *mut f32, ldo: usize, r: usize, c0: usize, bias: Option<&[f32]>) -> Direct {
         // `wrapping_add`: only an address here; the kernel writes through it
@@ -621,7 +624,7 @@ unsafe fn tile_avx2(pa: &[f32], panel: &[f32], k: usize, mut acc: Option<&mut [[
         }
         return;
     }
-    if let Some(acc) = acc.as_deref_mut() {
+    if let Some(acc) = acc.as_mut() {
         for i in 0..MR {
             // SAFETY: acc[i] is 16 floats; each store writes 8.
             unsafe {
@@ -714,7 +717,7 @@ unsafe fn tile_avx512<const R: usize, const P: usize>(pa: &[f32], panels: &[f32]
         }
         return;
     }
-    if let Some(acc) = acc.as_deref_mut() {
+    if let Some(acc) = acc.as_mut() {
         for (i, ci) in c.iter().enumerate() {
             for (q, v) in ci.iter().enumerate() {
                 // SAFETY: acc[i] is 32 floats; this store writes 16 at 16·q ≤ 16.
