@@ -670,9 +670,6 @@ pub fn softmax(x: &[f32], out: &mut [f32], rows: usize, cols: usize) {
 /// at head_dim 64) stays in L2 while every query of the head passes over it.
 const KEY_TILE: usize = 128;
 
-/// Queries per block of the attention kernel: their scores and P·V
-/// accumulators (QB × KW lanes each, see [`attention_head`]) stay in registers.
-const QB: usize = 4;
 
 /// `ai[lo..] += Σ_jj s[jj]·vt[jj, lo..]` over the keys in order (the head
 /// lanes past the last whole register block, one query).
@@ -693,12 +690,16 @@ fn pv_lanes<const F: bool>(ai: &mut [f32], s: &[f32], vt: &[f32], hd: usize, lo:
 ///
 /// Compiled three times like a [`simd_fn!`] kernel, and also over `KW`, the
 /// width of its register blocks (keys per score block, head lanes per P·V
-/// block): 16 for AVX2 and the baseline (QB × 16 lanes = 8 AVX registers),
-/// 32 for AVX-512 (QB × 32 lanes = 8 of its 16-lane registers: with 16, an
-/// AVX-512 build had 4 FMA chains and 5 loads per 4 FMAs, latency- and
-/// load-bound). Each score is the same FMA chain over the head dimension,
-/// and each output lane the same chain over the keys, at either width, so
-/// the bits do not change.
+/// block), and `QB`, the queries per block: every build takes 4 × 16 (8 ymm
+/// accumulators on AVX2, 4 zmm on AVX-512). Two AVX-512 shapes were tried
+/// on the 16-core host: 4 × 32 was scalarised by LLVM (the MiniLM rows
+/// halved), and 8 × 16 vectorised but gained nothing (MiniLM 0.87-0.98x,
+/// encoder 0.80-1.05x, 3 rounds in one call; attention stayed 15% of
+/// MiniLM batch 32), so the kernel is not bound by its FMA chains there.
+/// Check the AVX-512 build's disassembly for zmm FMAs after any change
+/// here. Each score is the same FMA chain over the head dimension, and each
+/// output lane the same chain over the keys, at any block shape, so the
+/// bits do not change.
 #[allow(clippy::too_many_arguments)]
 fn attention_head(q: &[f32], k: &[f32], v: &[f32], row_stride: usize, mask: Option<&[f32]>, bias: Option<&[f32]>, out: SendPtr, b: usize, h: usize, seq: usize, heads: usize, hd: usize, scale: f32) {
     #[cfg(target_arch = "x86_64")]
@@ -706,12 +707,12 @@ fn attention_head(q: &[f32], k: &[f32], v: &[f32], row_stride: usize, mask: Opti
         #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")]
         #[allow(clippy::too_many_arguments)]
         unsafe fn avx512(q: &[f32], k: &[f32], v: &[f32], row_stride: usize, mask: Option<&[f32]>, bias: Option<&[f32]>, out: SendPtr, b: usize, h: usize, seq: usize, heads: usize, hd: usize, scale: f32) {
-            attention_head_body::<true, 16>(q, k, v, row_stride, mask, bias, out, b, h, seq, heads, hd, scale)
+            attention_head_body::<true, 16, 4>(q, k, v, row_stride, mask, bias, out, b, h, seq, heads, hd, scale)
         }
         #[target_feature(enable = "avx2,fma")]
         #[allow(clippy::too_many_arguments)]
         unsafe fn avx2(q: &[f32], k: &[f32], v: &[f32], row_stride: usize, mask: Option<&[f32]>, bias: Option<&[f32]>, out: SendPtr, b: usize, h: usize, seq: usize, heads: usize, hd: usize, scale: f32) {
-            attention_head_body::<true, 16>(q, k, v, row_stride, mask, bias, out, b, h, seq, heads, hd, scale)
+            attention_head_body::<true, 16, 4>(q, k, v, row_stride, mask, bias, out, b, h, seq, heads, hd, scale)
         }
         if packed::use_avx512() {
             // SAFETY: `use_avx512` is true only where the CPU has the
@@ -722,17 +723,17 @@ fn attention_head(q: &[f32], k: &[f32], v: &[f32], row_stride: usize, mask: Opti
             // SAFETY: the CPU has AVX2 and FMA (checked just above).
             return unsafe { avx2(q, k, v, row_stride, mask, bias, out, b, h, seq, heads, hd, scale) };
         }
-        attention_head_body::<false, 16>(q, k, v, row_stride, mask, bias, out, b, h, seq, heads, hd, scale)
+        attention_head_body::<false, 16, 4>(q, k, v, row_stride, mask, bias, out, b, h, seq, heads, hd, scale)
     }
     #[cfg(target_arch = "aarch64")]
-    attention_head_body::<true, 16>(q, k, v, row_stride, mask, bias, out, b, h, seq, heads, hd, scale);
+    attention_head_body::<true, 16, 4>(q, k, v, row_stride, mask, bias, out, b, h, seq, heads, hd, scale);
     #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
-    attention_head_body::<false, 16>(q, k, v, row_stride, mask, bias, out, b, h, seq, heads, hd, scale);
+    attention_head_body::<false, 16, 4>(q, k, v, row_stride, mask, bias, out, b, h, seq, heads, hd, scale);
 }
 
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn attention_head_body<const F: bool, const KW: usize>(q: &[f32], k: &[f32], v: &[f32], row_stride: usize, mask: Option<&[f32]>, bias: Option<&[f32]>, out: SendPtr, b: usize, h: usize, seq: usize, heads: usize, hd: usize, scale: f32) {
+fn attention_head_body<const F: bool, const KW: usize, const QB: usize>(q: &[f32], k: &[f32], v: &[f32], row_stride: usize, mask: Option<&[f32]>, bias: Option<&[f32]>, out: SendPtr, b: usize, h: usize, seq: usize, heads: usize, hd: usize, scale: f32) {
     let d = heads * hd;
     let keys: Vec<usize> = (0..seq).filter(|&j| mask.is_none_or(|m| m[b * seq + j] != 0.0)).collect();
     let tile = KEY_TILE.min(keys.len().max(1));
