@@ -1,7 +1,8 @@
 //! Settings read at start: the stream pool's size, exhaustion policy and
 //! assignment, and the throttle's cap, from the builder or the environment
 //! (`BRAID_STREAM_POOL_SIZE`, `BRAID_STREAM_POOL_WAIT_TIMEOUT_MS`,
-//! `BRAID_MAX_INFLIGHT`). Owns their parsing and validation: a bad value is
+//! `BRAID_MAX_INFLIGHT`), and the CPU backend's GEMM and profiling knobs
+//! ([`check_cpu_knobs`]). Owns their parsing and validation: a bad value is
 //! an [`Error::Config`] naming the variable, never a panic.
 
 use crate::error::{Error, Result};
@@ -122,6 +123,46 @@ pub fn max_inflight_from_env() -> Result<Option<usize>> {
     }
 }
 
+/// The CPU backend's knobs (docs/cpu.md), checked when a device opens so a
+/// value braid cannot honour is an error rather than a silent default: the
+/// kernels read them lazily, deep in a stream job, where no error can be
+/// returned.
+/// - `BRAID_CPU_AVX512`: `0` (AVX2 at most) or `1` (AVX-512, an error on a
+///   CPU without AVX-512F/BW/DQ/VL); unset: AVX-512 where the CPU has it.
+/// - `BRAID_CPU_KBLOCK`: `0` or `1`.
+/// - `BRAID_CPU_SPLIT`: `balanced`, `traffic` or `makespan`.
+/// - `BRAID_CPU_GEMM_SPLIT_PER_THREAD`: 1 to 4.
+/// - `BRAID_CPU_PROFILE`: `0` or `1`.
+pub fn check_cpu_knobs(get: impl Fn(&str) -> Option<String>, cpu_has_avx512: bool) -> Result<()> {
+    let bad = |name: &'static str, value: &str, reason: &str| Err(Error::Config { name, value: value.into(), reason: reason.into() });
+    for name in ["BRAID_CPU_KBLOCK", "BRAID_CPU_PROFILE"] {
+        if let Some(v) = get(name) {
+            if !matches!(v.trim(), "0" | "1") {
+                return bad(name, &v, "expected 0 or 1");
+            }
+        }
+    }
+    if let Some(v) = get("BRAID_CPU_AVX512") {
+        match v.trim() {
+            "0" => {}
+            "1" if cpu_has_avx512 => {}
+            "1" => return bad("BRAID_CPU_AVX512", &v, "this CPU has no AVX-512F/BW/DQ/VL (with AVX2 and FMA); unset it or set 0"),
+            _ => return bad("BRAID_CPU_AVX512", &v, "expected 0 or 1"),
+        }
+    }
+    if let Some(v) = get("BRAID_CPU_SPLIT") {
+        if !matches!(v.trim(), "balanced" | "traffic" | "makespan") {
+            return bad("BRAID_CPU_SPLIT", &v, "expected `balanced`, `traffic` or `makespan`");
+        }
+    }
+    if let Some(v) = get("BRAID_CPU_GEMM_SPLIT_PER_THREAD") {
+        if !matches!(v.trim().parse::<usize>(), Ok(1..=4)) {
+            return bad("BRAID_CPU_GEMM_SPLIT_PER_THREAD", &v, "expected a whole number from 1 to 4");
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -142,5 +183,22 @@ mod tests {
         assert!(matches!(cfg(&[("BRAID_STREAM_POOL_WAIT_TIMEOUT_MS", "-5")]), Err(Error::Config { .. })));
         let e = cfg(&[("BRAID_STREAM_POOL_SIZE", "0")]).unwrap_err().to_string();
         assert!(e.contains("BRAID_STREAM_POOL_SIZE"), "{e}");
+    }
+
+    #[test]
+    fn cpu_knobs_are_checked() {
+        let check = |kv: &[(&str, &str)], avx512: bool| {
+            let kv: Vec<(String, String)> = kv.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+            check_cpu_knobs(move |k| kv.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone()), avx512)
+        };
+        assert!(check(&[], false).is_ok());
+        for ok in [("BRAID_CPU_KBLOCK", "0"), ("BRAID_CPU_PROFILE", "1"), ("BRAID_CPU_AVX512", "0"), ("BRAID_CPU_SPLIT", "traffic"), ("BRAID_CPU_GEMM_SPLIT_PER_THREAD", "4")] {
+            assert!(check(&[ok], false).is_ok(), "{ok:?}");
+        }
+        assert!(check(&[("BRAID_CPU_AVX512", "1")], true).is_ok());
+        for bad in [("BRAID_CPU_KBLOCK", "yes"), ("BRAID_CPU_PROFILE", "2"), ("BRAID_CPU_AVX512", "1"), ("BRAID_CPU_AVX512", "on"), ("BRAID_CPU_SPLIT", "fast"), ("BRAID_CPU_GEMM_SPLIT_PER_THREAD", "0"), ("BRAID_CPU_GEMM_SPLIT_PER_THREAD", "9"), ("BRAID_CPU_GEMM_SPLIT_PER_THREAD", "x")] {
+            let e = check(&[bad], false).expect_err(&format!("{bad:?} accepted"));
+            assert!(e.to_string().contains(bad.0), "{e}");
+        }
     }
 }

@@ -121,6 +121,7 @@ pub struct DeviceOptions {
 impl DeviceOptions {
     /// Defaults overridden by the `BRAID_*` environment variables.
     pub fn from_env() -> Result<Self> {
+        crate::config::check_cpu_knobs(|k| std::env::var(k).ok(), crate::backend::cpu::packed::cpu_has_avx512())?;
         Ok(DeviceOptions { pool: PoolConfig::from_env()?, max_inflight: crate::config::max_inflight_from_env()?, high_watermark: None })
     }
 }

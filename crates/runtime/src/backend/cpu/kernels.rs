@@ -455,13 +455,14 @@ pub fn gemm_packed(m: usize, a: &[f32], pw: &PackedWeights, bias: Option<&[f32]>
     }
     let o = SendPtr(out.as_mut_ptr());
     let panels = pw.panels();
-    let tasks = pool::tasks_for(m.saturating_mul(n).saturating_mul(k.max(1)));
+    let work = m.saturating_mul(n).saturating_mul(k.max(1));
     // Tasks per pool thread (see `per_thread`): more than one lets threads
     // that finish early take over the work of a thread the host delayed, at
-    // the price of packing rows more often.
-    let work = m.saturating_mul(n).saturating_mul(k.max(1));
-    let per = if work / (pool::threads() * per_thread()).max(1) >= SPLIT_MIN_TASK { per_thread() } else { 1 };
-    let p = tasks.min(pool::threads() * per).max(1);
+    // the price of packing rows more often; only while a task keeps
+    // SPLIT_MIN_TASK multiply-adds.
+    let (threads, per) = (pool::threads(), per_thread());
+    let per = if work / (threads * per).max(1) >= SPLIT_MIN_TASK { per } else { 1 };
+    let p = pool::tasks_for(work).min(threads * per).max(1);
     let (mr, unit) = (packed::tile_rows(), if packed::use_avx512() { 2 } else { 1 });
     let (row_tiles, col_units) = (m.div_ceil(mr), panels.div_ceil(unit));
     let (mt, nt) = gemm_split(m, n, row_tiles, col_units, p, split_mode());
@@ -535,6 +536,8 @@ fn split_mode() -> usize {
     // is published through it.
     match SPLIT.load(Relaxed) {
         usize::MAX => {
+            // Values other than these are refused when a device opens
+            // (`config::check_cpu_knobs`).
             let v = match std::env::var("BRAID_CPU_SPLIT").as_deref().map(str::trim) {
                 Ok("traffic") => 1,
                 Ok("makespan") => 2,

@@ -384,17 +384,22 @@ pub const MR512: usize = 12;
 /// chain as the AVX2 tile, so it changes speed, never results
 /// (`scripts/cpu-gemm.sh` checks both give the same hash).
 pub fn use_avx512() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    // A value other than 0/1 is refused when a device opens
+    // (`config::check_cpu_knobs`); here it means the default.
+    *ON.get_or_init(|| std::env::var("BRAID_CPU_AVX512").map_or(true, |v| v.trim() != "0") && cpu_has_avx512())
+}
+
+/// Whether this CPU has what the AVX-512 paths use: AVX-512F/BW/DQ/VL,
+/// AVX2 and FMA.
+pub fn cpu_has_avx512() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        *ON.get_or_init(|| {
-            std::env::var("BRAID_CPU_AVX512").map_or(true, |v| v.trim() != "0")
-                && std::is_x86_feature_detected!("avx512f")
-                && std::is_x86_feature_detected!("avx512vl")
-                && std::is_x86_feature_detected!("avx512bw")
-                && std::is_x86_feature_detected!("avx512dq")
-                && super::kernels::has_avx2_fma()
-        })
+        std::is_x86_feature_detected!("avx512f")
+            && std::is_x86_feature_detected!("avx512vl")
+            && std::is_x86_feature_detected!("avx512bw")
+            && std::is_x86_feature_detected!("avx512dq")
+            && super::kernels::has_avx2_fma()
     }
     #[cfg(not(target_arch = "x86_64"))]
     {

@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 /// Whether `BRAID_CPU_PROFILE` asks for the profile.
 pub fn enabled() -> bool {
     static ON: OnceLock<bool> = OnceLock::new();
-    *ON.get_or_init(|| std::env::var("BRAID_CPU_PROFILE").is_ok_and(|v| !v.is_empty() && v != "0"))
+    // 0 and 1 are the values a device accepts (`config::check_cpu_knobs`).
+    *ON.get_or_init(|| std::env::var("BRAID_CPU_PROFILE").is_ok_and(|v| v.trim() == "1"))
 }
 
 #[derive(Default)]
